@@ -1,0 +1,49 @@
+# Remora: `make demo` and `make test` install what they need (as root on Debian/Ubuntu), then run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+# The proxy runs as uid 1337, so the virtualenv must come from a Python every uid can execute.
+PYTHON  ?= $(shell scripts/find-python)
+APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc \
+            wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv test lint demo bench clean
+
+help:
+	@echo "make demo   - start the mesh on this host, drive traffic through injected sidecars, show results"
+	@echo "make test   - install, lint (ruff) and run every test"
+	@echo "make bench  - run the benchmarks in perf/"
+	@echo "make clean  - remove the virtualenv"
+
+deps:
+	@scripts/install-system-deps $(APT_PKGS)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no usable Python found (see scripts/find-python)"; exit 1; }
+	@echo ">> virtualenv $(VENV) from $(PYTHON)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@scripts/check-venv-access $(VENV)
+	@touch $@
+
+venv: deps $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/remoractl demo $(if $(KEEP),--keep,)
+
+bench: venv
+	$(VENV)/bin/python perf/run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
