@@ -1,4 +1,7 @@
-"""SPIFFE identities, workload keys and CSRs: what a proxy needs without the CA's code.
+"""Workload keys and CSRs (cryptography): what a proxy needs from the CA's side of things.
+
+Imports cryptography (~10 MB of RSS): the proxy process itself must not import this module;
+it makes its key and CSR in a short-lived child process.
 
 The proxy makes its own key (it never leaves the pod) and a CSR naming the SPIFFE ID it asks
 for; the control plane's CA decides whether the caller's token proves that identity.
@@ -6,36 +9,17 @@ for; the control plane's CA decides whether the caller's token proves that ident
 
 from __future__ import annotations
 
-import re
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from control_plane.api.ports import DEFAULT_TRUST_DOMAIN
+from control_plane.api.spiffe import parse_spiffe_id, spiffe_id, spiffe_ids_of_peercert
 
-_SPIFFE = re.compile(r"^spiffe://(?P<td>[a-z0-9._-]+)/ns/(?P<ns>[a-z0-9-]+)/sa/(?P<sa>[a-z0-9.-]+)$")
-
-
-def spiffe_id(namespace: str, service_account: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
-    """``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
-
-def parse_spiffe_id(uri: str) -> tuple[str, str, str]:
-    """(trust_domain, namespace, service_account); ValueError when ``uri`` is not one."""
-    m = _SPIFFE.match(uri)
-    if not m:
-        raise ValueError(f"{uri!r} is not a workload SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)")
-    return m["td"], m["ns"], m["sa"]
-
-
-def spiffe_ids_of_peercert(peercert: dict | None) -> list[str]:
-    """SPIFFE URIs from ``ssl.SSLSocket.getpeercert()`` (cheap: no certificate parsing)."""
-    if not peercert:
-        return []
-    return [v for k, v in peercert.get("subjectAltName", ()) if k == "URI" and v.startswith("spiffe://")]
+__all__ = [
+    "generate_key", "key_to_pem", "make_csr", "parse_spiffe_id", "spiffe_id",
+    "spiffe_ids_of_cert", "spiffe_ids_of_peercert",
+]
 
 
 def spiffe_ids_of_cert(cert: x509.Certificate) -> list[str]:

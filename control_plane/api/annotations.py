@@ -1,0 +1,240 @@
+"""Pod labels and annotations that steer sidecar injection, and their parsers.
+
+Pure functions only: the injector, ``remoractl`` and the docs all read this one table.
+Every parser raises ``ValueError`` whose message names the annotation, the bad value and
+what is accepted, so the webhook can deny the pod with that message as it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "remora.dev/"
+INJECT_LABEL = PREFIX + "inject"  # on a pod: "true" / "false"; on a namespace: "enabled"
+NAMESPACE_INJECT_VALUE = "enabled"
+STATUS_ANNOTATION = PREFIX + "status"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+MAX_DRAIN_SECONDS = 3600
+
+_CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MEMORY_FACTORS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+# An image reference: [registry[:port]/]path[:tag][@digest]; no spaces, no scheme.
+_IMAGE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+
+
+def _fail(name: str, value: str, accepted: str) -> ValueError:
+    return ValueError(f"annotation {PREFIX}{name}: invalid value {value!r}; accepted: {accepted}")
+
+
+def cpu_millis(quantity: str) -> int:
+    """A Kubernetes CPU quantity ("100m", "2", "0.5") in millicores."""
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return round(float(quantity) * 1000)
+
+
+def memory_bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity ("64Mi", "1G", "1000") in bytes."""
+    m = re.match(r"^([\d.]+)([A-Za-z]*)$", quantity)
+    if m is None or m.group(2) not in _MEMORY_FACTORS:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    return float(m.group(1)) * _MEMORY_FACTORS[m.group(2)]
+
+
+def _parse_cpu(name: str, value: str) -> str:
+    if not _CPU.match(value) or cpu_millis(value) <= 0:
+        raise _fail(name, value, 'a positive CPU quantity such as "100m", "500m", "1" or "1.5"')
+    return value
+
+
+def _parse_memory(name: str, value: str) -> str:
+    if not _MEMORY.match(value) or memory_bytes(value) <= 0:
+        raise _fail(name, value, 'a positive memory quantity such as "64Mi", "1Gi" or "500M"')
+    return value
+
+
+def _parse_image(name: str, value: str) -> str:
+    if not _IMAGE.match(value):
+        raise _fail(name, value, 'an image reference such as "registry.example/remora:0.1.0"')
+    return value
+
+
+def _parse_log_level(name: str, value: str) -> str:
+    if value not in LOG_LEVELS:
+        raise _fail(name, value, "one of " + ", ".join(LOG_LEVELS))
+    return value
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value not in ("true", "false"):
+        raise _fail(name, value, '"true" or "false"')
+    return value == "true"
+
+
+def _parse_drain(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) > MAX_DRAIN_SECONDS:
+        raise _fail(name, value, f"whole seconds from 0 to {MAX_DRAIN_SECONDS}")
+    return int(value)
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# Private list parsers until control_plane/api/netparse.py lands (to be merged there).
+def parse_port_list(value: str) -> tuple[int, ...]:
+    """ "80, 443,8080" -> (80, 443, 8080); raises ValueError naming the bad item."""
+    ports = []
+    for item in _split(value):
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"{item!r} is not a port number from 1 to 65535")
+        ports.append(int(item))
+    return tuple(dict.fromkeys(ports))
+
+
+def parse_cidr_list(value: str) -> tuple[str, ...]:
+    """ "198.18.0.0/15, fd00::/8" -> normalised CIDRs; a bare address becomes a /32 or /128."""
+    cidrs = []
+    for item in _split(value):
+        try:
+            cidrs.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 CIDR") from None
+    return tuple(dict.fromkeys(cidrs))
+
+
+def _list_parser(
+    parse: Callable[[str], tuple[Any, ...]], accepted: str, star: bool
+) -> Callable[[str, str], Any]:
+    def parser(name: str, value: str) -> Any:
+        if star and value.strip() == "*":
+            return "*"
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise _fail(name, value, f"{accepted} ({e})") from None
+
+    return parser
+
+
+_PORTS = "a comma-separated list of port numbers 1-65535"
+_CIDRS = "a comma-separated list of IPv4/IPv6 CIDRs"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One per-pod setting: ``remora.dev/<name>``."""
+
+    name: str
+    default: str  # as the docs show it; the mesh config may change resource/image defaults
+    example: str
+    accepted: str
+    meaning: str
+    parser: Callable[[str, str], Any]
+
+    @property
+    def key(self) -> str:
+        return PREFIX + self.name
+
+    def parse(self, value: str) -> Any:
+        return self.parser(self.name, value)
+
+
+ANNOTATIONS: tuple[Annotation, ...] = (
+    Annotation("proxy-cpu", "100m (mesh config)", "200m", "CPU quantity",
+               "CPU request of the proxy container", _parse_cpu),
+    Annotation("proxy-cpu-limit", "2 (mesh config)", "1", "CPU quantity",
+               "CPU limit of the proxy container", _parse_cpu),
+    Annotation("proxy-memory", "64Mi (mesh config)", "128Mi", "memory quantity",
+               "memory request of the proxy container", _parse_memory),
+    Annotation("proxy-memory-limit", "256Mi (mesh config)", "512Mi", "memory quantity",
+               "memory limit of the proxy container", _parse_memory),
+    Annotation("proxy-image", "mesh config `proxyImage`", "registry.example/remora:0.1.0",
+               "image reference", "image of the proxy and init containers", _parse_image),
+    Annotation("log-level", "info", "debug", ", ".join(LOG_LEVELS),
+               "proxy log level", _parse_log_level),
+    Annotation("include-inbound-ports", "* (all ports)", "8080,9090", "`*` or port list",
+               "inbound ports redirected to the proxy", _list_parser(parse_port_list, _PORTS, True)),
+    Annotation("exclude-inbound-ports", "none (15020, 15021, 15090 always)", "9100",
+               "port list", "inbound ports never redirected",
+               _list_parser(parse_port_list, _PORTS, False)),
+    Annotation("include-outbound-ports", "all", "80,443", "port list",
+               "outbound ports redirected even when their CIDR is excluded",
+               _list_parser(parse_port_list, _PORTS, False)),
+    Annotation("exclude-outbound-ports", "none", "5432,6379", "port list",
+               "outbound ports never redirected", _list_parser(parse_port_list, _PORTS, False)),
+    Annotation("exclude-outbound-cidrs", "none", "169.254.169.254/32", "CIDR list",
+               "destinations never redirected", _list_parser(parse_cidr_list, _CIDRS, False)),
+    Annotation("include-outbound-cidrs", "* (all destinations)", "198.18.0.0/15,fd00::/8",
+               "`*` or CIDR list", "destinations redirected to the proxy",
+               _list_parser(parse_cidr_list, _CIDRS, True)),
+    Annotation("opaque-ports", "none", "3306,6379", "port list",
+               "ports relayed as opaque TCP, with no protocol sniffing",
+               _list_parser(parse_port_list, _PORTS, False)),
+    Annotation("native-sidecar", "true (mesh config `nativeSidecar`)", "false", "true, false",
+               "proxy as a native sidecar (init container with restartPolicy Always; "
+               "Kubernetes 1.29+) instead of the first app container", _parse_bool),
+    Annotation("hold-application", "true", "false", "true, false",
+               "without native sidecar: the apps start only once the proxy is ready "
+               "(postStart `remora-proxy wait`)", _parse_bool),
+    Annotation("rewrite-probes", "true", "false", "true, false",
+               "rewrite HTTP/TCP/gRPC probes to the proxy's :15020/app-health/", _parse_bool),
+    Annotation("drain-seconds", "5", "30", f"0-{MAX_DRAIN_SECONDS}",
+               "seconds the proxy drains connections on shutdown", _parse_drain),
+)
+
+BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
+# Keys under the prefix that are not settings (written by Remora itself).
+RESERVED = frozenset({STATUS_ANNOTATION})
+
+
+def parse_annotations(annotations: Mapping[str, str] | None) -> dict[str, Any]:
+    """Parse every ``remora.dev/`` setting present: {short name: value}. Raises ValueError."""
+    parsed: dict[str, Any] = {}
+    for key, value in (annotations or {}).items():
+        spec = BY_KEY.get(key)
+        if spec is not None:
+            parsed[spec.name] = spec.parse(str(value))
+    return parsed
+
+
+def check_request_within_limit(kind: str, request: str, limit: str, culprit: str) -> None:
+    """Raise ValueError naming ``culprit`` when the request is above the limit."""
+    measure = cpu_millis if kind == "cpu" else memory_bytes
+    if measure(request) > measure(limit):
+        raise ValueError(
+            f"annotation {PREFIX}{culprit}: {kind} request {request!r} is above the limit "
+            f"{limit!r}; accepted: a request no larger than the limit"
+        )
+
+
+def unknown_annotations(annotations: Mapping[str, str] | None) -> list[str]:
+    """``remora.dev/`` keys that are neither a setting nor reserved (likely typos)."""
+    return sorted(
+        k for k in (annotations or {}) if k.startswith(PREFIX) and k not in BY_KEY
+        and k not in RESERVED
+    )
+
+
+def parse_inject_label(value: str | None) -> bool | None:
+    """The pod label ``remora.dev/inject``: True, False, or None when absent."""
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise ValueError(
+            f"label {INJECT_LABEL}: invalid value {value!r}; accepted: \"true\" or \"false\""
+        )
+    return value == "true"
