@@ -7,11 +7,12 @@ what is accepted, so the webhook can deny the pod with that message as it is.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from control_plane.api import netparse
 
 PREFIX = "remora.dev/"
 INJECT_LABEL = PREFIX + "inject"  # on a pod: "true" / "false"; on a namespace: "enabled"
@@ -90,42 +91,14 @@ def _parse_drain(name: str, value: str) -> int:
     return int(value)
 
 
-def _split(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-# Private list parsers until control_plane/api/netparse.py lands (to be merged there).
-def parse_port_list(value: str) -> tuple[int, ...]:
-    """ "80, 443,8080" -> (80, 443, 8080); raises ValueError naming the bad item."""
-    ports = []
-    for item in _split(value):
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
-            raise ValueError(f"{item!r} is not a port number from 1 to 65535")
-        ports.append(int(item))
-    return tuple(dict.fromkeys(ports))
-
-
-def parse_cidr_list(value: str) -> tuple[str, ...]:
-    """ "198.18.0.0/15, fd00::/8" -> normalised CIDRs; a bare address becomes a /32 or /128."""
-    cidrs = []
-    for item in _split(value):
-        try:
-            cidrs.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv4 or IPv6 CIDR") from None
-    return tuple(dict.fromkeys(cidrs))
-
-
-def _list_parser(
-    parse: Callable[[str], tuple[Any, ...]], accepted: str, star: bool
-) -> Callable[[str, str], Any]:
+def _list_parser(parse: Callable[[str], Any], accepted: str) -> Callable[[str, str], Any]:
     def parser(name: str, value: str) -> Any:
-        if star and value.strip() == "*":
-            return "*"
         try:
-            return parse(value)
+            parsed = parse(value)
         except ValueError as e:
             raise _fail(name, value, f"{accepted} ({e})") from None
+        # CIDRs travel as text (flags, env); "*" stays "*".
+        return parsed if isinstance(parsed, str) else tuple(v if isinstance(v, int) else str(v) for v in parsed)
 
     return parser
 
@@ -167,23 +140,24 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("log-level", "info", "debug", ", ".join(LOG_LEVELS),
                "proxy log level", _parse_log_level),
     Annotation("include-inbound-ports", "* (all ports)", "8080,9090", "`*` or port list",
-               "inbound ports redirected to the proxy", _list_parser(parse_port_list, _PORTS, True)),
+               "inbound ports redirected to the proxy",
+               _list_parser(netparse.parse_port_selection, "`*` or " + _PORTS)),
     Annotation("exclude-inbound-ports", "none (15020, 15021, 15090 always)", "9100",
                "port list", "inbound ports never redirected",
-               _list_parser(parse_port_list, _PORTS, False)),
+               _list_parser(netparse.parse_ports, _PORTS)),
     Annotation("include-outbound-ports", "all", "80,443", "port list",
                "outbound ports redirected even when their CIDR is excluded",
-               _list_parser(parse_port_list, _PORTS, False)),
+               _list_parser(netparse.parse_ports, _PORTS)),
     Annotation("exclude-outbound-ports", "none", "5432,6379", "port list",
-               "outbound ports never redirected", _list_parser(parse_port_list, _PORTS, False)),
+               "outbound ports never redirected", _list_parser(netparse.parse_ports, _PORTS)),
     Annotation("exclude-outbound-cidrs", "none", "169.254.169.254/32", "CIDR list",
-               "destinations never redirected", _list_parser(parse_cidr_list, _CIDRS, False)),
+               "destinations never redirected", _list_parser(netparse.parse_cidrs, _CIDRS)),
     Annotation("include-outbound-cidrs", "* (all destinations)", "198.18.0.0/15,fd00::/8",
                "`*` or CIDR list", "destinations redirected to the proxy",
-               _list_parser(parse_cidr_list, _CIDRS, True)),
+               _list_parser(netparse.parse_cidr_selection, "`*` or " + _CIDRS)),
     Annotation("opaque-ports", "none", "3306,6379", "port list",
                "ports relayed as opaque TCP, with no protocol sniffing",
-               _list_parser(parse_port_list, _PORTS, False)),
+               _list_parser(netparse.parse_ports, _PORTS)),
     Annotation("native-sidecar", "true (mesh config `nativeSidecar`)", "false", "true, false",
                "proxy as a native sidecar (init container with restartPolicy Always; "
                "Kubernetes 1.29+) instead of the first app container", _parse_bool),
