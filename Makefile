@@ -7,7 +7,6 @@ VENV    ?= .venv
 PYTHON  ?= $(shell scripts/find-python)
 APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc \
             wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light
-STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv test lint demo bench clean
@@ -21,16 +20,9 @@ help:
 deps:
 	@scripts/install-system-deps $(APT_PKGS)
 
-$(STAMP): pyproject.toml
+venv: deps
 	@test -n "$(PYTHON)" || { echo "no usable Python found (see scripts/find-python)"; exit 1; }
-	@echo ">> virtualenv $(VENV) from $(PYTHON)"
-	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-	@scripts/check-venv-access $(VENV)
-	@touch $@
-
-venv: deps $(STAMP)
+	@scripts/make-venv $(PYTHON) $(VENV)
 
 lint: venv
 	$(VENV)/bin/ruff check .
