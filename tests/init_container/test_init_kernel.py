@@ -36,6 +36,7 @@ def test_proxy_uid_and_gid_are_not_intercepted(node: Node) -> None:
     init_ok(a)
     with serving(a, OUTBOUND_PORT, "proxy"), serving(b, 8080, "b", uid=APP_UID):
         assert ask(a, b.ip, 8080, uid=PROXY_UID).startswith("b ")
+        assert ask(a, b.ip, 8080, uid=PROXY_UID, gid=APP_UID).startswith("b ")
         assert ask(a, b.ip6, 8080, uid=PROXY_UID).startswith("b ")
         assert ask(a, b.ip, 8080, uid=APP_UID, gid=PROXY_GID).startswith("b ")
         assert ask(a, b.ip, 8080).startswith("proxy ")  # the same call as the app is captured
