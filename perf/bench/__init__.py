@@ -1,0 +1,1 @@
+"""Remora's benchmark harness: scenarios on pod namespaces, load generators, measurements."""
