@@ -207,6 +207,12 @@ def inject_pod(pod: dict[str, Any], mesh: MeshConfig) -> dict[str, Any]:
     meta = pod.setdefault("metadata", {})
     annotations = meta.get("annotations") or {}
     settings = ann.parse_annotations(annotations)
+    both = sorted(set(settings.get("include-outbound-ports", ())) &
+                  set(settings.get("exclude-outbound-ports", ())))
+    if both:
+        raise ValueError(
+            f"annotations {ann.PREFIX}include-outbound-ports and {ann.PREFIX}exclude-outbound-ports "
+            f"both list port {both[0]}; accepted: a port in at most one of them")
     spec = pod.setdefault("spec", {})
     apps = spec.get("containers") or []
     if not apps:

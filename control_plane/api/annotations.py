@@ -137,7 +137,7 @@ ANNOTATIONS: tuple[Annotation, ...] = (
                "memory limit of the proxy container", _parse_memory),
     Annotation("proxy-image", "mesh config `proxyImage`", "registry.example/remora:0.1.0",
                "image reference", "image of the proxy and init containers", _parse_image),
-    Annotation("log-level", "info", "debug", ", ".join(LOG_LEVELS),
+    Annotation("log-level", "info (mesh config `logLevel`)", "debug", ", ".join(LOG_LEVELS),
                "proxy log level", _parse_log_level),
     Annotation("include-inbound-ports", "* (all ports)", "8080,9090", "`*` or port list",
                "inbound ports redirected to the proxy",
@@ -145,7 +145,7 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("exclude-inbound-ports", "none (15020, 15021, 15090 always)", "9100",
                "port list", "inbound ports never redirected",
                _list_parser(netparse.parse_ports, _PORTS)),
-    Annotation("include-outbound-ports", "all", "80,443", "port list",
+    Annotation("include-outbound-ports", "none", "443", "port list",
                "outbound ports redirected even when their CIDR is excluded",
                _list_parser(netparse.parse_ports, _PORTS)),
     Annotation("exclude-outbound-ports", "none", "5432,6379", "port list",
@@ -161,12 +161,12 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("native-sidecar", "true (mesh config `nativeSidecar`)", "false", "true, false",
                "proxy as a native sidecar (init container with restartPolicy Always; "
                "Kubernetes 1.29+) instead of the first app container", _parse_bool),
-    Annotation("hold-application", "true", "false", "true, false",
+    Annotation("hold-application", "true (mesh config `holdApplication`)", "false", "true, false",
                "without native sidecar: the apps start only once the proxy is ready "
                "(postStart `remora-proxy wait`)", _parse_bool),
-    Annotation("rewrite-probes", "true", "false", "true, false",
+    Annotation("rewrite-probes", "true (mesh config `rewriteProbes`)", "false", "true, false",
                "rewrite HTTP/TCP/gRPC probes to the proxy's :15020/app-health/", _parse_bool),
-    Annotation("drain-seconds", "5", "30", f"0-{MAX_DRAIN_SECONDS}",
+    Annotation("drain-seconds", "5 (mesh config `drainSeconds`)", "30", f"0-{MAX_DRAIN_SECONDS}",
                "seconds the proxy drains connections on shutdown", _parse_drain),
 )
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
-from injector_harness import KubeEmulator, Webhook, decode_patch, run_injector
+from injector_harness import KubeEmulator, Webhook, decode_patch
 from kubernetes_validate import utils as kv_utils
 
 from injector.meshconfig import MeshConfig
@@ -31,29 +30,6 @@ from injector.template import inject_pod
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "injector"
 K8S_VERSION = kv_utils.latest_version()
-
-
-@pytest.fixture(scope="module")
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture(scope="module")
-def operator_webhook(kube: KubeEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
-    with run_injector(tmp_path_factory.mktemp("operator"), "operator", kube) as hook:
-        yield hook
-
-
-@pytest.fixture(scope="module")
-def standalone_webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
-    with run_injector(tmp_path_factory.mktemp("standalone"), "standalone") as hook:
-        yield hook
-
-
-@pytest.fixture(params=["operator", "standalone"])
-def webhook(request: pytest.FixtureRequest) -> Webhook:
-    return request.getfixturevalue(f"{request.param}_webhook")
 
 
 def validate(pod: dict[str, Any]) -> None:
