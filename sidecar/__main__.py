@@ -1,13 +1,90 @@
-"""Entry point of `remora-proxy`."""
+"""Entry point of `remora-proxy`: ``run`` (default) or ``wait``.
+
+Exit codes: 0 ok (including a drained SIGTERM), 1 runtime failure or wait timeout, 2 bad input.
+"""
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import logging
+import os
 import sys
+import time
+
+from control_plane.api import ports
+
+PROG = "remora-proxy"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .settings import add_run_flags
+
+    p = argparse.ArgumentParser(prog=PROG, description="Remora sidecar proxy")
+    sub = p.add_subparsers(dest="command")
+    add_run_flags(sub.add_parser("run", help="run the proxy (default)"))
+    w = sub.add_parser("wait", help="block until the proxy on this pod is ready")
+    w.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    w.add_argument("--health-port", type=int, default=ports.HEALTH_PORT)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("remora-proxy: not built yet", file=sys.stderr)
-    return 2
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in ("run", "wait", "-h", "--help"):
+        args_list.insert(0, "run")
+    args = _parser().parse_args(args_list)
+    if args.command == "wait":
+        return wait_ready(args.timeout, args.health_port)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import settings as settings_mod
+
+    try:
+        s = settings_mod.load(dict(os.environ), args)
+    except settings_mod.SettingsError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=s.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    from .runtime import ProxyRuntime
+
+    async def _main() -> int:
+        rt = ProxyRuntime(s)
+        try:
+            return await rt.run()
+        except (settings_mod.SettingsError, ValueError, OSError) as e:
+            print(f"{PROG}: {e}", file=sys.stderr)
+            return 2 if isinstance(e, ValueError) else 1
+
+    return uvloop.run(_main())
+
+
+def wait_ready(timeout: float, port: int = ports.HEALTH_PORT) -> int:
+    """Poll 127.0.0.1:<port>/healthz/ready until 200 (exit 0) or ``timeout`` (exit 1)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+            conn.request("GET", "/healthz/ready")
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace").strip()
+            conn.close()
+            if resp.status == 200:
+                return 0
+            last = f"HTTP {resp.status}: {body}"
+        except OSError as e:
+            last = str(e)
+        if time.monotonic() >= deadline:
+            print(f"{PROG} wait: proxy not ready after {timeout:g}s ({last}); "
+                  f"check the proxy's log", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

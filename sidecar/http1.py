@@ -1,0 +1,735 @@
+"""HTTP/1.1 relay on httptools: one downstream connection, pooled upstream connections.
+
+Bodies are streamed: each chunk the parser hands over is written on at once (re-framed:
+Content-Length bodies keep their length, chunked bodies are re-chunked), and when the other
+side's transport buffer passes its high-water mark the reading side is paused. Requests the
+proxy cannot vouch for (conflicting or malformed framing, oversized heads, garbage) get a 400
+and never reach the upstream; the connection is then closed.
+
+Pipelined requests are served one at a time: parser events of a later request are kept in a
+backlog (at most one read's worth, reading is paused meanwhile) and replayed when the current
+response is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+
+from control_plane.api.model import Endpoint, OutboundPort
+
+from .routing import Router
+from .stats import INBOUND, OUTBOUND, Stats
+from .tls import ALPN_H1
+from .upstream import Connector, UpstreamError
+
+log = logging.getLogger("remora.http1")
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more is refused with 400
+POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
+POOL_IDLE_SECONDS = 60.0
+HIGH_WATER = 256 * 1024
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
+           504: b"Gateway Timeout", 404: b"Not Found", 431: b"Request Header Fields Too Large"}
+
+# Reasons the downstream is not being read (a bit mask, so independent reasons compose).
+_P_BACKLOG, _P_UPSTREAM, _P_WAIT = 1, 2, 4
+
+
+@dataclass
+class H1Context:
+    """What a downstream connection needs; built by the listener per connection."""
+
+    direction: str
+    connector: Connector
+    pool: H1Pool
+    stats: Stats
+    draining: Callable[[], bool]
+    router: Router | None = None
+    outbound_port: OutboundPort | None = None
+    inbound_target: tuple[str, int] | None = None
+    peer_identity: str | None = None  # the downstream's SPIFFE ID (inbound over mTLS)
+    local_identity: str | None = None
+    service: str = ""
+    registry: set | None = None  # open downstream connections, for draining idle ones
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _log_callback_bug(e: Exception) -> None:
+    """A parser error caused by our own callback raising is a bug: log it loudly."""
+    cause = e.__context__ or e.__cause__
+    if isinstance(e, httptools.HttpParserCallbackError) and not isinstance(cause, BadRequest):
+        log.error("HTTP/1.1 callback failed", exc_info=cause or e)
+
+
+def _request_id() -> bytes:
+    b = os.urandom(16).hex().encode()
+    return b"%s-%s-4%s-%s-%s" % (b[:8], b[8:12], b[13:16], b[16:20], b[20:32])
+
+
+class H1Pool:
+    """Idle keep-alive upstream connections per (address, port, alpn)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.idle: dict[tuple, list[H1Upstream]] = {}
+        self.stats = stats
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def get(self, key: tuple) -> H1Upstream | None:
+        conns = self.idle.get(key)
+        while conns:
+            up = conns.pop()
+            if not up.closed:
+                self.stats.pool_reused += 1
+                return up
+        return None
+
+    def put(self, key: tuple, up: H1Upstream) -> None:
+        conns = self.idle.setdefault(key, [])
+        if len(conns) >= POOL_MAX_IDLE:
+            up.transport.close()
+            return
+        up.idle_since = time.monotonic()
+        up.pool_key = key
+        conns.append(up)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(5.0, self._sweep)
+
+    def discard(self, up: H1Upstream) -> None:
+        conns = self.idle.get(up.pool_key)
+        if conns and up in conns:
+            conns.remove(up)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = time.monotonic() - POOL_IDLE_SECONDS
+        for key, conns in list(self.idle.items()):
+            for up in [u for u in conns if u.idle_since < cutoff]:
+                conns.remove(up)
+                up.transport.close()
+            if not conns:
+                del self.idle[key]
+        if self.idle:
+            self._sweeper = asyncio.get_running_loop().call_later(5.0, self._sweep)
+
+    def close_all(self) -> None:
+        for conns in self.idle.values():
+            for up in conns:
+                up.transport.close()
+        self.idle.clear()
+
+
+class H1Upstream(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection; serves one downstream exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.down: H1Downstream | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.pool_key: tuple = ()
+        self.pool: H1Pool | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = False  # response bytes seen for the current exchange
+        self.tunnel = False
+        self.reused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        down = self.down
+        if down is None:  # an idle pooled connection should not talk: drop it
+            self.transport.close()
+            return
+        if self.tunnel:
+            down.transport.write(data)
+            return
+        self.started = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            if self.tunnel and rest:
+                down.transport.write(rest)
+        except httptools.HttpParserError as e:
+            _log_callback_bug(e)
+            log.debug("bad response from upstream: %s: %r", e, data[:200])
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        if self.tunnel and self.down is not None:
+            self.down.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.pool is not None:
+            self.pool.discard(self)
+        down = self.down
+        if down is not None:
+            self.down = None
+            down.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.down is not None:
+            self.down._pause(_P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.down is not None:
+            self.down._resume(_P_UPSTREAM)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.down is not None:
+            self.down.response_head(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.down is not None:
+            self.down.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.down is not None and self.status >= 200 and not self.tunnel:
+            self.down.response_done(self)
+
+
+class H1Downstream(asyncio.Protocol):
+    """The app's (outbound) or the peer's (inbound) HTTP/1.1 connection to this proxy."""
+
+    def __init__(self, ctx: H1Context) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.paused = 0
+        self.closed = False
+        self.backlog: list[tuple] | None = None
+        # The request being parsed.
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        # The exchange in flight.
+        self.busy = False
+        self.pending_dispatch = False
+        self.method = b""
+        self.req_head = b""
+        self.req_chunked = False
+        self.req_body: list[bytes] = []
+        self.req_done = False
+        self.req_has_body = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.tunnel_bytes = b""
+        self.up: H1Upstream | None = None
+        self.decision_key: tuple = ()
+        self.resp_chunked = False
+        self.resp_started = False
+        self.resp_until_close = False
+        self.resp_status = 0
+        self.started_at = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.tunnel = False
+
+    # -- connection events ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+        if self.ctx.registry is not None:
+            self.ctx.registry.add(self)
+
+    def close_if_idle(self) -> None:
+        """Draining: close a keep-alive connection that has no request in flight."""
+        if not self.busy and not self.tunnel and self.backlog is None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self.up.transport.write(data)
+            return
+        if self.upgrade:  # bytes after an Upgrade request wait for the 101
+            self.tunnel_bytes += data
+            self._pause(_P_WAIT)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.tunnel_bytes = data[e.args[0]:]
+            self._pause(_P_WAIT)
+        except (httptools.HttpParserError, BadRequest) as e:
+            _log_callback_bug(e)
+            self._bad_request(e)
+            return
+        if self.pending_dispatch:
+            self.pending_dispatch = False
+            self._dispatch()
+
+    def eof_received(self) -> bool:
+        if self.tunnel and self.up is not None:
+            if self.up.transport.can_write_eof():
+                self.up.transport.write_eof()
+                return True
+            self.up.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self.ctx.stats.conn_closed(self.ctx.direction)
+        if self.ctx.registry is not None:
+            self.ctx.registry.discard(self)
+        up = self.up
+        if up is not None:  # the exchange cannot finish: do not reuse that connection
+            self.up = None
+            up.down = None
+            up.transport.abort()
+
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and not self.up.closed:
+            self.up.transport.resume_reading()
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    # -- parser callbacks (queued into the backlog while an earlier exchange runs) ---------
+    def on_message_begin(self) -> None:
+        if self.busy or self.backlog is not None:
+            if self.backlog is None:
+                self.backlog = []
+                self._pause(_P_BACKLOG)
+            self.backlog.append(("begin",))
+            return
+        self._begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        if self.backlog is not None:
+            self.backlog.append(("url", url))
+        else:
+            self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        if self.backlog is not None:
+            self.backlog.append(("header", name, value))
+        else:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        args = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
+        if self.backlog is not None:
+            self.backlog.append(("head", *args))
+        else:
+            self._head(*args)
+
+    def on_body(self, body: bytes) -> None:
+        if self.backlog is not None:
+            self.backlog.append(("body", body))
+        else:
+            self._body(body)
+
+    def on_message_complete(self) -> None:
+        if self.backlog is not None:
+            self.backlog.append(("done",))
+        else:
+            self._done()
+
+    def _grow(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
+
+    # -- request side --------------------------------------------------------------------
+    def _begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+
+    def _head(self, method: bytes, version: str, keep_alive: bool, upgrade: bool) -> None:
+        ctx = self.ctx
+        cl = te = None
+        hosts = 0
+        request_id = False
+        out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
+        conn_tokens: set[bytes] = set()
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"connection":
+                conn_tokens.update(t.strip().lower() for t in value.split(b","))
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                if cl is not None or not value.strip().isdigit():
+                    raise BadRequest("invalid or repeated Content-Length")
+                cl = value.strip()
+                continue
+            elif lname == b"transfer-encoding":
+                if te is not None or value.strip().lower() != b"chunked":
+                    raise BadRequest("unsupported Transfer-Encoding")
+                te = value
+            elif lname == b"host":
+                hosts += 1
+            elif lname == b"x-request-id":
+                request_id = True
+            elif lname == b"x-forwarded-client-cert" and ctx.direction == INBOUND:
+                continue  # only this proxy may assert who the client is
+            if (lname in HOP_BY_HOP or lname in conn_tokens) and not (
+                    upgrade and lname == b"upgrade"):
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        if cl is not None and te is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if hosts > 1:
+            raise BadRequest("repeated Host header")
+        if not request_id:
+            out.append(b"x-request-id: %s\r\n" % _request_id())
+        if ctx.direction == INBOUND and ctx.peer_identity:
+            out.append(b"x-forwarded-client-cert: By=%s;URI=%s\r\n" % (
+                (ctx.local_identity or "").encode(), ctx.peer_identity.encode()))
+        if te is not None:
+            out.append(b"transfer-encoding: chunked\r\n")
+        elif cl is not None:
+            out.append(b"content-length: %s\r\n" % cl)
+        if upgrade:
+            out.append(b"connection: upgrade\r\n")
+        out.append(b"\r\n")
+        self.busy = True
+        self.method = method
+        self.req_head = b"".join(out)
+        self.req_chunked = te is not None
+        self.req_has_body = te is not None or (cl is not None and cl != b"0")
+        self.req_body = []
+        self.req_done = False
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.resp_started = False
+        self.started_at = time.monotonic()
+        self.pending_dispatch = True
+
+    def _body(self, body: bytes) -> None:
+        up = self.up
+        if up is None:
+            self.req_body.append(body)
+            self._pause(_P_WAIT)  # at most one read buffered while connecting
+            return
+        if self.req_chunked:
+            up.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            up.transport.write(body)
+
+    def _done(self) -> None:
+        self.req_done = True
+        if self.up is not None and self.req_chunked:
+            self.up.transport.write(b"0\r\n\r\n")
+
+    # -- routing and upstream ------------------------------------------------------------
+    def _dispatch(self) -> None:
+        ctx = self.ctx
+        timeout = None
+        if ctx.direction == OUTBOUND:
+            d = ctx.router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
+            if d.status:
+                self._local_reply(d.status, d.message)
+                return
+            endpoint = d.endpoint
+            timeout = d.timeout
+            connect_timeout = d.cluster.connect_timeout
+            alpn = ALPN_H1
+        else:
+            host, port = ctx.inbound_target
+            endpoint = Endpoint(host, port)
+            connect_timeout = 5.0
+            alpn = "http/1.1"
+        if timeout:
+            self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+        key = (endpoint.address, endpoint.port, alpn if endpoint.identity else "plain")
+        self.decision_key = key
+        up = None if self.upgrade else ctx.pool.get(key)
+        if up is not None:
+            up.reused = True
+            self._attach(up)
+            return
+        self._pause(_P_WAIT)
+        asyncio.get_running_loop().create_task(self._connect(endpoint, alpn, connect_timeout))
+
+    async def _connect(self, endpoint: Endpoint, alpn: str, timeout: float) -> None:
+        try:
+            _, up, _ = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
+        except UpstreamError as e:
+            if not self.closed and self.busy:
+                self._local_reply(503, f"upstream connect error: {e}")
+            return
+        if self.closed or not self.busy:
+            up.transport.close()
+            return
+        up.pool = self.ctx.pool
+        up.reused = False
+        self._attach(up)
+
+    def _attach(self, up: H1Upstream) -> None:
+        self.up = up
+        up.down = self
+        up.started = False
+        up.tunnel = False
+        t = up.transport
+        t.write(self.req_head)
+        for chunk in self.req_body:
+            if self.req_chunked:
+                t.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                t.write(chunk)
+        self.req_body = []
+        if self.req_done and self.req_chunked:
+            t.write(b"0\r\n\r\n")
+        self._resume(_P_WAIT)
+
+    def upstream_lost(self, up: H1Upstream) -> None:
+        """The upstream connection closed during our exchange."""
+        log.debug("upstream lost (started=%s reused=%s resp_started=%s)", up.started, up.reused,
+                  self.resp_started)
+        self.up = None
+        if self.tunnel:
+            self.transport.close()
+            return
+        if not self.resp_started:
+            if up.reused and not up.started and not self.req_has_body:
+                # A pooled connection the server had just closed: try once on a fresh one.
+                self._dispatch_retry()
+                return
+            self._local_reply(502, "upstream connect error or disconnect/reset before headers")
+            return
+        if self.resp_until_close:
+            self._finish_response(reusable=False)
+        else:
+            self.transport.abort()
+
+    def _dispatch_retry(self) -> None:
+        self._cancel_timer()
+        self.ctx.pool.idle.pop(self.decision_key, None)  # the rest are likely stale too
+        self._dispatch()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.down = None
+            up.transport.abort()
+        if not self.resp_started:
+            self._local_reply(504, "upstream request timeout")
+        else:
+            self.transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- response side -------------------------------------------------------------------
+    def response_head(self, up: H1Upstream) -> None:
+        status = up.status
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
+        interim = 100 <= status < 200 and status != 101
+        if status == 101 and self.upgrade:
+            for name, value in up.headers:
+                out.append(b"%s: %s\r\n" % (name, value))
+            out.append(b"\r\n")
+            self.transport.write(b"".join(out))
+            self._start_tunnel(up)
+            return
+        if interim:
+            for name, value in up.headers:
+                out.append(b"%s: %s\r\n" % (name, value))
+            out.append(b"\r\n")
+            self.transport.write(b"".join(out))
+            return
+        self.resp_started = True
+        self.resp_status = status
+        self._cancel_timer()
+        cl = None
+        chunked = False
+        conn_tokens: set[bytes] = set()
+        for name, value in up.headers:
+            if name.lower() == b"connection":
+                conn_tokens.update(t.strip().lower() for t in value.split(b","))
+        for name, value in up.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                cl = value
+                continue
+            if lname == b"transfer-encoding":
+                chunked = True
+            if lname in HOP_BY_HOP or lname in conn_tokens:
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        self.resp_chunked = False
+        self.resp_until_close = False
+        if chunked and not no_body:
+            self.resp_chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        elif cl is not None:
+            out.append(b"content-length: %s\r\n" % cl)
+        elif not no_body:  # body until the upstream closes: re-frame as chunked
+            self.resp_chunked = True
+            self.resp_until_close = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        if self.upgrade or not self.keep_alive or self.ctx.draining():
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        self.transport.write(b"".join(out))
+        if self.method == b"HEAD":  # httptools would wait for a body: end here, drop the conn
+            up.down = None
+            self.up = None
+            up.transport.close()
+            self._finish_response(reusable=False)
+
+    def response_body(self, body: bytes) -> None:
+        if self.resp_chunked:
+            self.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+        else:
+            self.transport.write(body)
+
+    def response_done(self, up: H1Upstream) -> None:
+        reusable = up.parser.should_keep_alive() and self.req_done and not self.upgrade
+        self._finish_response(reusable)
+
+    def _finish_response(self, reusable: bool) -> None:
+        up = self.up
+        if self.resp_chunked:
+            self.transport.write(b"0\r\n\r\n")
+        self.up = None
+        if up is not None:
+            up.down = None
+            if reusable and not up.closed:
+                up.transport.resume_reading()  # it may have been paused by our backpressure
+                self.ctx.pool.put(self.decision_key, up)
+            else:
+                up.transport.close()
+        self._exchange_done(self.resp_status)
+
+    def _exchange_done(self, status: int) -> None:
+        ctx = self.ctx
+        log.debug("%s exchange done: %d keep_alive=%s req_done=%s", ctx.direction, status,
+                  self.keep_alive, self.req_done)
+        ctx.stats.request_done(ctx.direction, ctx.service, status,
+                               time.monotonic() - self.started_at, ctx.peer_identity)
+        self._cancel_timer()
+        self.busy = False
+        self._resume(_P_WAIT | _P_UPSTREAM)
+        if not self.keep_alive or not self.req_done:
+            self.transport.close()
+            return
+        self._replay()
+
+    def _replay(self) -> None:
+        backlog = self.backlog
+        if backlog is None:
+            return
+        handlers = {"url": self._url_replay, "header": self._header_replay, "head": self._head,
+                    "body": self._body, "done": self._done}
+        try:
+            while backlog:
+                ev = backlog[0]
+                if ev[0] == "begin":
+                    if self.busy:
+                        return
+                    self._begin()
+                else:
+                    handlers[ev[0]](*ev[1:])
+                backlog.pop(0)
+                if self.pending_dispatch:
+                    self.pending_dispatch = False
+                    self._dispatch()
+        except BadRequest as e:
+            self._bad_request(e)
+            return
+        self.backlog = None
+        self._resume(_P_BACKLOG)
+
+    def _url_replay(self, url: bytes) -> None:
+        self.url += url
+
+    def _header_replay(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def _start_tunnel(self, up: H1Upstream) -> None:
+        self.resp_started = True
+        self.tunnel = True
+        up.tunnel = True
+        self._cancel_timer()
+        self.ctx.stats.request_done(self.ctx.direction, self.ctx.service, 101,
+                                    time.monotonic() - self.started_at, self.ctx.peer_identity)
+        if self.tunnel_bytes:
+            up.transport.write(self.tunnel_bytes)
+            self.tunnel_bytes = b""
+        self.paused = 0
+        self.transport.resume_reading()
+
+    # -- local replies -------------------------------------------------------------------
+    def _bad_request(self, err: Exception) -> None:
+        self.ctx.stats.protocol_error()
+        self.keep_alive = False
+        self.busy = False
+        self.backlog = None
+        if self.up is not None:
+            up, self.up = self.up, None
+            up.down = None
+            up.transport.abort()
+        body = b"bad request\n"
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def _local_reply(self, status: int, message: str) -> None:
+        body = message.encode() + b"\n"
+        self.resp_started = True
+        close = not self.keep_alive or not self.req_done or self.ctx.draining()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
+                status, REASONS.get(status, b"Error"), len(body),
+                b"connection: close\r\n" if close else b"", body))
+        if close:
+            self.keep_alive = False
+        self.resp_chunked = False
+        self._exchange_done(status)

@@ -1,0 +1,179 @@
+"""Inbound listener (:15006): what a connection to one of this pod's app ports becomes.
+
+remora mTLS (a ClientHello offering a ``remora-*`` ALPN) is terminated and the ALPN value
+says what is inside. Anything else is refused under STRICT and served as plaintext under
+PERMISSIVE (HTTP/1.1 and HTTP/2 sniffed, the rest relayed opaque, app TLS included). The app
+is reached at the original destination from 127.0.0.6.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from control_plane.api.model import DISABLE, STRICT, Endpoint
+
+from . import detect
+from .http1 import H1Context, H1Downstream
+from .listeners import peek
+from .original_dst import original_dst
+from .relay import RelayProtocol, SpliceRelay, link
+from .stats import INBOUND
+from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, peer_identity
+from .upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from .runtime import ProxyRuntime
+
+log = logging.getLogger("remora.inbound")
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def on_accept(rt: ProxyRuntime, sock: socket.socket) -> None:
+    rt.stats.conn_opened(INBOUND)
+    try:
+        dst = original_dst(sock)
+    except OSError:
+        dst = None
+    if dst is None or dst[1] in rt.own_ports:
+        # Not redirected (someone dialled 15006 itself): there is no app port to serve.
+        rt.stats.inbound_refused += 1
+        _close(rt, sock)
+        return
+    asyncio.get_running_loop().create_task(_serve(rt, sock, dst))
+
+
+def _close(rt: ProxyRuntime, sock: socket.socket) -> None:
+    sock.close()
+    rt.stats.conn_closed(INBOUND)
+
+
+def _remora_hello(data: bytes) -> bool | None:
+    """True: a ClientHello offering remora ALPN; False: something else; None: need more."""
+    kind = detect.classify(data)
+    if kind is None:
+        return None
+    if kind != detect.TLS:
+        return False
+    alpns = client_hello_alpns(data)
+    if alpns is None:
+        return None if len(data) < detect.PEEK_BYTES else False
+    return any(a.startswith(b"remora-") for a in alpns)
+
+
+async def _serve(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
+    try:
+        await _serve_inner(rt, sock, dst)
+    except Exception:
+        log.exception("inbound connection for port %d failed", dst[1])
+        if sock.fileno() >= 0:
+            _close(rt, sock)
+
+
+async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
+    mode = rt.config.inbound.mode_for(dst[1])
+    strict = mode == STRICT
+    # Under STRICT the client must speak first (ClientHello); otherwise a server-first
+    # protocol must not wait long.
+    timeout = HANDSHAKE_TIMEOUT if strict else rt.settings.detect_timeout
+    opaque_port = dst[1] in rt.opaque_ports(rt.router)
+    data = b""
+    if not (mode == DISABLE and opaque_port):
+        data = await peek(sock, detect.PEEK_BYTES, timeout, lambda d: _remora_hello(d) is not None)
+    remora = bool(data) and _remora_hello(data) is True and mode != DISABLE
+    loop = asyncio.get_running_loop()
+    if remora:
+        tls = rt.tls
+        if tls is None:
+            _close(rt, sock)
+            return
+        try:
+            await loop.connect_accepted_socket(
+                lambda: InboundTls(rt, dst), sock, ssl=tls.server,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            log.debug("inbound mTLS handshake for port %d failed: %s", dst[1], e)
+            rt.stats.connect_error("downstream_tls_handshake")
+            rt.stats.conn_closed(INBOUND)
+            sock.close()
+        return
+    if strict:
+        rt.stats.inbound_refused += 1
+        _close(rt, sock)
+        return
+    kind = detect.OPAQUE if opaque_port else (detect.classify(data) or detect.OPAQUE)
+    if kind == detect.H1:
+        ctx = h1_context(rt, dst, None)
+        await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
+    elif kind == detect.H2 and rt.h2 is not None:
+        ctx2 = h2_context(rt, dst, None)
+        await loop.connect_accepted_socket(lambda: rt.h2.H2Downstream(ctx2), sock)
+    else:
+        try:
+            up = await rt.inbound_connector.connect_socket(dst[0], dst[1], 5.0)
+        except UpstreamError:
+            _close(rt, sock)
+            return
+        SpliceRelay(sock, up, lambda: rt.stats.conn_closed(INBOUND))
+
+
+def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:
+    return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
+                     inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
+                     service=f"inbound|{dst[1]}", registry=rt.h1_conns)
+
+
+def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
+    return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
+                           connector=rt.inbound_connector, peer_identity=peer,
+                           stats=rt.stats, draining=rt.is_draining)
+
+
+class InboundTls(asyncio.Protocol):
+    """First protocol of a terminated remora mTLS connection: hands over by ALPN."""
+
+    def __init__(self, rt: ProxyRuntime, dst: tuple[str, int]) -> None:
+        self.rt = rt
+        self.dst = dst
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        rt = self.rt
+        rt.stats.handshake("server")
+        sslobj = transport.get_extra_info("ssl_object")
+        peer = peer_identity(sslobj)
+        alpn = sslobj.selected_alpn_protocol() if sslobj else None
+        if peer is None:
+            rt.stats.inbound_refused += 1
+            transport.abort()
+            return
+        if alpn == ALPN_H1:
+            p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer))
+        elif alpn == ALPN_H2 and rt.h2 is not None:
+            p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer))
+        elif alpn in (ALPN_TCP, ALPN_H2):
+            p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
+            asyncio.get_running_loop().create_task(self._relay(p, transport))
+        else:
+            rt.stats.protocol_error()
+            transport.abort()
+            return
+        transport.set_protocol(p)
+        p.connection_made(transport)
+
+    async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport) -> None:
+        host, port = self.dst
+        try:
+            _, up, _ = await self.rt.inbound_connector.connect(
+                Endpoint(host, port), "tcp", RelayProtocol, 5.0)
+        except UpstreamError:
+            transport.close()
+            return
+        link(down, up)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rt.stats.conn_closed(INBOUND)
+
+    def data_received(self, data: bytes) -> None:  # only before the hand-over, which is at once
+        pass

@@ -1,0 +1,114 @@
+"""Listening sockets with a hand-written accept loop.
+
+The proxy accepts raw sockets itself (instead of ``loop.create_server``) so that it can read
+SO_ORIGINAL_DST and peek at the first bytes before deciding what the connection becomes: an
+HTTP/1.1 or HTTP/2 protocol (``loop.connect_accepted_socket``, with TLS on the inbound side),
+or a kernel-side splice relay that never creates a transport at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+log = logging.getLogger("remora.listener")
+
+
+def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A listening socket; ``host`` "::" means dual-stack (falls back to 0.0.0.0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        if host != "::":
+            raise
+        host, sock = "0.0.0.0", socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        if host == "::" and e.errno in (97, 99):  # no IPv6 in this namespace
+            return bind("0.0.0.0", port, backlog)
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+class Listener:
+    """Accepts connections on ``sock`` and hands each to ``on_accept(conn)``."""
+
+    def __init__(self, name: str, sock: socket.socket, on_accept: Callable[[socket.socket], None]):
+        self.name = name
+        self.sock = sock
+        self.on_accept = on_accept
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(64):  # bounded batch so one busy listener cannot starve the loop
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log, keep listening
+                log.warning("%s: accept failed: %s", self.name, e)
+                return
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.on_accept(conn)
+            except Exception:
+                log.exception("%s: handling a new connection failed", self.name)
+                conn.close()
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+
+async def peek(sock: socket.socket, want: int, timeout: float,
+               enough: Callable[[bytes], bool]) -> bytes:
+    """Peek up to ``want`` bytes until ``enough(data)`` holds, EOF, or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    data = b""
+    while True:
+        try:
+            data = sock.recv(want, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return data
+        else:
+            if not data or enough(data):
+                return data
+        left = deadline - loop.time()
+        if left <= 0:
+            return data
+        if data:
+            # Some bytes but not enough: the socket stays readable, so poll instead of waiting.
+            await asyncio.sleep(min(0.005, left))
+            continue
+        fut = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _wake, fut)
+        try:
+            await asyncio.wait_for(fut, left)
+        except TimeoutError:
+            return data
+        finally:
+            loop.remove_reader(fd)
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

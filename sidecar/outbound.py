@@ -1,0 +1,126 @@
+"""Outbound listener (:15001): what an app connection becomes.
+
+original destination → service port (or passthrough) → protocol (declared opaque, or sniffed
+within the detection timeout) → HTTP/1.1 relay, HTTP/2 hand-over, or opaque TCP relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from control_plane.api.model import GRPC, HTTP, HTTP2, OPAQUE, TLS, OutboundPort
+
+from . import detect
+from .http1 import H1Context, H1Downstream
+from .listeners import peek
+from .original_dst import original_dst
+from .relay import RelayProtocol, SpliceRelay, link
+from .stats import OUTBOUND
+from .tls import ALPN_TCP
+from .upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from .runtime import ProxyRuntime
+
+log = logging.getLogger("remora.outbound")
+
+
+def on_accept(rt: ProxyRuntime, sock: socket.socket) -> None:
+    rt.stats.conn_opened(OUTBOUND)
+    try:
+        dst = original_dst(sock)
+    except OSError:
+        dst = None
+    if dst is None or dst[1] in rt.own_ports and dst[0] in rt.local_addresses(sock):
+        # Dialled the proxy itself, not redirected: relaying would loop back here.
+        rt.stats.protocol_error()
+        _close(rt, sock)
+        return
+    asyncio.get_running_loop().create_task(_serve(rt, sock, dst))
+
+
+def _close(rt: ProxyRuntime, sock: socket.socket) -> None:
+    sock.close()
+    rt.stats.conn_closed(OUTBOUND)
+
+
+async def _serve(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
+    try:
+        await _serve_inner(rt, sock, dst)
+    except Exception:
+        log.exception("outbound connection to %s:%d failed", *dst)
+        if sock.fileno() >= 0:
+            _close(rt, sock)
+
+
+async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
+    router = rt.router
+    port = router.lookup(*dst)
+    if port is None:
+        await _passthrough(rt, sock, dst)
+        return
+    kind = detect.OPAQUE
+    if dst[1] not in rt.opaque_ports(router) and port.protocol not in (OPAQUE, TLS):
+        http_only = port.protocol in (HTTP, HTTP2, GRPC)
+        data = await peek(sock, len(detect.H2_PREFACE), rt.settings.detect_timeout,
+                          lambda d: detect.classify(d, http_only) is not None)
+        if not data and http_only:
+            kind = detect.H1  # nothing sent yet on an HTTP port: let the parser wait
+        else:
+            kind = detect.classify(data, http_only) or detect.OPAQUE
+    loop = asyncio.get_running_loop()
+    if kind == detect.H1:
+        ctx = H1Context(OUTBOUND, rt.outbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
+                        router=router, outbound_port=port, service=port.service,
+                        registry=rt.h1_conns, local_identity=rt.identity)
+        await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
+        return
+    if kind == detect.H2 and rt.h2 is not None:
+        ctx2 = rt.h2.H2Context(router=router, outbound_port=port, inbound_target=None,
+                               connector=rt.outbound_connector, peer_identity=None,
+                               stats=rt.stats, draining=rt.is_draining)
+        await loop.connect_accepted_socket(lambda: rt.h2.H2Downstream(ctx2), sock)
+        return
+    await _opaque(rt, sock, port)
+
+
+async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> None:
+    decision = rt.router.pick(port.default_cluster)
+    if decision.status:
+        rt.stats.connect_error("no_healthy_upstream")
+        _close(rt, sock)
+        return
+    endpoint = decision.endpoint
+    timeout = decision.cluster.connect_timeout
+    if endpoint.identity is None:
+        await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout)
+        return
+    try:
+        _, up, _ = await rt.outbound_connector.connect(endpoint, ALPN_TCP, RelayProtocol, timeout)
+    except UpstreamError as e:
+        log.debug("opaque upstream for %s: %s", port.service, e)
+        _close(rt, sock)
+        return
+    loop = asyncio.get_running_loop()
+    _, down = await loop.connect_accepted_socket(
+        lambda: RelayProtocol(lambda: rt.stats.conn_closed(OUTBOUND)), sock)
+    link(down, up)
+
+
+async def _passthrough(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
+    rt.stats.passthrough += 1
+    await _splice_to(rt, sock, dst[0], dst[1], 5.0)
+
+
+async def _splice_to(rt: ProxyRuntime, sock: socket.socket, host: str, port: int,
+                     timeout: float) -> None:
+    try:
+        up = await rt.outbound_connector.connect_socket(host, port, timeout)
+    except UpstreamError as e:
+        log.debug("plaintext upstream %s:%d: %s", host, port, e)
+        _close(rt, sock)
+        return
+    SpliceRelay(sock, up, lambda: rt.stats.conn_closed(OUTBOUND))
