@@ -1,0 +1,481 @@
+"""The HTTP/2 relay on loopback with real grpcio peers: client → outbound relay → inbound relay → server.
+
+The two relays are wired as in the mesh (outbound resolves through a router and reaches the
+inbound relay with ALPN remora-h2; inbound forwards to the app with plaintext h2), with a stub
+Router/Connector (plaintext TCP) in place of the proxy core. The mTLS hop through real pods is
+tests/sidecar/test_http2_mesh.py.
+
+Run as a script this module is also the gRPC app of the mesh test:
+``python test_http2.py serve PORT`` and ``python test_http2.py call PORT`` (prints JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+
+SERVICE = "remora.test.Echo"
+CLIENT_ID = "spiffe://cluster.local/ns/a/sa/client"
+SERVER_ID = "spiffe://cluster.local/ns/b/sa/server"
+
+
+# -- the gRPC app (bytes in, bytes out: no generated code) --------------------------------------
+@dataclass
+class AppState:
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    yielded: int = 0  # messages a streaming handler has produced so far
+
+
+def app_handler(state: AppState) -> grpc.GenericRpcHandler:
+    def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        md = dict(ctx.invocation_metadata())
+        ctx.send_initial_metadata((("x-seen-request-id", md.get("x-request-id", "")),))
+        ctx.set_trailing_metadata((("x-trailer", "yes"),))
+        return req
+
+    def stream(req: bytes, ctx: grpc.ServicerContext):
+        """``count,size[,interval]``: count messages of size bytes each."""
+        count, size, *rest = req.decode().split(",")
+        interval = float(rest[0]) if rest else 0.0
+        for i in range(int(count)):
+            state.yielded = i + 1
+            yield bytes([i % 251]) * int(size)
+            if interval:
+                time.sleep(interval)
+        ctx.set_trailing_metadata((("x-sent", count),))
+
+    def fail(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        ctx.set_trailing_metadata((("x-why", "teapot"),))
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
+
+    def forever(req: bytes, ctx: grpc.ServicerContext):
+        ctx.add_callback(state.cancelled.set)  # runs when the RPC ends, also on RST_STREAM
+        while ctx.is_active():
+            yield b"x" * 1024
+            time.sleep(0.01)
+
+    def slow(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        ctx.add_callback(state.cancelled.set)
+        deadline = time.monotonic() + float(req)
+        while ctx.is_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"late"
+
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Forever": grpc.unary_stream_rpc_method_handler(forever),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    })
+
+
+def start_app(address: str, state: AppState, options: list | None = None) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options or [])
+    server.add_generic_rpc_handlers((app_handler(state),))
+    port = server.add_insecure_port(address)
+    server.start()
+    return server, port
+
+
+def method(channel: grpc.Channel, name: str, streaming: bool = False):
+    factory = channel.unary_stream if streaming else channel.unary_unary
+    return factory(f"/{SERVICE}/{name}")
+
+
+def must_show_calls(target: str) -> dict:
+    """Unary, server-streaming, large and error calls; the results as plain JSON data."""
+    out: dict = {}
+    with grpc.insecure_channel(target) as ch:
+        body, call = method(ch, "Unary").with_call(b"hello", timeout=10)
+        out["unary"] = {"body": body.decode(), "initial": dict(call.initial_metadata()),
+                        "trailing": dict(call.trailing_metadata()), "code": call.code().name}
+        big = bytes(range(256)) * 4096  # 1 MiB each way: many times the 64 KiB window
+        out["large_ok"] = method(ch, "Unary")(big, timeout=20) == big
+        msgs = list(method(ch, "Stream", True)(b"40,100000", timeout=20))
+        out["stream"] = {"count": len(msgs),
+                         "ok": all(m == bytes([i % 251]) * 100000 for i, m in enumerate(msgs))}
+        try:
+            method(ch, "Fail")(b"x", timeout=10)
+            out["fail"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            out["fail"] = {"code": e.code().name, "details": e.details(),
+                           "trailing": dict(e.trailing_metadata() or ())}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "serve":
+        server, port = start_app(f"0.0.0.0:{argv[1]}", AppState())
+        print(port, flush=True)
+        server.wait_for_termination()
+        return 0
+    if argv[0] == "call":
+        print(json.dumps(must_show_calls(argv[1])), flush=True)
+        return 0
+    print(f"usage: {Path(__file__).name} serve PORT | call HOST:PORT", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+# -- the tests ---------------------------------------------------------------------------------
+import pytest  # noqa: E402
+import uvloop  # noqa: E402
+
+from control_plane.api.model import Cluster, Endpoint  # noqa: E402
+from sidecar import http2  # noqa: E402
+from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
+
+# The proxy runs on uvloop. (pytest-asyncio's replacement, a pytest_asyncio_loop_factories
+# hook, can only live in conftest.py.)
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\"")
+
+
+@pytest.fixture
+def event_loop_policy():
+    return uvloop.EventLoopPolicy()
+
+
+class StubStats:
+    def __init__(self) -> None:
+        self.done: list[tuple] = []
+
+    def request_done(self, direction, service, code, duration_s, peer_identity) -> None:
+        self.done.append((direction, service, code, peer_identity))
+
+    def protocol_error(self) -> None:
+        self.done.append(("protocol_error",))
+
+
+class StubRouter:
+    def __init__(self, endpoint: Endpoint) -> None:
+        cluster = Cluster(name="echo.b.svc.cluster.local|80", service="echo.b.svc.cluster.local",
+                          port=80, protocol="grpc", endpoints=(endpoint,))
+        self.decision = SimpleNamespace(cluster=cluster, endpoint=endpoint, timeout=None,
+                                        route="default", status=0, message="")
+
+    def resolve(self, outbound_port, method, path, headers):
+        return self.decision
+
+
+class StubConnector:
+    """Plaintext TCP in place of the core's mTLS connector; counts connections per ALPN."""
+
+    def __init__(self) -> None:
+        self.connects: dict[str, int] = {}
+
+    async def connect(self, endpoint, alpn, protocol_factory, timeout=5.0):
+        self.connects[alpn] = self.connects.get(alpn, 0) + 1
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_connection(protocol_factory, endpoint.address,
+                                                        endpoint.port)
+        return transport, proto, endpoint.identity
+
+
+@dataclass
+class Relay:
+    app: AppState
+    app_port: int
+    port: int  # the outbound relay: where the gRPC client connects
+    router: StubRouter
+    stats: StubStats
+    out_connector: StubConnector
+    in_connector: StubConnector
+    draining: list[bool]
+    downstreams: list[H2Downstream]
+
+    async def run(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+
+@contextlib.asynccontextmanager
+async def running_relay(app_options: list | None = None):
+    """App, inbound relay and outbound relay on loopback; all stopped afterwards."""
+    loop = asyncio.get_running_loop()
+    state = AppState()
+    server, app_port = start_app("127.0.0.1:0", state, app_options)
+    stats, out_conn, in_conn = StubStats(), StubConnector(), StubConnector()
+    draining = [False]
+    downstreams: list[H2Downstream] = []
+
+    def factory(ctx):
+        def make():
+            d = H2Downstream(ctx)
+            downstreams.append(d)
+            return d
+        return make
+
+    in_ctx = H2Context(router=None, outbound_port=None, inbound_target=("127.0.0.1", app_port),
+                       connector=in_conn, peer_identity=CLIENT_ID, stats=stats,
+                       draining=lambda: False)
+    inbound = await loop.create_server(factory(in_ctx), "127.0.0.1", 0)
+    in_port = inbound.sockets[0].getsockname()[1]
+    router = StubRouter(Endpoint(address="127.0.0.1", port=in_port, identity=SERVER_ID))
+    out_ctx = H2Context(router=router, outbound_port=None, inbound_target=None,
+                        connector=out_conn, peer_identity=None, stats=stats,
+                        draining=lambda: draining[0])
+    outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
+    try:
+        yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
+                    out_conn, in_conn, draining, downstreams)
+    finally:
+        for srv in (outbound, inbound):
+            srv.close()
+        for d in downstreams:
+            d.close()
+        H2Pool.for_connector(out_conn).close()
+        H2Pool.for_connector(in_conn).close()
+        await asyncio.to_thread(server.stop, None)
+
+
+@pytest.fixture
+async def relay():
+    async with running_relay() as r:
+        yield r
+
+
+async def test_unary_large_streaming_and_error_through_both_relays(relay):
+    res = await relay.run(must_show_calls, f"127.0.0.1:{relay.port}")
+    assert res["unary"]["body"] == "hello"
+    assert res["unary"]["trailing"]["x-trailer"] == "yes"  # trailers forwarded
+    assert len(res["unary"]["initial"]["x-seen-request-id"]) == 36  # x-request-id added once
+    assert res["large_ok"] is True
+    assert res["stream"] == {"count": 40, "ok": True}
+    assert res["fail"]["code"] == "NOT_FOUND"
+    assert res["fail"]["details"] == "no such thing: x"
+    assert res["fail"]["trailing"]["x-why"] == "teapot"
+    # One upstream connection per hop, multiplexed: no connection per request.
+    assert relay.out_connector.connects == {"remora-h2": 1}
+    assert relay.in_connector.connects == {"h2": 1}
+    codes = sorted((d, s, c, p) for d, s, c, p in relay.stats.done)
+    assert ("outbound", "echo.b.svc.cluster.local", 200, SERVER_ID) in codes
+    assert ("inbound", f"inbound|{relay.app_port}", 200, CLIENT_ID) in codes
+    assert len(codes) == 8  # four calls, counted once on each relay
+
+
+async def test_existing_request_id_is_kept(relay):
+    def call():
+        with relay.channel() as ch:
+            _, c = method(ch, "Unary").with_call(b"x", metadata=(("x-request-id", "abc"),))
+            return dict(c.initial_metadata())["x-seen-request-id"]
+    assert await relay.run(call) == "abc"
+
+
+async def test_client_cancel_resets_the_server_stream(relay):
+    def call():
+        with relay.channel() as ch:
+            it = method(ch, "Forever", True)(b"", timeout=10)
+            next(it)
+            it.cancel()  # RST_STREAM(CANCEL) from the client
+    await relay.run(call)
+    # The reset travelled through both relays: the app's handler saw its RPC end.
+    assert await asyncio.to_thread(relay.app.cancelled.wait, 5)
+
+
+async def test_no_endpoint_is_unavailable(relay):
+    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
+                                            status=503, message="no healthy upstream")
+
+    def call():
+        with relay.channel() as ch, pytest.raises(grpc.RpcError) as err:
+            method(ch, "Unary")(b"x", timeout=5)
+        return err.value.code(), err.value.details()
+    assert await relay.run(call) == (grpc.StatusCode.UNAVAILABLE, "no healthy upstream")
+    assert relay.stats.done[-1][2] == 503
+
+
+async def test_connect_failure_is_unavailable(relay):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    relay.router.decision.endpoint = Endpoint("127.0.0.1", closed_port, identity=SERVER_ID)
+
+    def call():
+        with relay.channel() as ch, pytest.raises(grpc.RpcError) as err:
+            method(ch, "Unary")(b"x", timeout=5)
+        return err.value.code(), err.value.details()
+    code, details = await relay.run(call)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert details.startswith("upstream connect error")
+
+
+async def test_route_timeout_is_504_and_cancels_upstream(relay):
+    relay.router.decision.timeout = 0.3
+
+    def call():
+        with relay.channel() as ch, pytest.raises(grpc.RpcError) as err:
+            method(ch, "Slow")(b"5", timeout=10)
+        return err.value.code(), err.value.details()
+    assert await relay.run(call) == (grpc.StatusCode.DEADLINE_EXCEEDED, "upstream request timeout")
+    assert ("outbound", "echo.b.svc.cluster.local", 504, SERVER_ID) in relay.stats.done
+    assert await asyncio.to_thread(relay.app.cancelled.wait, 5)  # upstream stream was reset
+
+
+async def test_plain_http2_error_reply_has_a_body(relay):
+    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
+                                            status=503, message="no healthy upstream")
+    client = await RawClient.open(relay.port)
+    try:
+        sid = client.request(b"/x", grpc=False)
+        headers, body, _ = await client.read_stream(sid)
+        assert dict(headers)[b":status"] == b"503"
+        assert body == b"no healthy upstream"
+    finally:
+        client.close()
+
+
+def grpc_frame(payload: bytes) -> bytes:
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+class RawClient:
+    """An h2 client that acknowledges DATA only when told to: a reader as slow as we like."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.flush()
+        self.backlog: list = []  # events not yet consumed by read_stream
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def flush(self) -> None:
+        self.writer.write(self.h2.data_to_send())
+
+    def request(self, path: bytes, body: bytes = b"", grpc: bool = True) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
+                   (b":path", path)]
+        if grpc:
+            headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        self.h2.send_headers(sid, headers)
+        self.h2.send_data(sid, grpc_frame(body) if grpc else body, end_stream=True)
+        self.flush()
+        return sid
+
+    async def pump(self, timeout: float = 0.2) -> list:
+        """Read what arrives within ``timeout``; never acknowledges DATA by itself."""
+        with contextlib.suppress(TimeoutError):
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            events = self.h2.receive_data(data)
+            self.flush()
+            self.backlog += events
+            return events
+        return []
+
+    async def read_stream(self, sid: int, ack: bool = True, limit: float = 10):
+        import h2.events
+        headers, body, trailers = None, bytearray(), None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not self.backlog:
+                await self.pump()
+            events, self.backlog = self.backlog, []
+            for ev in events:
+                if getattr(ev, "stream_id", None) != sid:
+                    continue
+                if isinstance(ev, h2.events.ResponseReceived):
+                    headers = ev.headers
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    if ack:
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length, sid)
+                        self.flush()
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = ev.headers
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    return headers, bytes(body), trailers
+        raise AssertionError(f"stream {sid} did not end within {limit}s")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def relay_buffered() -> int:
+    """Bytes the relays hold right now: queued in pipes plus unsent in transports."""
+    total = 0
+    seen = set()
+    for down in list(http2._live_downstreams):
+        for ex in down.streams.values():
+            total += sum(len(item[0]) for item in ex.req.queue)
+            total += sum(len(item[0]) for item in ex.resp.queue)
+            if ex.up is not None and id(ex.up) not in seen:
+                seen.add(id(ex.up))
+                total += ex.up.transport.get_write_buffer_size()
+        total += down.transport.get_write_buffer_size()
+    return total
+
+
+async def test_slow_reader_stalls_the_server_instead_of_growing_buffers(relay):
+    count, size = 100, 100_000  # 10 MB the server would like to send
+    client = await RawClient.open(relay.port)
+    try:
+        sid = client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
+        for _ in range(10):  # a second of not acknowledging anything
+            await client.pump(0.1)
+        held = relay_buffered()
+        # Bounded by the windows (64 KiB per stream, 2 MiB per connection), not by the stream.
+        assert held < 2 * http2.CONN_WINDOW, held
+        assert relay.app.yielded < count  # the server is held back by flow control
+        _, body, trailers = await client.read_stream(sid, ack=True, limit=30)
+        assert len(body) == count * (size + 5)  # then everything arrives once we read
+        assert dict(trailers)[b"grpc-status"] == b"0"
+    finally:
+        client.close()
+
+
+async def test_drain_sends_goaway_and_lets_inflight_streams_finish(relay):
+    def call():
+        with relay.channel() as ch:
+            msgs = list(method(ch, "Stream", True)(b"10,10,0.1", timeout=10))
+            return len(msgs)
+    inflight = asyncio.ensure_future(relay.run(call))
+    await asyncio.sleep(0.3)
+    relay.draining[0] = True
+    assert await inflight == 10  # started before the GOAWAY: completes
+    outbound = [d for d in relay.downstreams if d.ctx.router is not None]
+    assert outbound and all(d.goaway_sent for d in outbound)
+    deadline = time.monotonic() + 3
+    while not all(d.closed for d in outbound) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert all(d.closed for d in outbound)  # and the drained connection closes after it
+
+
+async def test_upstream_goaway_moves_new_streams_to_a_new_connection():
+    # The app sends GOAWAY after 300 ms on every connection (gRPC's max connection age).
+    options = [("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 10000)]
+    async with running_relay(options) as r:
+        def calls():
+            with r.channel() as ch:
+                stream = method(ch, "Stream", True)(b"8,1000,0.1", timeout=10)
+                results = []
+                for i in range(12):
+                    results.append(method(ch, "Unary")(b"%d" % i, timeout=5))
+                    time.sleep(0.1)
+                return results, len(list(stream))
+        results, streamed = await asyncio.to_thread(calls)
+        assert results == [b"%d" % i for i in range(12)]  # nothing failed across GOAWAYs
+        assert streamed == 8  # the stream in flight at the GOAWAY finished
+        assert r.in_connector.connects["h2"] >= 2  # the pool opened a new connection
