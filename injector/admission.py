@@ -49,10 +49,17 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, namespace_labels: Mappin
 
 
 def decide(
-    pod: dict[str, Any], namespace: str, namespace_labels: Mapping[str, str], mesh: MeshConfig
+    pod: dict[str, Any], namespace: str, namespace_labels: Mapping[str, str] | None, mesh: MeshConfig
 ) -> Outcome:
+    """``namespace_labels`` None means the namespace is not known (yet). If the answer depends
+    on it, fail closed, so no pod starts without its sidecar because a watch lags (the pod's
+    controller retries)."""
     try:
-        reason = skip_reason(pod, namespace, namespace_labels)
+        reason = skip_reason(pod, namespace, namespace_labels or {})
+        if reason == "not-enabled" and namespace_labels is None:
+            return Outcome(DENIED, reason="namespace-unknown", message=(
+                f"namespace {namespace!r} is not known to remora-injector yet (its namespace "
+                "watch is starting or lagging); retry in a few seconds"))
         if reason is not None:
             return Outcome(SKIPPED, reason=reason)
         injected = template.inject_pod(pod, mesh)

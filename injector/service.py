@@ -30,7 +30,7 @@ class Injector:
         self.mesh = mesh
         self.counters = Counters()
 
-    def review(self, pod: dict[str, Any], namespace: str, labels: Mapping[str, str]) -> Outcome:
+    def review(self, pod: dict[str, Any], namespace: str, labels: Mapping[str, str] | None) -> Outcome:
         outcome = decide(pod, namespace, labels, self.mesh)
         meta = pod.get("metadata") or {}
         name = f"{namespace}/{meta.get('name') or meta.get('generateName', '') + '*'}"
@@ -60,11 +60,12 @@ def operator_registry(
                namespace_labels: kopf.Index[str, dict[str, str]], **_: Any) -> None:
         namespace = body.metadata.namespace or "default"
         store = namespace_labels.get(namespace)
-        labels = next(iter(store), {}) if store is not None else {}
+        labels = next(iter(store), None) if store is not None else None
         outcome = injector.review(dict(body), namespace, labels)
         warnings.extend(outcome.warnings)
         if outcome.result == DENIED:
-            raise kopf.AdmissionError(outcome.message, code=400)
+            code = 503 if outcome.reason == "namespace-unknown" else 400
+            raise kopf.AdmissionError(outcome.message, code=code)
         if outcome.result == INJECTED:
             new = outcome.pod
 

@@ -205,3 +205,12 @@ def test_readme_annotation_table_is_current() -> None:
     documented = (REPO / "docs" / "injection.md").read_text()
     for a in ann.ANNOTATIONS:
         assert f"`{a.key}`" in documented, a.key
+
+
+def test_unknown_namespace_fails_closed_only_when_it_matters() -> None:
+    pod = simple_pod()
+    outcome = admission.decide(pod, "new-ns", None, MeshConfig())
+    assert (outcome.result, outcome.reason) == (admission.DENIED, "namespace-unknown")
+    pod["metadata"]["labels"] = {"remora.dev/inject": "false"}
+    assert admission.decide(pod, "new-ns", None, MeshConfig()).reason == "pod-disabled"
+    assert admission.decide(simple_pod(), "kube-system", None, MeshConfig()).reason == "system-namespace"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
-from injector_harness import KubeEmulator, Webhook, decode_patch
+from injector_harness import BIN, KubeEmulator, Webhook, decode_patch
 from kubernetes_validate import utils as kv_utils
 
 from injector.meshconfig import MeshConfig
@@ -191,3 +192,32 @@ def test_operator_keeps_the_webhook_configuration_pointed_at_itself(
     assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
                               "operations": ["CREATE"], "scope": "*"}]
     assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+
+
+def test_operator_fails_closed_for_a_namespace_it_does_not_know(operator_webhook: Webhook) -> None:
+    unknown = pods.with_inject_label(pods.deployment_pod(), "ghost", None)
+    response = operator_webhook.review(pods.admission_review(unknown))["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 503
+    assert "namespace 'ghost' is not known to remora-injector yet" in response["status"]["message"]
+    opted_in = pods.with_inject_label(pods.deployment_pod(), "ghost", "true")
+    assert operator_webhook.review(pods.admission_review(opted_in))["response"]["allowed"] is True
+
+
+def test_unknown_annotation_is_a_warning(webhook: Webhook) -> None:
+    pod = pods.job_pod()
+    pod["metadata"]["annotations"] = {"remora.dev/proxy-cpus": "1"}
+    response = webhook.review(pods.admission_review(pod))["response"]
+    assert response["allowed"] is True and "patch" in response
+    assert response["warnings"] == [
+        "unknown annotation remora.dev/proxy-cpus is ignored; see docs/injection.md"]
+
+
+def test_injector_refuses_a_bad_mesh_config(tmp_path: Path) -> None:
+    bad = tmp_path / "mesh.yaml"
+    bad.write_text("drainSeconds: soon\n")
+    result = subprocess.run([str(BIN / "remora-injector"), "--mesh-config", str(bad),
+                             "--without-api-server", "--metrics-port", "0",
+                             "--self-signed-dir", str(tmp_path / "certs")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "drainSeconds: invalid value 'soon'" in result.stderr
