@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,96 @@ def test_keepalive_requests_and_identity(mesh):
     assert f'peer_identity="{CLIENT_ID}"' in metrics
     # One mTLS connection carried all three requests (curl reused its connection too).
     assert 'remora_tls_handshakes_total{side="server"} 1' in metrics
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_50mb_chunked_upload_streams_with_bounded_memory(mesh):
+    pids = [h.proc.pid for h in mesh.proxies.values()]
+    before = {pid: _rss_kb(pid) for pid in pids}
+    peak = dict(before)
+    size = 50 * 1024 * 1024
+    proc = subprocess.Popen(mesh.client.command(["bash", "-c",
+        f"head -c {size} /dev/zero | curl -sS -v --max-time 60 -X POST -T - "
+        "-H 'Content-Type: application/octet-stream' http://web:8080/upload"], uid=APP_UID),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:  # sample both proxies' RSS while the body streams through
+        for pid in pids:
+            peak[pid] = max(peak[pid], _rss_kb(pid))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err + mesh.logs()
+    result = json.loads(out)
+    zeros = hashlib.sha256()
+    for _ in range(50):
+        zeros.update(bytes(1024 * 1024))
+    assert result == {"bytes": size, "sha256": zeros.hexdigest(), "chunked": "chunked"}
+    assert "Transfer-Encoding: chunked" in err
+    assert "HTTP/1.1 100 Continue" in err  # curl asked Expect: 100-continue; it was relayed
+    for pid in pids:  # never buffered whole: growth stays far below the 50 MB body
+        assert peak[pid] - before[pid] < 16 * 1024, (before, peak)
+
+
+WS_CLIENT = """
+import asyncio, aiohttp, sys
+async def main():
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect("http://web:8080/ws") as ws:
+            for i in range(3):
+                await ws.send_str(f"msg{i}")
+                print((await ws.receive()).data)
+            await ws.send_bytes(bytes(range(256)) * 1000)
+            print(len((await ws.receive()).data))
+asyncio.run(main())
+"""
+
+
+def test_websocket_echo(mesh):
+    r = mesh.client.exec([sys.executable, "-c", WS_CLIENT], uid=APP_UID, timeout=20)
+    assert r.returncode == 0, r.stderr + mesh.logs()
+    assert r.stdout.split() == ["echo:msg0", "echo:msg1", "echo:msg2", "256000"]
+    assert 'response_code="101"' in mesh.proxies["server"].metrics()
+
+
+RAW_CLIENT = """
+import socket, sys
+payload = sys.stdin.buffer.read()
+s = socket.create_connection(("web", 8080), timeout=5)
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+data = b""
+try:
+    while chunk := s.recv(65536):
+        data += chunk
+except (ConnectionResetError, TimeoutError):
+    pass
+sys.stdout.write(data.decode("latin-1").split("\\r\\n")[0] or "CLOSED")
+"""
+
+MALFORMED = {
+    "cl_and_te": b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 6\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+    "two_cl": b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello",
+    "te_obfuscated": b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te_space": b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "huge_header": b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "garbage": bytes(range(256)) * 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_requests_are_refused_and_proxy_stays_healthy(mesh, name):
+    r = mesh.client.exec([sys.executable, "-c", RAW_CLIENT], uid=APP_UID, timeout=20,
+                         input=MALFORMED[name].decode("latin-1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout in ("HTTP/1.1 400 Bad Request", "CLOSED"), r.stdout
+    # Nothing reached the app: the server side counted no request at all.
+    assert "remora_requests_total{" not in mesh.proxies["server"].metrics()
+    assert "remora_downstream_protocol_errors_total 1" in mesh.proxies["client"].metrics()
+    assert "hello from server" in curl(mesh, "http://web:8080/")
