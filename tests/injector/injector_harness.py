@@ -193,6 +193,9 @@ def run_injector(tmp: Path, mode: str, kube: KubeEmulator | None = None,
             assert kube is not None
             config = _wait(lambda: _configured(kube), "the MutatingWebhookConfiguration", process, log)
             url = config["webhooks"][0]["clientConfig"]["url"]  # exactly what the API server would use
+            # Namespace labels come from kopf's index: wait until every namespace is indexed.
+            _wait(lambda: log.read_text().count("Indexer 'namespace_labels' succeeded")
+                  >= len(NAMESPACES), "the namespace index", process, log)
         yield Webhook(url, ca, f"http://127.0.0.1:{metrics_port}/metrics", process, log)
     finally:
         process.terminate()
