@@ -1,0 +1,142 @@
+"""HTTP/2 and gRPC through two meshed pods: remora-init iptables rules and a remora-proxy in each,
+mutual TLS (ALPN remora-h2) between the proxies, plaintext h2 from 127.0.0.6 to the app.
+
+Run as a script it measures h2load through the pair against h2load straight at the app:
+``python tests/sidecar/test_http2_mesh.py bench`` (root; prints one JSON line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # mesh_harness when run directly
+from mesh_harness import APP_UID, CLIENT_ID, SERVER_ID, Mesh, Service  # noqa: E402
+
+from control_plane.api import ports  # noqa: E402
+
+pytestmark = pytest.mark.root
+APP = str(Path(__file__).with_name("test_http2.py"))  # the gRPC app and client (see there)
+GRPC_PORT = 50051
+H2C_PORT = 8081  # nghttpd, plain HTTP/2 with prior knowledge
+
+
+def start_mesh(node, bin_dir) -> Mesh:
+    m = Mesh.start(node, bin_dir, [Service("echo", GRPC_PORT, protocol="grpc"),
+                                   Service("h2web", H2C_PORT, protocol="http2")])
+    try:
+        m.spawn_app([sys.executable, APP, "serve", str(GRPC_PORT)])
+        www = m.tmp / "www"
+        www.mkdir()
+        (www / "index.html").write_bytes(b"x" * 1024)
+        os.chmod(www, 0o755)
+        m.spawn_app(["nghttpd", "--no-tls", "-d", str(www), str(H2C_PORT)])
+        m.wait_port(m.server, GRPC_PORT)
+        m.wait_port(m.server, H2C_PORT)
+    except BaseException:
+        m.close()
+        raise
+    return m
+
+
+@pytest.fixture
+def mesh(node, bin_dir):
+    m = start_mesh(node, bin_dir)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def counter(metrics: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def h2load(pod, url: str, uid: int, n: int, clients: int, streams: int) -> dict:
+    r = pod.exec(["h2load", "-n", str(n), "-c", str(clients), "-m", str(streams), url],
+                 uid=uid, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", r.stdout)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", r.stdout)
+    assert done and rps, r.stdout
+    return {"succeeded": int(done[4]), "rps": float(rps[1]), "out": r.stdout}
+
+
+def test_grpc_unary_streaming_and_error_status_through_the_mesh(mesh):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GRPC_DNS_RESOLVER": "native"}
+    r = mesh.client.exec([sys.executable, APP, "call", f"echo:{GRPC_PORT}"], uid=APP_UID,
+                         env=env, timeout=60)
+    assert r.returncode == 0, r.stderr + mesh.logs()
+    res = json.loads(r.stdout)
+    assert res["unary"]["body"] == "hello"
+    assert res["unary"]["trailing"]["x-trailer"] == "yes"
+    assert res["large_ok"] is True  # 1 MiB each way through 64 KiB stream windows
+    assert res["stream"] == {"count": 40, "ok": True}
+    assert res["fail"] == {"code": "NOT_FOUND", "details": "no such thing: x",
+                           "trailing": {"x-why": "teapot"}}
+    # Both proxies relayed it as HTTP/2 over mTLS, each naming the other's SPIFFE identity.
+    # Four calls, all HTTP 200 (a gRPC error travels in grpc-status).
+    out = mesh.proxies["client"].metrics()
+    assert counter(out, "remora_requests_total", direction="outbound", response_code="200",
+                   service="echo.default.svc.cluster.local", peer_identity=SERVER_ID) == 4, out
+    srv = mesh.proxies["server"].metrics()
+    assert counter(srv, "remora_requests_total", direction="inbound",
+                   peer_identity=CLIENT_ID) == 4, srv
+    assert counter(srv, "remora_tls_handshakes_total", side="server") == 1, srv  # one pooled h2
+
+
+def test_h2load_multiplexes_over_one_mtls_connection(mesh):
+    res = h2load(mesh.client, f"http://h2web:{H2C_PORT}/index.html", APP_UID, 2000, 4, 10)
+    assert res["succeeded"] == 2000, res["out"] + mesh.logs()
+    # 4 client connections × 10 streams went through one pooled proxy-to-proxy connection.
+    srv = mesh.proxies["server"].metrics()
+    assert counter(srv, "remora_tls_handshakes_total", side="server") == 1, srv
+    assert counter(srv, "remora_requests_total", direction="inbound", response_code="200",
+                   peer_identity=CLIENT_ID) == 2000, srv
+
+
+def bench() -> dict:
+    """h2load req/s: straight at the app (same pod, loopback) and through both sidecars."""
+    from local_cluster import netns
+
+    node = netns.Node.create(netns.new_prefix("h2b"))
+    try:
+        m = start_mesh(node, Path(sys.executable).parent)
+        try:
+            args = dict(n=20000, clients=4, streams=10)
+            h2load(m.client, f"http://h2web:{H2C_PORT}/index.html", APP_UID, 1000, 4, 10)  # warm
+            # The proxy uid is never intercepted: direct traffic to the app from inside its pod.
+            direct = h2load(m.server, f"http://127.0.0.1:{H2C_PORT}/index.html", ports.PROXY_UID,
+                            **args)
+            pair = h2load(m.client, f"http://h2web:{H2C_PORT}/index.html", APP_UID, **args)
+            return {"direct_rps": direct["rps"], "pair_rps": pair["rps"],
+                    "ratio": round(pair["rps"] / direct["rps"], 3), **args}
+        finally:
+            m.close()
+    finally:
+        node.destroy()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["bench"]:
+        print(f"usage: {Path(__file__).name} bench", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(json.dumps(bench()))
+    except (AssertionError, subprocess.SubprocessError) as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        sys.exit(1)
