@@ -21,6 +21,7 @@ from kopf._core.intents import registries  # SmartOperatorRegistry: kopf.run() u
 from injector.admission import DENIED, INJECTED, Outcome, decide
 from injector.meshconfig import MeshConfig
 from injector.metrics import Counters
+from injector.template import json_patch
 
 HANDLER_ID = "remora-inject"
 
@@ -102,8 +103,6 @@ class NamespaceFile:
 
 def admission_response(review: dict[str, Any], outcome: Outcome, old: dict[str, Any]) -> dict[str, Any]:
     """An AdmissionReview v1 response, shaped as kopf shapes it."""
-    from injector.template import json_patch
-
     response: dict[str, Any] = {"uid": review.get("request", {}).get("uid", ""),
                                 "allowed": outcome.result != DENIED}
     if outcome.warnings:
@@ -125,7 +124,7 @@ def standalone_webhook(injector: Injector, namespaces: NamespaceFile) -> kopf.We
         request = review.get("request") or {}
         pod = request.get("object") or {}
         if request.get("operation") != "CREATE" or (request.get("kind") or {}).get("kind") != "Pod":
-            return admission_response(review, Outcome("allowed"), pod)
+            return admission_response(review, Outcome("ignored", reason="not-a-pod-create"), pod)
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
         outcome = injector.review(pod, namespace, namespaces.labels(namespace))
         return admission_response(review, outcome, pod)
