@@ -3,14 +3,18 @@ server-first line protocol (greets on connect, like SMTP/MySQL).
 
     python apps.py http PORT
     python apps.py greet PORT
+    python apps.py sniff IFACE OUTFILE SECONDS   (root: raw frames of IFACE appended to OUTFILE)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import socket
 import sys
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -61,8 +65,26 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+def sniff(iface: str, path: str, seconds: float) -> None:
+    """A packet capture without tcpdump: every frame on ``iface`` for ``seconds``."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((iface, 0))
+    s.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    with open(path, "wb") as out:
+        print("sniffing", flush=True)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                out.write(s.recv(65536))
+            out.flush()
+
+
 def main() -> None:
-    mode, port = sys.argv[1], int(sys.argv[2])
+    mode = sys.argv[1]
+    if mode == "sniff":
+        sniff(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        return
+    port = int(sys.argv[2])
     if mode == "http":
         app = web.Application(client_max_size=1 << 30)
         app.add_routes([web.get("/", hello), web.post("/upload", upload),

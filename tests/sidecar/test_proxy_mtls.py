@@ -1,0 +1,85 @@
+"""The hop between sidecars: mutual TLS only (STRICT), identities checked both ways."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mesh_harness import APP_UID, CLIENT_ID, PERMISSIVE, Mesh, Service
+
+from control_plane.api import ports
+from control_plane.api.spiffe import spiffe_id
+
+pytestmark = pytest.mark.root
+APPS = str(Path(__file__).with_name("apps.py"))
+MARKER = "remora-secret-marker-7f3a"
+
+
+def _start(node, bin_dir, **kw) -> Mesh:
+    mesh = Mesh.start(node, bin_dir, [Service("web", 8080)], **kw)
+    try:
+        mesh.spawn_app([sys.executable, APPS, "http", "8080"])
+        mesh.wait_port(mesh.server, 8080)
+    except BaseException:
+        mesh.close()
+        raise
+    return mesh
+
+
+def _curl(pod, url: str, uid: int = APP_UID, *extra: str) -> subprocess.CompletedProcess:
+    return pod.exec(["curl", "-sS", "--max-time", "5", *extra, url], uid=uid, timeout=15)
+
+
+def test_strict_bytes_are_tls_and_plaintext_is_refused(node, bin_dir):
+    mesh = _start(node, bin_dir)
+    try:
+        capture = mesh.tmp / "capture.bin"
+        sniffer = mesh.spawn_app([sys.executable, APPS, "sniff", "eth0", str(capture), "4"],
+                                 uid=0, stdout=subprocess.PIPE)
+        assert sniffer.stdout.readline().strip() == b"sniffing"
+        r = _curl(mesh.client, "http://web:8080/headers", APP_UID, "-H", f"x-marker: {MARKER}")
+        assert r.returncode == 0 and MARKER in r.stdout, r.stderr + mesh.logs()
+        sniffer.wait(10)
+        frames = capture.read_bytes()
+        assert b"\x17\x03\x03" in frames  # TLS application-data records crossed the wire
+        assert MARKER.encode() not in frames and b"HTTP/1.1" not in frames
+
+        # Plaintext straight to the app port (uid 1337 bypasses the client's sidecar) and to
+        # :15006 itself: the server's inbound listener refuses both under STRICT.
+        for port in (8080, ports.INBOUND_PORT):
+            r = _curl(mesh.client, f"http://{mesh.server.ip}:{port}/", ports.PROXY_UID)
+            assert r.returncode != 0 and "hello" not in r.stdout
+        assert "remora_inbound_refused_total 2" in mesh.proxies["server"].metrics()
+    finally:
+        mesh.close()
+
+
+def test_permissive_accepts_plaintext_and_mtls(node, bin_dir):
+    mesh = _start(node, bin_dir, mtls_mode=PERMISSIVE)
+    try:
+        r = _curl(mesh.client, f"http://{mesh.server.ip}:8080/headers", ports.PROXY_UID)
+        assert r.returncode == 0, r.stderr + mesh.logs()
+        assert "x-forwarded-client-cert" not in json.loads(r.stdout)  # plaintext: no identity
+        r = _curl(mesh.client, "http://web:8080/headers")
+        assert f"URI={CLIENT_ID}" in json.loads(r.stdout)["x-forwarded-client-cert"]
+    finally:
+        mesh.close()
+
+
+def test_wrong_server_identity_is_refused(node, bin_dir):
+    # The client expects the endpoint to be "sa/other"; the server proves "sa/server".
+    mesh = _start(node, bin_dir, expect_identity=spiffe_id("default", "other"))
+    try:
+        r = mesh.client.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              "--max-time", "5", "http://web:8080/"], uid=APP_UID, timeout=15)
+        assert r.stdout == "503", r.stdout + mesh.logs()
+        time.sleep(0.1)
+        metrics = mesh.proxies["client"].metrics()
+        assert 'remora_upstream_connect_errors_total{reason="identity_mismatch"} 1' in metrics
+        assert "remora_requests_total{" not in mesh.proxies["server"].metrics()
+    finally:
+        mesh.close()

@@ -1,0 +1,54 @@
+"""Opaque TCP through a pair of sidecars: redis (client-first, sniffed) and a server-first
+protocol on a declared opaque port and on a sniffed port (detection gives up)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from mesh_harness import APP_UID, Mesh, Service
+
+pytestmark = pytest.mark.root
+APPS = str(Path(__file__).with_name("apps.py"))
+
+GREET_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+f = s.makefile("rwb")
+print(f.readline().decode().strip())  # the server speaks first
+f.write(b"HELO remora\\r\\n"); f.flush()
+print(f.readline().decode().strip())
+f.write(b"QUIT\\r\\n"); f.flush()
+print(f.readline().decode().strip())
+print(repr(f.read()))  # then EOF
+"""
+
+
+def test_redis_and_server_first_protocols(node, bin_dir):
+    services = [Service("redis", 6379, "tcp"), Service("smtp", 2525, "tcp"),
+                Service("greet", 2526, "tcp")]
+    mesh = Mesh.start(node, bin_dir, services, opaque_ports=[2525])
+    try:
+        mesh.spawn_app(["redis-server", "--port", "6379", "--save", "", "--appendonly", "no",
+                        "--protected-mode", "no", "--bind", "0.0.0.0"])
+        mesh.spawn_app([sys.executable, APPS, "greet", "2525"])
+        mesh.spawn_app([sys.executable, APPS, "greet", "2526"])
+        for port in (6379, 2525, 2526):
+            mesh.wait_port(mesh.server, port)
+        cli = ["redis-cli", "-h", "redis", "-p", "6379"]
+        r = mesh.client.exec([*cli, "SET", "mesh", "remora"], uid=APP_UID, timeout=10)
+        assert r.stdout.strip() == "OK", r.stderr + mesh.logs()
+        r = mesh.client.exec([*cli, "GET", "mesh"], uid=APP_UID, timeout=10)
+        assert r.stdout.strip() == "remora"
+        # 2525 is declared opaque (no sniffing); 2526 is sniffed and detection times out.
+        for name, port in (("smtp", 2525), ("greet", 2526)):
+            r = mesh.client.exec([sys.executable, "-c", GREET_CLIENT, name, str(port)],
+                                 uid=APP_UID, timeout=10)
+            assert r.stdout.splitlines() == ["220 greeter ready", "250 HELO remora",
+                                             "250 QUIT", "b''"], r.stderr + mesh.logs()
+        server_metrics = mesh.proxies["server"].metrics()
+        # All three went over mTLS (remora-tcp) into the server pod.
+        assert 'remora_tls_handshakes_total{side="server"} 4' in server_metrics
+    finally:
+        mesh.close()
