@@ -67,16 +67,33 @@ def run(inv: Invocation, args: list[str]) -> None:
     cleanup = inv.action is Action.CLEANUP
     if inv.family is not None:
         _write_family(inv, inv.family, cleanup)
+    else:
+        _write(inv, args, fams, cleanup)
+
+
+def _write(inv: Invocation, args: list[str], fams: tuple[Family, ...], cleanup: bool) -> None:
+    """IPv4 here and IPv6 in a child, side by side; if either fails, take the other back."""
+    child = _start_child(args) if 6 in fams else None
+    errors: dict[Family, InitError] = {}
+    try:
+        _write_family(inv, 4, cleanup)
+    except InitError as e:
+        errors[4] = e
+    finally:
+        if child is not None:
+            try:
+                _finish_child(child)
+            except InitError as e:
+                errors[6] = e
+    if not errors:
         return
-    _write_family(inv, 4, cleanup)
-    if 6 in fams:
-        try:
-            _in_child(args, 6)
-        except InitError:
-            if not cleanup:  # leave no half-written state: take back what this run wrote
-                with contextlib.suppress(InitError):  # the first error is the one to report
-                    _write_family(inv, 4, cleanup=True)
-            raise
+    if not cleanup:  # leave no half-written state: remove what this run wrote
+        with contextlib.suppress(InitError):  # the first error is the one to report
+            if 4 not in errors:
+                _write_family(inv, 4, cleanup=True)
+            if child is not None and 6 not in errors:
+                _finish_child(_start_child([*args, "--cleanup"]))
+    raise next(iter(errors.values()))
 
 
 def _write_family(inv: Invocation, family: Family, cleanup: bool) -> None:
@@ -87,17 +104,21 @@ def _write_family(inv: Invocation, family: Family, cleanup: bool) -> None:
     apply.apply_plan(iptc, plan)
 
 
-def _in_child(args: list[str], family: Family) -> None:
-    """Run this program for one family in a fresh process; re-raise its one-line error."""
-    proc = subprocess.run([sys.executable, "-m", "init_container", *args, "--family", str(family)],
-                          capture_output=True, text=True)
+def _start_child(args: list[str]) -> subprocess.Popen:
+    """This program for IPv6 only, in a fresh process (REDIRECT is one family per process)."""
+    return subprocess.Popen([sys.executable, "-m", "init_container", *args, "--family", "6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_child(proc: subprocess.Popen) -> None:
+    """Wait for the child; re-raise its one-line error as ours."""
+    _, stderr = proc.communicate()
     if proc.returncode != 0:
-        line = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        line = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         what, _, fix = line.removeprefix(f"{PROG}: ").rpartition("; ")
         if not line.startswith(f"{PROG}: ") or not what:
-            raise InitError(f"the IPv{family} step failed: {line}", "report this as a bug")
+            raise InitError(f"the IPv6 step failed: {line}", "report this as a bug")
         raise InitError(what, fix)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,21 +74,23 @@ def test_bad_input_exits_2_and_writes_nothing(node: Node, args: list[str], messa
     _nothing_written(a)
 
 
-def test_ipv6_failure_takes_back_ipv4(node: Node) -> None:
-    """A stale REMORA_ chain that someone else's chain still uses cannot be deleted: the IPv6
-    step fails after IPv4 was written, and IPv4 must be taken back."""
+@pytest.mark.parametrize("failing", [4, 6])
+def test_failure_in_one_family_takes_back_the_other(node: Node, failing: int) -> None:
+    """A stale REMORA_ chain that someone else's chain still uses cannot be deleted: writing
+    that family fails while the other family succeeds, and the other must be taken back."""
     a = node.add_pod("a")
+    tool = "iptables-legacy" if failing == 4 else "ip6tables-legacy"
     for cmd in (["-N", "REMORA_OLD"], ["-N", "OTHER"], ["-A", "OTHER", "-j", "REMORA_OLD"]):
-        a.exec(["ip6tables-legacy", "-t", "nat", *cmd], check=True)
+        a.exec([tool, "-t", "nat", *cmd], check=True)
     res = run_init(a)
     assert res.returncode == 1
     line = _one_line(res.stderr)
-    assert "IPv6" in line and "REMORA_OLD" in line
-    assert remora_lines(a, 4) == []
-    assert remora_lines(a, 6) == [":REMORA_OLD - [0:0]", "-A OTHER -j REMORA_OLD"]  # untouched
-    a.exec(["ip6tables-legacy", "-t", "nat", "-F", "OTHER"], check=True)
+    assert f"writing the IPv{failing} nat rules failed" in line and "REMORA_OLD" in line
+    assert remora_lines(a, 10 - failing) == []  # the family that worked was taken back
+    assert remora_lines(a, failing) == [":REMORA_OLD - [0:0]", "-A OTHER -j REMORA_OLD"]
+    a.exec([tool, "-t", "nat", "-F", "OTHER"], check=True)
     init_ok(a)  # once the reference is gone, a rerun succeeds and removes the stale chain
-    assert ":REMORA_OLD - [0:0]" not in remora_lines(a, 6)
+    assert ":REMORA_OLD - [0:0]" not in remora_lines(a, failing)
 
 
 def _libip4tc() -> str:
