@@ -21,9 +21,9 @@ from pathlib import Path
 
 import kopf
 
-from control_plane.api.ports import WEBHOOK_PORT
+from control_plane.api.ports import MONITORING_PORT, WEBHOOK_PORT
 from injector import certs, meshconfig
-from injector.metrics import MONITORING_PORT, serve_metrics
+from injector.metrics import serve_metrics
 from injector.service import Injector, NamespaceFile, operator_registry, standalone_webhook
 
 log = logging.getLogger("remora.injector")

@@ -9,9 +9,6 @@ from aiohttp import web
 
 from injector.admission import DENIED, INJECTED, SKIPPED, Outcome
 
-# TODO(lead): move to control_plane/api/ports.py as MONITORING_PORT.
-MONITORING_PORT = 15014
-
 log = logging.getLogger("remora.injector")
 
 

@@ -13,6 +13,7 @@ HEALTH_PORT = 15021  # /healthz/ready
 METRICS_PORT = 15090  # Prometheus text format
 DISCOVERY_PORT = 15012  # control plane: discovery stream and CA (mTLS)
 WEBHOOK_PORT = 9443  # injector's mutating webhook
+MONITORING_PORT = 15014  # control plane and injector: /metrics and debug endpoints (HTTP)
 
 # Ports of the proxy itself: never redirected inbound.
 PROXY_OWN_PORTS = (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT, AGENT_PORT, HEALTH_PORT, METRICS_PORT)
