@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from control_plane.api.ports import PROXY_GID, PROXY_UID
+from control_plane.api.ports import PROXY_UID
 from local_cluster.netns import Pod, stop_process
 
 BIN = Path(sys.executable).parent
@@ -46,9 +46,11 @@ def dry_run_lines(*args: str, family: int = 4) -> list[str]:
 
 
 @contextlib.contextmanager
-def serving(pod: Pod, port: int, tag: str, uid: int = PROXY_UID) -> Iterator[None]:
+def serving(pod: Pod, port: int, tag: str, uid: int = PROXY_UID,
+            ipv4_only: bool = False) -> Iterator[None]:
     """A probe server on ``port`` in ``pod`` (as the proxy uid by default), stopped on exit."""
-    proc = pod.spawn([sys.executable, PROBE, "serve", str(port), tag], uid=uid, gid=uid,
+    argv = [sys.executable, PROBE, "serve", str(port), tag, *(["4"] if ipv4_only else [])]
+    proc = pod.spawn(argv, uid=uid, gid=uid,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode().strip()
@@ -68,5 +70,3 @@ def ask(pod: Pod, host: str, port: int, uid: int = APP_UID, gid: int | None = No
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
-
-PROXY = (PROXY_UID, PROXY_GID)

@@ -1,6 +1,6 @@
 """A tiny TCP peer run inside test pods.
 
-``serve PORT TAG``: dual-stack listener; prints ``ready`` once listening, then answers every
+``serve PORT TAG [4]``: dual-stack listener (IPv4 only with ``4``); prints ``ready`` once listening, then answers every
 connection with ``TAG HOST PORT`` where HOST:PORT is the original destination that
 sidecar.original_dst reads (``- -`` when the connection was not redirected).
 
@@ -17,11 +17,12 @@ import time
 from sidecar.original_dst import original_dst
 
 
-def serve(port: int, tag: str) -> None:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def serve(port: int, tag: str, ipv4_only: bool) -> None:
+    s = socket.socket(socket.AF_INET if ipv4_only else socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 arrives as ::ffff:a.b.c.d
-    s.bind(("::", port))
+    if not ipv4_only:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 comes as ::ffff:a.b.c.d
+    s.bind(("0.0.0.0" if ipv4_only else "::", port))
     s.listen(64)
     print("ready", flush=True)
     while True:
@@ -56,6 +57,6 @@ def ask(host: str, port: int, source: str | None) -> str:
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
     if mode == "serve":
-        serve(int(rest[0]), rest[1])
+        serve(int(rest[0]), rest[1], rest[2:] == ["4"])
     else:
         print(ask(rest[0], int(rest[1]), rest[2] if len(rest) > 2 else None))

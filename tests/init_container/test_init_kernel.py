@@ -31,6 +31,16 @@ def test_app_connection_is_intercepted_and_original_dst_recovered(node: Node) ->
         assert ask(a, b.ip6, 9443) == f"proxy {b.ip6} 9443"
 
 
+def test_original_dst_on_an_ipv4_listener_and_on_a_direct_dial(node: Node) -> None:
+    a, b = node.add_pod("a"), node.add_pod("b")
+    init_ok(a)
+    with serving(a, OUTBOUND_PORT, "proxy", ipv4_only=True):
+        assert ask(a, b.ip, 80) == f"proxy {b.ip} 80"
+        # Dialled directly (not redirected): the listener's own address, which a proxy must
+        # refuse as a loop (see sidecar/original_dst.py).
+        assert ask(a, "127.0.0.1", OUTBOUND_PORT) == f"proxy 127.0.0.1 {OUTBOUND_PORT}"
+
+
 def test_proxy_uid_and_gid_are_not_intercepted(node: Node) -> None:
     a, b = node.add_pod("a"), node.add_pod("b")
     init_ok(a)
