@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(inv, args)
     except InitError as e:
         return _fail(e, 1)
+    except Exception as e:  # a bug, or an environment nobody foresaw: still one line
+        return _fail(InitError(f"unexpected {type(e).__name__}: {e}", "report this as a bug"), 1)
     return 0
 
 
