@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from control_plane.api.model import DISABLE, STRICT, Endpoint
 
 from . import detect
+from .conn import close_counted, count_close, serve_guarded
 from .http1 import H1Context, H1Downstream
 from .listeners import peek
 from .original_dst import original_dst
@@ -40,14 +41,10 @@ def on_accept(rt: ProxyRuntime, sock: socket.socket) -> None:
     if dst is None or dst[1] in rt.own_ports:
         # Not redirected (someone dialled 15006 itself): there is no app port to serve.
         rt.stats.inbound_refused += 1
-        _close(rt, sock)
+        close_counted(rt.stats, INBOUND, sock)
         return
-    asyncio.get_running_loop().create_task(_serve(rt, sock, dst))
+    serve_guarded(rt.stats, INBOUND, sock, dst, lambda: _serve_inner(rt, sock, dst))
 
-
-def _close(rt: ProxyRuntime, sock: socket.socket) -> None:
-    sock.close()
-    rt.stats.conn_closed(INBOUND)
 
 
 def _remora_hello(data: bytes) -> bool | None:
@@ -62,14 +59,6 @@ def _remora_hello(data: bytes) -> bool | None:
         return None if len(data) < detect.PEEK_BYTES else False
     return any(a.startswith(b"remora-") for a in alpns)
 
-
-async def _serve(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
-    try:
-        await _serve_inner(rt, sock, dst)
-    except Exception:
-        log.exception("inbound connection for port %d failed", dst[1])
-        if sock.fileno() >= 0:
-            _close(rt, sock)
 
 
 async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
@@ -87,7 +76,7 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     if remora:
         tls = rt.tls
         if tls is None:
-            _close(rt, sock)
+            close_counted(rt.stats, INBOUND, sock)
             return
         try:
             await loop.connect_accepted_socket(
@@ -101,7 +90,7 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         return
     if strict:
         rt.stats.inbound_refused += 1
-        _close(rt, sock)
+        close_counted(rt.stats, INBOUND, sock)
         return
     kind = detect.OPAQUE if opaque_port else (detect.classify(data) or detect.OPAQUE)
     if kind == detect.H1:
@@ -109,12 +98,13 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
     elif kind == detect.H2 and rt.h2 is not None:
         ctx2 = h2_context(rt, dst, None)
-        await loop.connect_accepted_socket(lambda: rt.h2.H2Downstream(ctx2), sock)
+        await loop.connect_accepted_socket(
+            lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, INBOUND), sock)
     else:
         try:
             up = await rt.inbound_connector.connect_socket(dst[0], dst[1], 5.0)
         except UpstreamError:
-            _close(rt, sock)
+            close_counted(rt.stats, INBOUND, sock)
             return
         SpliceRelay(sock, up, lambda: rt.stats.conn_closed(INBOUND))
 
@@ -151,7 +141,7 @@ class InboundTls(asyncio.Protocol):
         if alpn == ALPN_H1:
             p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer))
         elif alpn == ALPN_H2 and rt.h2 is not None:
-            p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer))
+            p = count_close(rt.h2.H2Downstream(h2_context(rt, self.dst, peer)), rt.stats, INBOUND)
         elif alpn in (ALPN_TCP, ALPN_H2):
             p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
             asyncio.get_running_loop().create_task(self._relay(p, transport))

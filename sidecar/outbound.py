@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from control_plane.api.model import GRPC, HTTP, HTTP2, OPAQUE, TLS, OutboundPort
 
 from . import detect
+from .conn import close_counted, count_close, serve_guarded
 from .http1 import H1Context, H1Downstream
 from .listeners import peek
 from .original_dst import original_dst
@@ -37,23 +38,11 @@ def on_accept(rt: ProxyRuntime, sock: socket.socket) -> None:
     if dst is None or dst[1] in rt.own_ports and dst[0] in rt.local_addresses(sock):
         # Dialled the proxy itself, not redirected: relaying would loop back here.
         rt.stats.protocol_error()
-        _close(rt, sock)
+        close_counted(rt.stats, OUTBOUND, sock)
         return
-    asyncio.get_running_loop().create_task(_serve(rt, sock, dst))
+    serve_guarded(rt.stats, OUTBOUND, sock, dst, lambda: _serve_inner(rt, sock, dst))
 
 
-def _close(rt: ProxyRuntime, sock: socket.socket) -> None:
-    sock.close()
-    rt.stats.conn_closed(OUTBOUND)
-
-
-async def _serve(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
-    try:
-        await _serve_inner(rt, sock, dst)
-    except Exception:
-        log.exception("outbound connection to %s:%d failed", *dst)
-        if sock.fileno() >= 0:
-            _close(rt, sock)
 
 
 async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
@@ -82,7 +71,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         ctx2 = rt.h2.H2Context(router=router, outbound_port=port, inbound_target=None,
                                connector=rt.outbound_connector, peer_identity=None,
                                stats=rt.stats, draining=rt.is_draining)
-        await loop.connect_accepted_socket(lambda: rt.h2.H2Downstream(ctx2), sock)
+        await loop.connect_accepted_socket(
+            lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, OUTBOUND), sock)
         return
     await _opaque(rt, sock, port)
 
@@ -91,7 +81,7 @@ async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> 
     decision = rt.router.pick(port.default_cluster)
     if decision.status:
         rt.stats.connect_error("no_healthy_upstream")
-        _close(rt, sock)
+        close_counted(rt.stats, OUTBOUND, sock)
         return
     endpoint = decision.endpoint
     timeout = decision.cluster.connect_timeout
@@ -102,7 +92,7 @@ async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> 
         _, up, _ = await rt.outbound_connector.connect(endpoint, ALPN_TCP, RelayProtocol, timeout)
     except UpstreamError as e:
         log.debug("opaque upstream for %s: %s", port.service, e)
-        _close(rt, sock)
+        close_counted(rt.stats, OUTBOUND, sock)
         return
     loop = asyncio.get_running_loop()
     _, down = await loop.connect_accepted_socket(
@@ -121,6 +111,6 @@ async def _splice_to(rt: ProxyRuntime, sock: socket.socket, host: str, port: int
         up = await rt.outbound_connector.connect_socket(host, port, timeout)
     except UpstreamError as e:
         log.debug("plaintext upstream %s:%d: %s", host, port, e)
-        _close(rt, sock)
+        close_counted(rt.stats, OUTBOUND, sock)
         return
     SpliceRelay(sock, up, lambda: rt.stats.conn_closed(OUTBOUND))
