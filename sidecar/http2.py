@@ -184,10 +184,15 @@ class _Side(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             self.protocol_error(e)
             return
-        for ev in events:
-            handler = self._handlers.get(type(ev))
-            if handler is not None:
-                handler(self, ev)
+        try:
+            for ev in events:
+                handler = self._handlers.get(type(ev))
+                if handler is not None:
+                    handler(self, ev)
+        except Exception:  # a relay bug must cost this connection, not the proxy's loop
+            log.exception("%s: HTTP/2 relay failure; closing the connection", type(self).__name__)
+            self.close()
+            return
         self.want_send()
 
     def protocol_error(self, err: Exception) -> None:
@@ -409,7 +414,13 @@ class _Exchange:
         sid = conn.get_next_available_stream_id()
         req = self.req
         empty = req.ended and not req.queue and not req.trailers
-        conn.send_headers(sid, self.headers, end_stream=empty)
+        try:
+            conn.send_headers(sid, self.headers, end_stream=empty)
+        except h2.exceptions.TooManyStreamsError:
+            # Streams we reset but h2 still counts: let the client retry (safe, never sent).
+            self.down.reset(self.down_sid, ErrorCodes.REFUSED_STREAM)
+            self.finish(0)
+            return
         self.headers = None  # type: ignore[assignment]
         self.up = up
         self.up_sid = sid
@@ -571,7 +582,8 @@ class H2Upstream(_Side):
         """Can take one more stream now (not closing, below the peer's concurrency limit)."""
         if self.closed or self.goaway_received:
             return False
-        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        # Our own count: h2's open_outbound_streams walks every stream on each call.
+        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
 
     def touch(self) -> None:
         if self.idle_timer is not None:

@@ -356,6 +356,7 @@ class RawClient:
         self.h2.initiate_connection()
         self.flush()
         self.backlog: list = []  # events not yet consumed by read_stream
+        self.backlog_seen: list = []  # every event read_stream consumed
 
     @classmethod
     async def open(cls, port: int) -> RawClient:
@@ -393,6 +394,7 @@ class RawClient:
             if not self.backlog:
                 await self.pump()
             events, self.backlog = self.backlog, []
+            self.backlog_seen += events
             for ev in events:
                 if getattr(ev, "stream_id", None) != sid:
                     continue
@@ -444,6 +446,67 @@ async def test_slow_reader_stalls_the_server_instead_of_growing_buffers(relay):
         assert dict(trailers)[b"grpc-status"] == b"0"
     finally:
         client.close()
+
+
+async def test_client_that_stops_reading_its_socket_fills_no_more_than_the_high_water_mark(relay):
+    import h2.settings
+    count, size = 500, 100_000  # 50 MB: more than the kernel's socket buffers take
+    client = await RawClient.open(relay.port)
+    try:
+        # A 2 GiB window: flow control alone would let the relay queue everything for it.
+        client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.h2.increment_flow_control_window(2**31 - 1 - 65_535)
+        client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
+        await asyncio.sleep(1.5)  # and never read the socket
+        held = relay_buffered()
+        assert held < 2 * http2.CONN_WINDOW + http2.HIGH_WATER, held
+        assert relay.app.yielded < count
+        assert any(d.write_paused for d in relay.downstreams)  # reading from it was paused
+    finally:
+        client.close()
+
+
+class ResettingServer:
+    """An h2 app that answers every request with RST_STREAM(ENHANCE_YOUR_CALM)."""
+
+    def __init__(self) -> None:
+        import h2.config
+        import h2.connection
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.h2.initiate_connection()
+        transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+        for ev in self.h2.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                self.h2.reset_stream(ev.stream_id, 11)
+        self.transport.write(self.h2.data_to_send())
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+
+async def test_upstream_reset_reaches_the_client_with_its_code(relay):
+    server = await asyncio.get_running_loop().create_server(ResettingServer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        relay.router.decision.endpoint = Endpoint("127.0.0.1", port, identity=None)
+        client = await RawClient.open(relay.port)
+        try:
+            sid = client.request(b"/remora.test.Echo/Unary", b"x")
+            await client.read_stream(sid)
+            resets = [ev for ev in client.backlog_seen if getattr(ev, "error_code", None)]
+            assert [(ev.stream_id, int(ev.error_code)) for ev in resets] == [(sid, 11)]
+        finally:
+            client.close()
+        assert relay.out_connector.connects == {"h2": 1}  # no identity: plaintext ALPN h2
+    finally:
+        server.close()
 
 
 async def test_drain_sends_goaway_and_lets_inflight_streams_finish(relay):
