@@ -93,7 +93,12 @@ class ProxyRuntime:
         write_private(key, key_pem)
         write_private(chain, chain_pem)
         write_private(roots, roots_pem)
-        self.apply_certificate_files(str(chain), str(key), str(roots))
+        try:
+            self.apply_certificate_files(str(chain), str(key), str(roots))
+        except ValueError:
+            for f in (key, chain, roots):
+                f.unlink(missing_ok=True)
+            raise
         # Files of older generations are no longer needed once their contexts are built.
         for old in self.workdir.glob("*.pem"):
             if not old.name.endswith(f"-{g}.pem"):
