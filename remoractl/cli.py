@@ -10,7 +10,7 @@ import argparse
 import importlib
 from types import ModuleType
 
-SUBCOMMANDS: tuple[str, ...] = ("inject",)
+SUBCOMMANDS: tuple[str, ...] = ("inject", "local")
 
 
 def modules() -> list[ModuleType]:

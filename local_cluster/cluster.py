@@ -1,0 +1,441 @@
+"""The local cluster's API server: the object store, admission, and reconciling pods.
+
+Objects are kept in memory by the daemon and exported as YAML into ``<state>/objects`` (what
+the control plane's files source reads: pods with status.podIP, services with their VIP).
+Pods are run by ``PodRunner``; services become hosts entries in every pod and DNAT rules in the
+node namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from control_plane.api import tokens
+from local_cluster import admission, config, manifests, services
+from local_cluster.manifests import ManifestError
+from local_cluster.netns import GATEWAY, Node
+from local_cluster.podenv import SpecError, resolve_port
+from local_cluster.pods import APP, PodRunner
+from local_cluster.procs import PidRecords
+
+log = logging.getLogger("remora.local.cluster")
+
+TRUST_CONFIGMAP, TRUST_KEY = "remora-ca-root-cert", "root-cert.pem"
+SYNC_DEBOUNCE = 0.1
+Key = tuple[str, str, str]
+
+
+def _strip_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as submitted: what `apply` compares to decide "unchanged"."""
+    out = copy.deepcopy(obj)
+    for f in ("uid", "creationTimestamp", "resourceVersion"):
+        out["metadata"].pop(f, None)
+    out.pop("status", None)
+    if out["kind"] == "Service":
+        out.get("spec", {}).pop("clusterIP", None)
+    return out
+
+
+class Cluster:
+    def __init__(self, state: config.StateDir, node: Node, webhook_url: str) -> None:
+        self.state = state
+        self.node = node
+        self.node_netns = node.netns
+        self.host_ip = str(GATEWAY)
+        self.webhook_url = webhook_url
+        self.pids = PidRecords(state.pids)
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.submitted: dict[Key, dict[str, Any]] = {}  # as applied (pods: before admission)
+        self.runners: dict[tuple[str, str], PodRunner] = {}
+        self.vips = services.VipAllocator()
+        self.token_key = tokens.load_key(state.token_key)
+        self._node_lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._written: dict[str, str] = {}
+        self._rules = ""
+        self._version = 0
+        self._sync_task: asyncio.Task | None = None
+        for obj in ({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},):
+            self._store(obj)
+        self._store_default_account("default")
+
+    # ---- the store ---------------------------------------------------------------------------
+
+    def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        meta = obj["metadata"]
+        old = self.objects.get(manifests.key(obj))
+        meta["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
+        meta["creationTimestamp"] = (old["metadata"]["creationTimestamp"] if old else
+                                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta["resourceVersion"] = str(self._version)
+        self.objects[manifests.key(obj)] = obj
+        self.mark_dirty()
+        return obj
+
+    def _store_default_account(self, namespace: str) -> None:
+        key = ("ServiceAccount", namespace, "default")
+        if key not in self.objects:
+            self._store({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "default", "namespace": namespace}})
+
+    def of_kind(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [o for (k, ns, _), o in sorted(self.objects.items())
+                if k == kind and (namespace is None or ns == namespace)]
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        obj = self.objects.get(("Namespace", "", namespace))
+        return dict((obj or {}).get("metadata", {}).get("labels") or {})
+
+    def configmaps(self, namespace: str) -> Mapping[str, Mapping[str, str]]:
+        out = {o["metadata"]["name"]: dict(o.get("data") or {})
+               for o in self.of_kind("ConfigMap", namespace)}
+        # The control plane's CA root, published in every namespace (Istio's istio-ca-root-cert).
+        with contextlib.suppress(OSError):
+            out.setdefault(TRUST_CONFIGMAP, {TRUST_KEY: self.state.root_cert.read_text()})
+        return out
+
+    def mint(self, pod: dict[str, Any], audience: str, ttl: int) -> str:
+        meta = pod["metadata"]
+        return tokens.mint(self.token_key, namespace=meta["namespace"],
+                           service_account=pod["spec"].get("serviceAccountName") or "default",
+                           pod=meta["name"], audience=audience, ttl=ttl)
+
+    # ---- apply / delete ----------------------------------------------------------------------
+
+    async def apply(self, objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply each object in dependency order; one result per object (errors included)."""
+        results = []
+        for obj in manifests.sort_for_apply(objs):
+            try:
+                action, warnings = await self._apply_one(obj)
+                results.append({"object": manifests.describe(obj), "action": action,
+                                 "warnings": warnings})
+            except (ManifestError, SpecError, services.VipError, admission.AdmissionDenied,
+                    admission.WebhookUnavailable) as e:
+                results.append({"object": manifests.describe(obj), "error": str(e)})
+        return results
+
+    def _require_namespace(self, obj: dict[str, Any]) -> None:
+        ns = obj["metadata"].get("namespace")
+        if ns and ("Namespace", "", ns) not in self.objects:
+            raise ManifestError(f"{manifests.describe(obj)}: namespace {ns!r} not found; "
+                                "apply the Namespace first")
+
+    async def _apply_one(self, obj: dict[str, Any]) -> tuple[str, list[str]]:
+        self._require_namespace(obj)
+        kind = obj["kind"]
+        key = manifests.key(obj)
+        submitted = _strip_server_fields(obj)
+        if self.submitted.get(key) == submitted and key in self.objects:
+            return "unchanged", []
+        obj = copy.deepcopy(obj)
+        if kind == "Pod":
+            result = await self._apply_pod(obj)
+        elif kind == "Deployment":
+            result = await self._apply_deployment(obj)
+        else:
+            result = self._apply_plain(obj)
+        self.submitted[key] = submitted
+        return result
+
+    def _apply_plain(self, obj: dict[str, Any]) -> tuple[str, list[str]]:
+        kind = obj["kind"]
+        key = manifests.key(obj)
+        old = self.objects.get(key)
+        if kind == "Service":
+            spec = obj.setdefault("spec", {})
+            requested = spec.get("clusterIP") or (old or {}).get("spec", {}).get("clusterIP")
+            spec["clusterIP"] = self.vips.allocate(key[1], key[2], requested)
+            spec.setdefault("clusterIPs", [spec["clusterIP"]])
+            spec.setdefault("type", "ClusterIP")
+        self._store(obj)
+        if kind == "Namespace":
+            self._store_default_account(key[2])
+            self._write_namespaces_file()
+        if kind == "Service":
+            self._write_all_hosts()
+        return ("configured" if old else "created"), []
+
+    async def _apply_pod(self, pod: dict[str, Any]) -> tuple[str, list[str]]:
+        key = manifests.key(pod)
+        if key in self.objects:
+            await self._delete_pod(key[1], key[2])  # pods are immutable: replace it
+        spec = pod.setdefault("spec", {})
+        spec.setdefault("serviceAccountName", spec.get("serviceAccount") or "default")
+        spec.setdefault("restartPolicy", "Always")
+        sa = spec["serviceAccountName"]
+        if ("ServiceAccount", key[1], sa) not in self.objects:
+            raise ManifestError(f"{manifests.describe(pod)}: service account {sa!r} not found in "
+                                f"namespace {key[1]}; apply the ServiceAccount first")
+        warnings: list[str] = []
+        admitted = copy.deepcopy(pod)
+        if admission.selected(pod, self.namespace_labels(key[1])):
+            await self._wait_webhook()
+            admitted, warnings = await admission.admit(
+                admitted, self.webhook_url, self.state.injector / "ca.crt")
+        manifests.check_pod_spec(admitted.get("spec") or {}, manifests.describe(pod))
+        self._store(admitted)
+        runner = self._runner(admitted)
+        self.runners[(key[1], key[2])] = runner
+        runner.start()
+        return "created", warnings
+
+    async def _apply_deployment(self, dep: dict[str, Any]) -> tuple[str, list[str]]:
+        key = manifests.key(dep)
+        old = self.objects.get(key)
+        self._store(dep)
+        wanted = manifests.deployment_pods(dep)
+        names = {p["metadata"]["name"] for p in wanted}
+        stale = [name for (ns, name), r in self.runners.items()
+                 if ns == key[1] and manifests.owner(r.pod) == key[2] and name not in names]
+        await asyncio.gather(*(self._delete_pod(key[1], n) for n in stale))
+        warnings: list[str] = []
+        for pod in wanted:
+            if (key[1], pod["metadata"]["name"]) not in self.runners:
+                _, w = await self._apply_pod(pod)
+                warnings += w
+        return ("configured" if old else "created"), sorted(set(warnings))
+
+    async def delete(self, objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = []
+        for obj in reversed(manifests.sort_for_apply(objs)):
+            key = manifests.key(obj)
+            if key == ("Namespace", "", "default"):
+                results.append({"object": manifests.describe(obj),
+                                "error": "the default namespace cannot be deleted"})
+                continue
+            found = key in self.objects
+            await self._delete(key)
+            results.append({"object": manifests.describe(obj),
+                            "action": "deleted" if found else "not found"})
+        return results
+
+    async def _delete(self, key: Key) -> None:
+        kind, ns, name = key
+        if kind == "Namespace":
+            inside = [k for k in self.objects if k[1] == name]
+            await asyncio.gather(*(self._delete(k) for k in inside if k[0] in ("Pod", "Deployment")))
+            for k in inside:
+                await self._delete(k)
+        elif kind == "Deployment":
+            owned = [n for (pns, n), r in self.runners.items()
+                     if pns == ns and manifests.owner(r.pod) == name]
+            await asyncio.gather(*(self._delete_pod(ns, n) for n in owned))
+        elif kind == "Pod":
+            await self._delete_pod(ns, name)
+        elif kind == "Service":
+            self.vips.release(ns, name)
+        self.submitted.pop(key, None)
+        if self.objects.pop(key, None) is not None:
+            self.mark_dirty()
+        if kind == "Service":
+            self._write_all_hosts()
+        if kind == "Namespace":
+            self._write_namespaces_file()
+
+    async def _delete_pod(self, ns: str, name: str) -> None:
+        runner = self.runners.get((ns, name))
+        self.submitted.pop(("Pod", ns, name), None)
+        if runner is not None:
+            await runner.stop()
+            self.runners.pop((ns, name), None)
+        self.objects.pop(("Pod", ns, name), None)
+        self.mark_dirty()
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(r.stop() for r in list(self.runners.values())),
+                             return_exceptions=True)
+        self.runners.clear()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+
+    # ---- pods ----------------------------------------------------------------------------------
+
+    def _runner(self, pod: dict[str, Any]) -> PodRunner:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        suffix = config.pod_netns_name(ns, name)
+
+        async def add() -> tuple[str, str]:
+            async with self._node_lock:
+                p = await asyncio.to_thread(self.node.add_pod, suffix)
+            p.write_hosts(services.host_entries(self.of_kind("Service"), ns))
+            return p.netns, p.ip
+
+        async def remove() -> None:
+            async with self._node_lock:
+                await asyncio.to_thread(self.node.remove_pod, suffix)
+
+        return PodRunner(self, pod, self.state.pod_dir(ns, name), add, remove)
+
+    def changed(self, runner: PodRunner) -> None:
+        self.mark_dirty()
+
+    def find(self, namespace: str, name: str) -> PodRunner:
+        runner = self.runners.get((namespace, name))
+        if runner is None:
+            raise ManifestError(f'pod "{name}" not found in namespace {namespace}')
+        return runner
+
+    def default_container(self, runner: PodRunner) -> str:
+        annotations = runner.pod["metadata"].get("annotations") or {}
+        name = annotations.get("kubectl.kubernetes.io/default-container")
+        if name in runner.containers:
+            return name
+        return next(c.name for c in runner.containers.values() if c.kind == APP)
+
+    def exec_command(self, namespace: str, pod: str, container: str | None,
+                     argv: list[str]) -> tuple[list[str], dict[str, str]]:
+        runner = self.find(namespace, pod)
+        container = container or self.default_container(runner)
+        if container not in runner.containers:
+            raise ManifestError(f"container {container!r} is not in pod {pod}; containers: "
+                                + ", ".join(runner.containers))
+        if not runner.netns or runner.dirs is None:
+            raise ManifestError(f"pod {pod} is not running yet ({runner.phase})")
+        return runner.exec_command(container, argv)
+
+    def _write_all_hosts(self) -> None:
+        svcs = self.of_kind("Service")
+        for (ns, name), runner in self.runners.items():
+            pod = self.node.pods.get(config.pod_netns_name(ns, name))
+            if pod is not None and runner.netns:
+                pod.write_hosts(services.host_entries(svcs, ns))
+
+    def _write_namespaces_file(self) -> None:
+        docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": o["metadata"]["name"], "labels": o["metadata"].get("labels") or {}}}
+            for o in self.of_kind("Namespace")]
+        _atomic_write(self.state.namespaces_file, yaml.safe_dump_all(docs, sort_keys=True))
+
+    async def _wait_webhook(self, timeout: float = 30.0) -> None:
+        """failurePolicy Fail: wait a little for the injector to come up, then refuse."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        host, port = self.webhook_url.removeprefix("https://").rsplit(":", 1)
+        while True:
+            if (self.state.injector / "ca.crt").exists():
+                try:
+                    _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1)
+                    w.close()
+                    return
+                except (OSError, TimeoutError):
+                    pass
+            if loop.time() > deadline:
+                raise admission.WebhookUnavailable(
+                    f"the injector webhook at {self.webhook_url} is not answering; see "
+                    f"{self.state.system / 'injector.log'}")
+            await asyncio.sleep(0.2)
+
+    # ---- syncing the exported state ----------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+        if self._sync_task is None or self._sync_task.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (unit tests)
+                self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(SYNC_DEBOUNCE)
+            self._dirty.clear()
+            try:
+                self.sync_now()
+                await asyncio.to_thread(self._sync_rules)
+            except Exception:
+                log.exception("syncing the exported state failed")
+
+    def exports(self) -> dict[str, str]:
+        """File name -> YAML of every object the control plane reads."""
+        out = {}
+        for (kind, ns, name), obj in self.objects.items():
+            if kind not in manifests.CONTROL_PLANE_KINDS:
+                continue
+            if kind == "Pod":
+                runner = self.runners.get((ns, name))
+                if runner is None or not runner.ip:
+                    continue
+                obj = {**obj, "status": runner.k8s_status()}
+            fname = f"{kind.lower()}.{ns or '_'}.{name}.yaml"
+            out[fname] = yaml.safe_dump(obj, sort_keys=True)
+        return out
+
+    def sync_now(self) -> None:
+        self.state.objects.mkdir(parents=True, exist_ok=True)
+        wanted = self.exports()
+        for fname, text in wanted.items():
+            if self._written.get(fname) != text:
+                _atomic_write(self.state.objects / fname, text)
+        for fname in set(self._written) - set(wanted):
+            with contextlib.suppress(FileNotFoundError):
+                (self.state.objects / fname).unlink()
+        self._written = wanted
+
+    def backends(self) -> dict[tuple[str, int], list[services.Endpoint]]:
+        out: dict[tuple[str, int], list[services.Endpoint]] = {}
+        for svc in self.of_kind("Service"):
+            spec, ns = svc.get("spec") or {}, svc["metadata"]["namespace"]
+            ready = [r for (pns, _), r in sorted(self.runners.items())
+                     if pns == ns and r.ready
+                     and manifests.selector_matches(spec.get("selector"), r.pod["metadata"].get("labels"))]
+            for port in spec.get("ports") or []:
+                eps = []
+                for r in ready:
+                    ports = [p for c in r.pod["spec"]["containers"] for p in c.get("ports") or []]
+                    try:
+                        target = resolve_port(ports, port.get("targetPort", port["port"]), "Service")
+                    except SpecError:
+                        continue
+                    eps.append(services.Endpoint(r.ip, target))
+                out[(spec["clusterIP"], port["port"])] = eps
+        return out
+
+    def _sync_rules(self) -> None:
+        rules = services.dnat_rules(self.backends())
+        if rules == self._rules:
+            return
+        proc = subprocess.run(["ip", "netns", "exec", self.node_netns, "iptables-restore"],
+                              input=rules, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log.error("iptables-restore in %s failed: %s", self.node_netns, proc.stderr.strip())
+            return
+        self._rules = rules
+
+    # ---- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        pods = []
+        for (ns, name), r in sorted(self.runners.items()):
+            pods.append({"namespace": ns, "name": name, **r.status(),
+                         "defaultContainer": self.default_container(r)})
+        backends = self.backends()
+        svcs = []
+        for svc in self.of_kind("Service"):
+            spec = svc.get("spec") or {}
+            ports = [f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or []]
+            eps = {f"{e.ip}:{e.port}" for p in spec.get("ports") or []
+                   for e in backends.get((spec["clusterIP"], p["port"]), [])}
+            svcs.append({"namespace": svc["metadata"]["namespace"], "name": svc["metadata"]["name"],
+                         "clusterIP": spec["clusterIP"], "ports": ports,
+                         "endpoints": sorted(eps)})
+        return {"pods": pods, "services": svcs}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

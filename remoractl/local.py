@@ -1,0 +1,149 @@
+"""``remoractl local``: the single-host cluster (network namespaces stand in for nodes and pods).
+
+    remoractl local up
+    remoractl local apply -f PATH [-n NAMESPACE]
+    remoractl local delete -f PATH [-n NAMESPACE]
+    remoractl local status [-n NAMESPACE]
+    remoractl local logs POD [-c CONTAINER] [-n NAMESPACE]
+    remoractl local exec POD [-c CONTAINER] [-n NAMESPACE] -- CMD...
+    remoractl local down
+
+State lives in /var/lib/remora/local (REMORA_LOCAL_DIR overrides). Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from local_cluster import client, config, manifests
+from local_cluster.client import ClusterError
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("local", help="run the mesh on this host (a local cluster)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, default_ns: str | None = manifests.DEFAULT_NAMESPACE
+               ) -> argparse.ArgumentParser:
+        a = sub.add_parser(name, help=help)
+        a.add_argument("-n", "--namespace", default=default_ns,
+                       help=f"namespace (default: {default_ns or 'all'})")
+        return a
+
+    up = action("up", "start the node, the control plane and the injector")
+    up.add_argument("--prefix", help=argparse.SUPPRESS)  # tests: a prefix of their own
+    for name, verb in (("apply", "create or update"), ("delete", "delete")):
+        a = action(name, f"{verb} the objects in files or directories")
+        a.add_argument("-f", "--filename", action="append", required=True,
+                       help="YAML file or directory (repeatable; - for stdin)")
+    action("status", "pods (phase, IP, ready, proxy version) and services", None)
+    logs = action("logs", "a container's log")
+    logs.add_argument("pod")
+    logs.add_argument("-c", "--container")
+    ex = action("exec", "run a command in a pod's container (netns, uid, env, mounts)")
+    ex.add_argument("pod")
+    ex.add_argument("-c", "--container")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    action("down", "remove everything the local cluster made (safe to run twice)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    state = config.StateDir.from_env()
+    try:
+        return ACTIONS[args.local_command](state, args)
+    except (ClusterError, manifests.ManifestError) as e:
+        print(f"remoractl local {args.local_command}: {e}", file=sys.stderr)
+        return 1
+
+
+def _up(state: config.StateDir, args: argparse.Namespace) -> int:
+    status = client.up(state, args.prefix)
+    node = status["node"]
+    print(f"local cluster up: node {node['netns']} ({node['bridge']}), state {state.root}")
+    print(f"  control plane {node['controlPlane']}, injector webhook {node['webhook']}")
+    return 0
+
+
+def _apply_or_delete(state: config.StateDir, args: argparse.Namespace) -> int:
+    objs = manifests.load_paths(args.filename, args.namespace)
+    verb = args.local_command
+    out = client.checked(state, "POST", f"/{verb}", {"namespace": args.namespace, "objects": objs})
+    failed = 0
+    for r in out["results"]:
+        if "error" in r:
+            failed += 1
+            print(f"error: {r['error']}", file=sys.stderr)
+            continue
+        print(f"{r['object']} {r['action']}")
+        for w in r.get("warnings") or []:
+            print(f"Warning: {w}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def _age(seconds: float) -> str:
+    return f"{int(seconds)}s" if seconds < 120 else f"{int(seconds // 60)}m"
+
+
+def format_status(status: dict[str, Any], namespace: str | None) -> str:
+    pods = [p for p in status["pods"] if namespace in (None, p["namespace"])]
+    rows = [["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "PROXY", "AGE"]]
+    for p in pods:
+        shown = p["reason"] if p["reason"] and p["phase"] != "Running" else p["phase"]
+        if p["reason"] in ("CrashLoopBackOff", "CreateContainerConfigError"):
+            shown = p["reason"]
+        rows.append([p["namespace"], p["name"], p["ready"], shown, str(p["restarts"]),
+                     p["podIP"] or "-", p["proxyVersion"] or "-", _age(p["age"])])
+    svcs = [s for s in status["services"] if namespace in (None, s["namespace"])]
+    srows = [["NAMESPACE", "SERVICE", "CLUSTER-IP", "PORTS", "ENDPOINTS"]]
+    for s in svcs:
+        srows.append([s["namespace"], s["name"], s["clusterIP"], ",".join(s["ports"]),
+                      ",".join(s["endpoints"]) or "<none>"])
+    comps = ", ".join(f"{c['name']} {'running' if c['running'] else 'DOWN'}"
+                      + (f" ({c['restarts']} restarts)" if c["restarts"] else "")
+                      for c in status.get("components", []))
+    parts = [f"components: {comps}" if comps else ""]
+    parts.append(_table(rows) if pods else "no pods")
+    parts.append(_table(srows) if svcs else "no services")
+    return "\n\n".join(p for p in parts if p)
+
+
+def _status(state: config.StateDir, args: argparse.Namespace) -> int:
+    status = client.checked(state, "GET", "/status")
+    print(format_status(status, args.namespace))
+    return 0
+
+
+def _logs(state: config.StateDir, args: argparse.Namespace) -> int:
+    path = client.log_path(state, args.namespace, args.pod, args.container)
+    with open(path, "rb") as f:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(f.read())
+    return 0
+
+
+def _exec(state: config.StateDir, args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ClusterError("no command given; usage: remoractl local exec POD [-c C] -- CMD ...")
+    return client.exec_in_pod(state, args.namespace, args.pod, args.container, argv).returncode
+
+
+def _down(state: config.StateDir, args: argparse.Namespace) -> int:
+    removed = client.down(state)
+    print("local cluster down: " + ("removed " + str(len(removed)) + " item(s)" if removed
+                                    else "nothing to remove"))
+    return 0
+
+
+ACTIONS = {"up": _up, "apply": _apply_or_delete, "delete": _apply_or_delete, "status": _status,
+           "logs": _logs, "exec": _exec, "down": _down}
