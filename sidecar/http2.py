@@ -150,7 +150,7 @@ class _Side(asyncio.Protocol):
 
     def send_now(self) -> None:
         self._send_scheduled = False
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             return
         data = self.h2.data_to_send()
         if data:
@@ -174,7 +174,7 @@ class _Side(asyncio.Protocol):
             pipe.flush()
 
     def close(self) -> None:
-        if not self.closed and self.transport is not None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
             self.send_now()
             self.transport.close()
 
