@@ -5,8 +5,9 @@ inbound relay with ALPN remora-h2; inbound forwards to the app with plaintext h2
 Router/Connector (plaintext TCP) in place of the proxy core. The mTLS hop through real pods is
 tests/sidecar/test_http2_mesh.py.
 
-Run as a script this module is also the gRPC app of the mesh test:
-``python test_http2.py serve PORT`` and ``python test_http2.py call PORT`` (prints JSON).
+Run as a script this module is also the gRPC app and client of the mesh test:
+``python test_http2.py serve PORT``, ``... call HOST:PORT`` (prints JSON) and
+``... stream HOST:PORT COUNT,SIZE,INTERVAL`` (a line per message, then the status).
 """
 
 from __future__ import annotations
@@ -124,7 +125,18 @@ def main(argv: list[str]) -> int:
     if argv[0] == "call":
         print(json.dumps(must_show_calls(argv[1])), flush=True)
         return 0
-    print(f"usage: {Path(__file__).name} serve PORT | call HOST:PORT", file=sys.stderr)
+    if argv[0] == "stream":  # a line per message as it arrives, then the final status
+        with grpc.insecure_channel(argv[1]) as ch:
+            code = "OK"
+            try:
+                for i, _ in enumerate(method(ch, "Stream", True)(argv[2].encode(), timeout=30)):
+                    print(f"message {i + 1}", flush=True)
+            except grpc.RpcError as e:
+                code = e.code().name
+            print(json.dumps({"code": code}), flush=True)
+        return 0
+    print(f"usage: {Path(__file__).name} serve PORT | call HOST:PORT | stream HOST:PORT SPEC",
+          file=sys.stderr)
     return 2
 
 

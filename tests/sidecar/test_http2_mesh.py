@@ -76,10 +76,12 @@ def h2load(pod, url: str, uid: int, n: int, clients: int, streams: int) -> dict:
     return {"succeeded": int(done[4]), "rps": float(rps[1]), "out": r.stdout}
 
 
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GRPC_DNS_RESOLVER": "native"}
+
+
 def test_grpc_unary_streaming_and_error_status_through_the_mesh(mesh):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GRPC_DNS_RESOLVER": "native"}
     r = mesh.client.exec([sys.executable, APP, "call", f"echo:{GRPC_PORT}"], uid=APP_UID,
-                         env=env, timeout=60)
+                         env=ENV, timeout=60)
     assert r.returncode == 0, r.stderr + mesh.logs()
     res = json.loads(r.stdout)
     assert res["unary"]["body"] == "hello"
@@ -97,6 +99,17 @@ def test_grpc_unary_streaming_and_error_status_through_the_mesh(mesh):
     assert counter(srv, "remora_requests_total", direction="inbound",
                    peer_identity=CLIENT_ID) == 4, srv
     assert counter(srv, "remora_tls_handshakes_total", side="server") == 1, srv  # one pooled h2
+
+
+def test_drain_lets_an_inflight_grpc_stream_finish(mesh):
+    proc = mesh.spawn_app([sys.executable, APP, "stream", f"echo:{GRPC_PORT}", "15,100,0.1"],
+                          pod=mesh.client, env=ENV, stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"message 1\n", mesh.logs()
+    assert "draining" in mesh.proxies["client"].admin("/drain", "POST")
+    lines = proc.communicate(timeout=30)[0].decode().splitlines()
+    # The client proxy sent GOAWAY, yet the stream it had accepted ran to its end.
+    assert lines[-2:] == ["message 15", '{"code": "OK"}'], lines + [mesh.logs()]
+    assert mesh.proxies["client"].proc.wait(10) == 0  # and the drained proxy exited cleanly
 
 
 def test_h2load_multiplexes_over_one_mtls_connection(mesh):
