@@ -80,6 +80,17 @@ def _request_id() -> bytes:
     return b"%s-%s-4%s-%s-%s" % (b[:8], b[8:12], b[13:16], b[16:20], b[20:32])
 
 
+def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
+    if transport.is_closing():
+        return
+    if len(parts) == 1:
+        transport.write(parts[0])
+    elif sum(map(len, parts)) <= 65536:
+        transport.write(b"".join(parts))
+    else:
+        transport.writelines(parts)
+
+
 class H1Pool:
     """Idle keep-alive upstream connections per (address, port, alpn)."""
 
@@ -168,11 +179,12 @@ class H1Upstream(asyncio.Protocol):
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
             if self.tunnel and rest:
-                down.transport.write(rest)
+                down.wbuf.append(rest)
         except httptools.HttpParserError as e:
             _log_callback_bug(e)
             log.debug("bad response from upstream: %s: %r", e, data[:200])
             self.transport.abort()
+        down.flush()
 
     def eof_received(self) -> bool:
         if self.tunnel and self.down is not None:
@@ -256,6 +268,8 @@ class H1Downstream(asyncio.Protocol):
         self.started_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel = False
+        self.wbuf: list[bytes] = []  # to the downstream, written by flush()
+        self.ubuf: list[bytes] = []  # to the current upstream, written by flush()
 
     # -- connection events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -289,6 +303,17 @@ class H1Downstream(asyncio.Protocol):
         if self.pending_dispatch:
             self.pending_dispatch = False
             self._dispatch()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what this turn produced, one write per side (one TLS record, one syscall)."""
+        if self.wbuf:
+            parts, self.wbuf = self.wbuf, []
+            _write_all(self.transport, parts)
+        if self.ubuf:
+            parts, self.ubuf = self.ubuf, []
+            if self.up is not None:
+                _write_all(self.up.transport, parts)
 
     def eof_received(self) -> bool:
         if self.tunnel and self.up is not None:
@@ -452,14 +477,14 @@ class H1Downstream(asyncio.Protocol):
             self._pause(_P_WAIT)  # at most one read buffered while connecting
             return
         if self.req_chunked:
-            up.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self.ubuf += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
-            up.transport.write(body)
+            self.ubuf.append(body)
 
     def _done(self) -> None:
         self.req_done = True
         if self.up is not None and self.req_chunked:
-            self.up.transport.write(b"0\r\n\r\n")
+            self.ubuf.append(b"0\r\n\r\n")
 
     # -- routing and upstream ------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -510,16 +535,17 @@ class H1Downstream(asyncio.Protocol):
         up.down = self
         up.started = False
         up.tunnel = False
-        t = up.transport
-        t.write(self.req_head)
+        buf = self.ubuf
+        buf.append(self.req_head)
         for chunk in self.req_body:
             if self.req_chunked:
-                t.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                buf += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
             else:
-                t.write(chunk)
+                buf.append(chunk)
         self.req_body = []
         if self.req_done and self.req_chunked:
-            t.write(b"0\r\n\r\n")
+            buf.append(b"0\r\n\r\n")
+        self.flush()
         self._resume(_P_WAIT)
 
     def upstream_lost(self, up: H1Upstream) -> None:
@@ -528,6 +554,7 @@ class H1Downstream(asyncio.Protocol):
                   self.resp_started)
         self.up = None
         if self.tunnel:
+            self.flush()
             self.transport.close()
             return
         if not self.resp_started:
@@ -539,6 +566,7 @@ class H1Downstream(asyncio.Protocol):
             return
         if self.resp_until_close:
             self._finish_response(reusable=False)
+            self.flush()
         else:
             self.transport.abort()
 
@@ -573,14 +601,14 @@ class H1Downstream(asyncio.Protocol):
             for name, value in up.headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
-            self.transport.write(b"".join(out))
+            self.wbuf.append(b"".join(out))
             self._start_tunnel(up)
             return
         if interim:
             for name, value in up.headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
-            self.transport.write(b"".join(out))
+            self.wbuf.append(b"".join(out))
             return
         self.resp_started = True
         self.resp_status = status
@@ -617,7 +645,7 @@ class H1Downstream(asyncio.Protocol):
             self.keep_alive = False
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
-        self.transport.write(b"".join(out))
+        self.wbuf.append(b"".join(out))
         if self.method == b"HEAD":  # httptools would wait for a body: end here, drop the conn
             up.down = None
             self.up = None
@@ -626,9 +654,9 @@ class H1Downstream(asyncio.Protocol):
 
     def response_body(self, body: bytes) -> None:
         if self.resp_chunked:
-            self.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            self.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
-            self.transport.write(body)
+            self.wbuf.append(body)
 
     def response_done(self, up: H1Upstream) -> None:
         reusable = up.parser.should_keep_alive() and self.req_done and not self.upgrade
@@ -637,7 +665,7 @@ class H1Downstream(asyncio.Protocol):
     def _finish_response(self, reusable: bool) -> None:
         up = self.up
         if self.resp_chunked:
-            self.transport.write(b"0\r\n\r\n")
+            self.wbuf.append(b"0\r\n\r\n")
         self.up = None
         if up is not None:
             up.down = None
@@ -658,6 +686,7 @@ class H1Downstream(asyncio.Protocol):
         self.busy = False
         self._resume(_P_WAIT | _P_UPSTREAM)
         if not self.keep_alive or not self.req_done:
+            self.flush()
             self.transport.close()
             return
         self._replay()
@@ -717,15 +746,16 @@ class H1Downstream(asyncio.Protocol):
             up.down = None
             up.transport.abort()
         body = b"bad request\n"
-        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.wbuf.append(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
+                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.flush()
         self.transport.close()
 
     def _local_reply(self, status: int, message: str) -> None:
         body = message.encode() + b"\n"
         self.resp_started = True
         close = not self.keep_alive or not self.req_done or self.ctx.draining()
-        self.transport.write(
+        self.wbuf.append(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
                 status, REASONS.get(status, b"Error"), len(body),
                 b"connection: close\r\n" if close else b"", body))
@@ -733,3 +763,4 @@ class H1Downstream(asyncio.Protocol):
             self.keep_alive = False
         self.resp_chunked = False
         self._exchange_done(status)
+        self.flush()
