@@ -420,7 +420,9 @@ class Cluster:
         pods = []
         for (ns, name), r in sorted(self.runners.items()):
             pods.append({"namespace": ns, "name": name, **r.status(),
-                         "defaultContainer": self.default_container(r)})
+                         "defaultContainer": self.default_container(r),
+                         "workload": manifests.owner(r.pod) or name,
+                         "labels": r.pod["metadata"].get("labels") or {}})
         backends = self.backends()
         svcs = []
         for svc in self.of_kind("Service"):

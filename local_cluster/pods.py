@@ -125,6 +125,7 @@ class PodRunner:
             "phase": self.phase,
             "reason": waiting[0] if waiting else self.reason,
             "podIP": self.ip,
+            "netns": self.netns,
             "ready": f"{sum(c.ready for c in watched)}/{len(watched)}",
             "restarts": sum(c.restarts for c in self.containers.values()),
             "proxyVersion": self.proxy_version(),

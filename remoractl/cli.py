@@ -10,7 +10,7 @@ import argparse
 import importlib
 from types import ModuleType
 
-SUBCOMMANDS: tuple[str, ...] = ("inject", "local")
+SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo")
 
 
 def modules() -> list[ModuleType]:
