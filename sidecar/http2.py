@@ -358,6 +358,7 @@ class _Pipe:
         except STREAM_GONE:
             # The destination stream is gone (reset or closed by its peer): nothing more moves.
             self.close()
+            self.ex.reset_from(dst, ErrorCodes.CANCEL)
         finally:
             dst.want_send()
             if acked:
@@ -480,18 +481,37 @@ class _Exchange:
     # -- failures -----------------------------------------------------------------------
     def reset_from(self, side: _Side, code: int) -> None:
         """RST_STREAM from one end: reset the paired stream with the same code."""
+        if self.finished:
+            return
         if side is self.down:
             if self.up is not None:
                 self.up.reset(self.up_sid, code)
+        elif self.response_received():
+            return
         else:
             self.down.reset(self.down_sid, code)
         self.finish(self.status)
 
+    def response_received(self) -> bool:
+        """The whole response is here (maybe waiting for the client's window): deliver it.
+
+        A server may reset (NO_ERROR) or close right after its response to stop the request
+        body; that must not cut off response bytes still queued for a slow client.
+        """
+        if not self.resp.ended or self.resp.closed:
+            return False
+        self.req.close()
+        return True
+
     def side_lost(self, side: _Side) -> None:
+        if self.finished:
+            return
         if side is self.down:
             if self.up is not None:
                 self.up.reset(self.up_sid, ErrorCodes.CANCEL)
             self.finish(self.status)
+        elif self.response_received():
+            return
         elif not self.response_started:
             self.local_reply(503, "upstream connect error or disconnect/reset before headers")
         else:

@@ -377,14 +377,14 @@ class RawClient:
     def flush(self) -> None:
         self.writer.write(self.h2.data_to_send())
 
-    def request(self, path: bytes, body: bytes = b"", grpc: bool = True) -> int:
+    def request(self, path: bytes, body: bytes = b"", grpc: bool = True, end: bool = True) -> int:
         sid = self.h2.get_next_available_stream_id()
         headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
                    (b":path", path)]
         if grpc:
             headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
         self.h2.send_headers(sid, headers)
-        self.h2.send_data(sid, grpc_frame(body) if grpc else body, end_stream=True)
+        self.h2.send_data(sid, grpc_frame(body) if grpc else body, end_stream=end)
         self.flush()
         return sid
 
@@ -479,7 +479,10 @@ async def test_client_that_stops_reading_its_socket_fills_no_more_than_the_high_
 
 
 class ResettingServer:
-    """An h2 app that answers every request with RST_STREAM(ENHANCE_YOUR_CALM)."""
+    """An h2 app that answers every request with RST_STREAM(ENHANCE_YOUR_CALM), or with
+    ``early_response``: a whole response, then RST_STREAM(NO_ERROR) to stop the request body."""
+
+    early_response = b""
 
     def __init__(self) -> None:
         import h2.config
@@ -495,7 +498,14 @@ class ResettingServer:
     def data_received(self, data: bytes) -> None:
         import h2.events
         for ev in self.h2.receive_data(data):
-            if isinstance(ev, h2.events.RequestReceived):
+            if isinstance(ev, h2.events.RequestReceived) and self.early_response:
+                self.h2.send_headers(ev.stream_id, [(b":status", b"200")])
+                body = self.early_response
+                for i in range(0, len(body), 16384):
+                    self.h2.send_data(ev.stream_id, body[i:i + 16384])
+                self.h2.end_stream(ev.stream_id)
+                self.h2.reset_stream(ev.stream_id, 0)
+            elif isinstance(ev, h2.events.RequestReceived):
                 self.h2.reset_stream(ev.stream_id, 11)
         self.transport.write(self.h2.data_to_send())
 
@@ -517,6 +527,29 @@ async def test_upstream_reset_reaches_the_client_with_its_code(relay):
         finally:
             client.close()
         assert relay.out_connector.connects == {"h2": 1}  # no identity: plaintext ALPN h2
+    finally:
+        server.close()
+
+
+async def test_response_then_reset_still_reaches_a_slow_client(relay):
+    import h2.settings
+
+    class EarlyServer(ResettingServer):
+        early_response = bytes(range(250)) * 200  # 50 kB: fits the relay's window, not the client's
+
+    server = await asyncio.get_running_loop().create_server(EarlyServer, "127.0.0.1", 0)
+    try:
+        relay.router.decision.endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+        client = await RawClient.open(relay.port)
+        try:
+            client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+            sid = client.request(b"/upload", b"part of a body", grpc=False, end=False)
+            await asyncio.sleep(0.3)  # the server's response and RST_STREAM reach the relay
+            headers, body, _ = await client.read_stream(sid)
+            assert dict(headers)[b":status"] == b"200"
+            assert body == EarlyServer.early_response  # not cut off by the upstream reset
+        finally:
+            client.close()
     finally:
         server.close()
 
