@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 TRACE_HEADERS = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid",
                  "x-b3-parentspanid", "x-b3-sampled", "b3")
@@ -32,6 +32,23 @@ def client_session(app: web.Application) -> None:
         await app["http"].close()
 
     app.cleanup_ctx.append(ctx)
+
+
+async def call(request: web.Request, url: str) -> tuple[int, dict]:
+    """GET ``url`` passing the trace headers on: (status, JSON body); 503 when unreachable."""
+    try:
+        async with request.app["http"].get(url, headers=trace_headers(request)) as resp:
+            return resp.status, await resp.json()
+    except (ClientError, ValueError) as e:
+        return 503, {"error": f"{url} unreachable: {e}"}
+
+
+def run(path: str, handler, default_port: int) -> None:
+    """Serve one route (plus /healthz) with a pooled client session for the next hop."""
+    app = web.Application()
+    client_session(app)
+    app.router.add_get(path, handler)
+    serve(app, default_port)
 
 
 def serve(app: web.Application, default_port: int) -> None:

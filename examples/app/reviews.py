@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from examples.app.common import POD, VERSION, serve
+from examples.app.common import POD, VERSION, run
 
 REVIEWS = {
     "1": ["An extremely entertaining read.", "Absolutely fun and entertaining."],
@@ -22,11 +22,5 @@ async def reviews(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def main() -> None:
-    app = web.Application()
-    app.router.add_get("/reviews/{product}", reviews)
-    serve(app, 9080)
-
-
 if __name__ == "__main__":
-    main()
+    run("/reviews/{product}", reviews, 9080)
