@@ -211,3 +211,29 @@ class CertificateAuthority:
             .sign(self.signing_key, hashes.SHA256())
         )
         return pem(cert) + b"".join(pem(c) for c in self.chain)
+
+
+def issue_serving_cert(
+    ca: CertificateAuthority, dns_names: list[str], ips: list[str], ttl: dt.timedelta = INTERMEDIATE_TTL
+) -> tuple[bytes, bytes]:
+    """(key PEM, chain PEM) for the control plane's own TLS server (DNS and IP SANs)."""
+    import ipaddress
+
+    key = ident.generate_key()
+    now = _now()
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(dns_names[0] if dns_names else "remora-control"))
+        .issuer_name(ca.signing_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + ttl, ca.signing_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca.signing_key, hashes.SHA256())
+    )
+    return ident.key_to_pem(key), pem(cert) + b"".join(pem(c) for c in ca.chain)

@@ -1,0 +1,261 @@
+"""The proxy's control-plane client: connect, authenticate, get a certificate, apply snapshots.
+
+``run_discovery(runtime, settings)`` runs forever:
+
+* connect to ``REMORA_CONTROL_PLANE`` over TLS (verified with ``REMORA_TRUST_ROOT``), send
+  ``hello`` with the workload token, wait for ``welcome``;
+* ask for a certificate: the key and CSR are made by ``python -m sidecar.csr_helper`` in a
+  child process (this process never imports cryptography), the key stays in the workdir;
+* apply each snapshot atomically through ``runtime.apply_config`` and ACK it, or NACK it with
+  the error text (the runtime keeps its last good snapshot);
+* renew the certificate at 45-55 % of its lifetime; reconnect with exponential backoff and
+  full jitter; while away, the runtime keeps serving with its last good config and cert.
+
+Standard library only (plus control_plane.api's stdlib modules): see the memory budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import random
+import ssl
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from control_plane.api import discovery as wire
+from control_plane.api.model import ConfigError, ProxyConfig
+from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
+from control_plane.api.wsclient import WebSocket, WebSocketError, connect
+
+log = logging.getLogger("remora.proxy.discovery")
+PROXY_VERSION = "0.1.0"
+DEFAULT_SERVER_NAME = "remora-control.remora-system.svc"
+IDLE_TIMEOUT = 75.0  # the server pings every 30 s; silence this long means the stream is dead
+CSR_RETRY = 5.0
+
+
+@dataclass
+class DiscoverySettings:
+    host: str
+    port: int
+    pod: str
+    namespace: str
+    pod_ip: str
+    service_account: str
+    token_file: Path
+    trust_root: Path
+    workdir: Path
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    server_name: str | None = None  # TLS name to verify; default: the address itself
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DiscoverySettings:
+        """Read the proxy's environment; ValueError naming the missing or bad variable."""
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ValueError(f"{name} is not set (needed to talk to the control plane)")
+            return value
+
+        addr = need("REMORA_CONTROL_PLANE")
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            host, port = addr, str(DISCOVERY_PORT)
+        if not port.isdigit() or not host:
+            raise ValueError(f"REMORA_CONTROL_PLANE={addr!r}: expected host:port")
+        return cls(
+            host=host.strip("[]"), port=int(port), pod=need("POD_NAME"),
+            namespace=need("POD_NAMESPACE"), pod_ip=env.get("POD_IP", ""),
+            service_account=env.get("SERVICE_ACCOUNT", "default"),
+            token_file=Path(need("REMORA_TOKEN_FILE")), trust_root=Path(need("REMORA_TRUST_ROOT")),
+            workdir=Path(need("REMORA_WORKDIR")),
+            trust_domain=env.get("REMORA_TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN,
+            server_name=env.get("REMORA_CONTROL_PLANE_SAN") or None,
+        )
+
+
+class Rejected(Exception):
+    """The control plane refused this proxy (bad token...): retried with backoff, logged."""
+
+
+class DiscoveryClient:
+    def __init__(self, runtime: Any, settings: DiscoverySettings) -> None:
+        self.runtime = runtime
+        self.s = settings
+        self.dir = settings.workdir / "identity"
+        self.applied_version: str | None = None
+        self.cert_renew_at: float | None = None  # loop time; None: no certificate yet
+        self.connected = False
+        self.sessions = 0
+        self._ids = itertools.count(1)
+        self._csr_pending: str | None = None
+        self._renewer: asyncio.Task | None = None
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        failures = 0
+        while True:
+            try:
+                await self._session()
+                failures = 0  # a stream that ran and ended: reconnect soon
+            except (OSError, WebSocketError, Rejected, TimeoutError, ssl.SSLError) as exc:
+                log.warning("control plane %s:%d: %s", self.s.host, self.s.port, exc)
+                failures += 1
+            except Exception:  # a bug must not end discovery: the proxy keeps its last config
+                log.exception("discovery session failed")
+                failures += 1
+            finally:
+                self.connected = False
+                if self._renewer:
+                    self._renewer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self._renewer
+                    self._renewer = None
+            cap = min(self.s.backoff_max, self.s.backoff_initial * 2 ** min(failures, 16))
+            await asyncio.sleep(random.uniform(cap / 4, cap))  # jitter: no reconnect storms
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.s.trust_root))
+        return ctx
+
+    async def _session(self) -> None:
+        ws = await connect(self.s.host, self.s.port, wire.PATH, self._ssl(),
+                           server_hostname=self.s.server_name or self.s.host)
+        try:
+            await ws.send_text(wire.encode(
+                wire.HELLO, token=self._token(), pod=self.s.pod, namespace=self.s.namespace,
+                proxy_version=PROXY_VERSION, ip=self.s.pod_ip, last_version=self.applied_version,
+            ))
+            welcome = wire.decode(await asyncio.wait_for(ws.recv(), 30), (wire.WELCOME, wire.ERROR))
+            if welcome["type"] == wire.ERROR:
+                raise Rejected(f"refused: {welcome['reason']}")
+            self.identity = str(welcome["identity"])
+            self.connected = True
+            self.sessions += 1
+            self._csr_pending = None
+            log.info("connected to the control plane as %s (%s)", welcome["proxy_id"], self.identity)
+            self._renewer = asyncio.create_task(self._renew_loop(ws))
+            while True:
+                data = await asyncio.wait_for(ws.recv(), IDLE_TIMEOUT)
+                await self._on_message(ws, data)
+        finally:
+            await ws.close()
+
+    def _token(self) -> str:
+        try:
+            return self.s.token_file.read_text().strip()
+        except OSError as exc:
+            raise Rejected(f"cannot read the workload token {self.s.token_file}: {exc.strerror}") from None
+
+    async def _on_message(self, ws: WebSocket, data: str | bytes) -> None:
+        try:
+            msg = wire.decode(data, (wire.SNAPSHOT, wire.CERTIFICATE, wire.ERROR))
+        except wire.ProtocolError as exc:
+            log.warning("ignoring a bad message from the control plane: %s", exc)
+            return
+        if msg["type"] == wire.SNAPSHOT:
+            await self._on_snapshot(ws, msg)
+        elif msg["type"] == wire.CERTIFICATE:
+            await self._on_certificate(msg)
+        else:
+            log.error("control plane error: %s", msg["reason"])
+            if msg.get("request_id") and msg.get("request_id") == self._csr_pending:
+                self._csr_pending = None  # the renew loop retries after CSR_RETRY
+            if msg.get("fatal"):
+                raise Rejected(str(msg["reason"]))
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def _on_snapshot(self, ws: WebSocket, msg: dict) -> None:
+        version = str(msg["version"])
+        if version == self.applied_version:
+            await ws.send_text(wire.encode(wire.ACK, version=version))
+            return
+        try:
+            cfg = ProxyConfig.from_dict(msg["config"])
+            result = self.runtime.apply_config(cfg)
+            if inspect.isawaitable(result):
+                await result
+        except (ConfigError, ValueError, TypeError, KeyError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.error("rejected configuration %s (keeping %s): %s", version, self.applied_version, reason)
+            await ws.send_text(wire.encode(wire.NACK, version=version, reason=reason))
+            return
+        self.applied_version = version
+        log.info("applied configuration %s", version)
+        await ws.send_text(wire.encode(wire.ACK, version=version))
+
+    # -- certificates ------------------------------------------------------------------------
+
+    async def _renew_loop(self, ws: WebSocket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = self.cert_renew_at
+            if self._csr_pending is None and (due is None or loop.time() >= due):
+                try:
+                    await self._send_csr(ws)
+                except (OSError, WebSocketError, RuntimeError) as exc:
+                    log.error("cannot request a certificate: %s", exc)
+                await asyncio.sleep(CSR_RETRY)  # an answer comes, or we ask again
+                continue
+            await asyncio.sleep(1.0 if due is None else max(0.2, min(due - loop.time(), 5.0)))
+
+    async def _send_csr(self, ws: WebSocket) -> None:
+        rid = f"{os.getpid()}-{next(self._ids)}"
+        key_path = self.dir / f"key.{rid}.pem"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar.csr_helper", "--identity", self.identity,
+            "--key-out", str(key_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()  # the session ended: do not leave the helper behind
+            await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"csr_helper failed: {err.decode().strip()}")
+        self._csr_pending = rid
+        await ws.send_text(wire.encode(wire.CSR, request_id=rid, csr=out.decode(), token=self._token()))
+
+    async def _on_certificate(self, msg: dict) -> None:
+        rid = str(msg["request_id"])
+        key_path = self.dir / f"key.{rid}.pem"
+        if rid != self._csr_pending or not key_path.exists():
+            log.warning("ignoring a certificate for an unknown request %s", rid)
+            return
+        key = key_path.read_bytes()
+        chain, roots = str(msg["chain"]).encode(), str(msg["roots"]).encode()
+        result = self.runtime.apply_certificate(key, chain, roots)
+        if inspect.isawaitable(result):
+            await result
+        # Keep the current key/cert in the workdir (for inspection); drop older pending keys.
+        os.replace(key_path, self.dir / "key.pem")
+        (self.dir / "cert-chain.pem").write_bytes(chain)
+        (self.dir / "root-cert.pem").write_bytes(roots)
+        for stale in self.dir.glob("key.*-*.pem"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        self._csr_pending = None
+        ttl = float(msg.get("ttl_seconds") or 24 * 3600)
+        self.cert_renew_at = asyncio.get_running_loop().time() + ttl * random.uniform(0.45, 0.55)
+        log.info("certificate installed for %s, valid until %s", self.identity, msg["not_after"])
+
+
+async def run_discovery(runtime: Any, settings: DiscoverySettings | None = None) -> None:
+    """Run the control-plane client forever (settings default to the environment)."""
+    await DiscoveryClient(runtime, settings or DiscoverySettings.from_env()).run()

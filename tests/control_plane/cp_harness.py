@@ -1,0 +1,115 @@
+"""An in-process control plane (real aiohttp over TLS on loopback) and a fake proxy runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from control_plane.api import tokens
+from control_plane.auth import LocalTokenAuthenticator
+from control_plane.ca import CertificateAuthority, issue_serving_cert
+from control_plane.server import DiscoveryServer, ServerSettings
+from control_plane.sources.files import FilesSource
+
+TOKEN_KEY = b"0123456789abcdef0123456789abcdef"
+BASE = """apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1
+  namespace: shop
+  labels: {app: reviews, version: v1}
+  annotations: {remora.dev/status: "{}"}
+spec: {serviceAccountName: reviews}
+status: {podIP: 198.18.0.21}
+"""
+
+
+@dataclass
+class RunningControlPlane:
+    server: DiscoveryServer
+    ca: CertificateAuthority
+    manifests: Path
+    tmp: Path
+    port: int
+    monitoring_url: str
+    client_ssl: ssl.SSLContext
+
+    def token(self, namespace: str = "shop", sa: str = "reviews", pod: str = "reviews-v1", **kw) -> str:
+        return tokens.mint(TOKEN_KEY, namespace, sa, pod, **kw)
+
+    async def wait(self, predicate, timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not predicate():
+            if loop.time() > end:
+                raise AssertionError("condition not reached in time")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def start_control_plane(tmp_path: Path) -> AsyncIterator[RunningControlPlane]:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "base.yaml").write_text(BASE)
+    ca = CertificateAuthority.generate()
+    key, chain = issue_serving_cert(ca, ["localhost"], ["127.0.0.1"])
+    (tmp_path / "srv.key").write_bytes(key)
+    (tmp_path / "srv.pem").write_bytes(chain)
+    (tmp_path / "root.pem").write_bytes(ca.root_pem)
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    settings = ServerSettings(cert_ttl=dt.timedelta(seconds=60), debounce_quiet=0.05, debounce_max=1)
+    server = DiscoveryServer(ca, LocalTokenAuthenticator(TOKEN_KEY), FilesSource(manifests, 0.05),
+                             settings, ca.root_pem.decode())
+    runners = []
+    ports = []
+    for app, tls in ((server.discovery_app(), sctx), (server.monitoring_app(), None)):
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+        await site.start()
+        runners.append(runner)
+        ports.append(site._server.sockets[0].getsockname()[1])
+    tasks = [asyncio.create_task(server.run_source()), asyncio.create_task(server.debouncer.run())]
+    cctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
+    cp = RunningControlPlane(server, ca, manifests, tmp_path, ports[0], f"http://127.0.0.1:{ports[1]}", cctx)
+    await cp.wait(lambda: server.builder is not None)
+    try:
+        yield cp
+    finally:
+        for t in tasks:
+            t.cancel()
+        for r in runners:
+            await r.cleanup()
+
+
+@dataclass
+class FakeRuntime:
+    """Stands in for sidecar.runtime.ProxyRuntime: records what it was given."""
+
+    configs: list = field(default_factory=list)
+    certs: list = field(default_factory=list)
+    reject: str | None = None
+
+    def apply_config(self, cfg) -> None:
+        if self.reject:
+            raise ValueError(self.reject)
+        self.configs.append(cfg)
+
+    def apply_certificate(self, key_pem: bytes, chain_pem: bytes, roots_pem: bytes) -> None:
+        self.certs.append((key_pem, chain_pem, roots_pem))

@@ -1,0 +1,163 @@
+"""The discovery/CA server over real TLS WebSockets: proxies are authenticated, certified,
+configured, and tracked; bad tokens and bad CSRs are refused with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import aiohttp
+import pytest
+from cp_harness import FakeRuntime, RunningControlPlane
+from cryptography import x509
+
+from control_plane.api import discovery as wire
+from control_plane.api import identity as ident
+from control_plane.api.wsclient import WebSocket, connect
+from sidecar.discovery import DiscoveryClient, DiscoverySettings
+
+REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
+
+
+async def open_stream(cp: RunningControlPlane, token: str, pod: str = "reviews-v1") -> WebSocket:
+    ws = await connect("127.0.0.1", cp.port, wire.PATH, cp.client_ssl, server_hostname="localhost")
+    await ws.send_text(wire.encode(wire.HELLO, token=token, pod=pod, namespace="shop", proxy_version="t"))
+    return ws
+
+
+async def recv(ws: WebSocket, *types: str) -> dict:
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if msg["type"] in types:
+            return msg
+
+
+def settings(cp: RunningControlPlane, token: str, pod: str = "reviews-v1") -> DiscoverySettings:
+    (cp.tmp / f"{pod}.token").write_text(token)
+    return DiscoverySettings(
+        host="127.0.0.1", port=cp.port, pod=pod, namespace="shop", pod_ip="198.18.0.21",
+        service_account="reviews", token_file=cp.tmp / f"{pod}.token", trust_root=cp.tmp / "root.pem",
+        workdir=cp.tmp / f"work-{pod}", server_name="localhost", backoff_initial=0.05, backoff_max=0.2,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_client(cp: RunningControlPlane, runtime: FakeRuntime, pod: str = "reviews-v1"):
+    client = DiscoveryClient(runtime, settings(cp, cp.token(pod=pod), pod))
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def proxy_status(cp: RunningControlPlane) -> dict[str, dict]:
+    async with aiohttp.ClientSession() as s, s.get(cp.monitoring_url + "/debug/proxies") as r:
+        return {p["proxy_id"]: p for p in (await r.json())["proxies"]}
+
+
+async def test_proxy_gets_certificate_and_config_and_is_synced(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime()
+    async with running_client(cp, rt) as client:
+        await cp.wait(lambda: rt.configs and rt.certs)
+        key_pem, chain_pem, roots = rt.certs[0]
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+        assert ident.spiffe_ids_of_cert(leaf) == [REVIEWS]
+        assert roots == cp.ca.root_pem
+        # The key was made by the helper process, stays in the workdir (0600), matches the cert.
+        key_file = client.dir / "key.pem"
+        assert key_file.read_bytes() == key_pem and key_file.stat().st_mode & 0o777 == 0o600
+        assert rt.configs[0].outbound[0].service == "reviews.shop.svc.cluster.local"
+        assert rt.configs[0].trust_bundle == cp.ca.root_pem.decode()
+        await cp.wait(lambda: cp.server.connections["reviews-v1.shop"].state.status() == "SYNCED")
+        st = (await proxy_status(cp))["reviews-v1.shop"]
+        assert (st["identity"], st["status"], st["acked_version"]) == (REVIEWS, "SYNCED", rt.configs[0].version)
+
+
+async def test_config_change_is_pushed_without_reconnecting(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime()
+    async with running_client(cp, rt) as client:
+        await cp.wait(lambda: rt.configs)
+        base = (cp.manifests / "base.yaml").read_text()
+        (cp.manifests / "base.yaml").write_text(base.replace("198.18.0.21", "198.18.0.31"))
+        await cp.wait(lambda: len(rt.configs) == 2)
+        assert rt.configs[1].clusters[0].endpoints[0].address == "198.18.0.31"
+        assert client.sessions == 1
+
+
+async def test_invalid_snapshot_is_nacked_and_status_is_error(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime()
+    async with running_client(cp, rt) as client:
+        await cp.wait(lambda: rt.configs)
+        good = client.applied_version
+        # Two services claiming the same VIP:port: the proxy's strict decoder rejects the snapshot.
+        clash = (cp.manifests / "base.yaml").read_text().split("---")[0].replace("name: reviews,", "name: clash,")
+        (cp.manifests / "clash.yaml").write_text(clash)
+        state = cp.server.connections["reviews-v1.shop"].state
+        await cp.wait(lambda: state.status() == "ERROR")
+        st = (await proxy_status(cp))["reviews-v1.shop"]
+        assert "198.19.0.10:9080 is claimed by two services" in st["last_error"]
+        assert st["acked_version"] == good == client.applied_version and len(rt.configs) == 1
+        (cp.manifests / "clash.yaml").unlink()  # fixed: the next version is ACKed again
+        await cp.wait(lambda: state.status() == "SYNCED")
+
+
+async def test_runtime_rejection_is_nacked_with_its_reason(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime(reject="outbound[0]: cannot bind listener")
+    async with running_client(cp, rt):
+        await cp.wait(lambda: "reviews-v1.shop" in cp.server.connections
+                      and cp.server.connections["reviews-v1.shop"].state.status() == "ERROR")
+        assert cp.server.connections["reviews-v1.shop"].state.last_error == "outbound[0]: cannot bind listener"
+
+
+async def test_csr_for_another_identity_is_refused(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    ws = await open_stream(cp, cp.token(sa="reviews"))
+    welcome = await recv(ws, wire.WELCOME)
+    assert welcome["identity"] == REVIEWS
+    csr = ident.make_csr(ident.generate_key(), "spiffe://cluster.local/ns/shop/sa/admin").decode()
+    await ws.send_text(wire.encode(wire.CSR, request_id="1", csr=csr))
+    err = await recv(ws, wire.ERROR)
+    assert err["request_id"] == "1" and not err["fatal"]
+    assert "asks for ['spiffe://cluster.local/ns/shop/sa/admin'] but the token proves " + REVIEWS in err["reason"]
+    await ws.send_text(wire.encode(wire.CSR, request_id="2", csr="-----BEGIN CERTIFICATE REQUEST-----\nxx"))
+    assert "malformed CSR" in (await recv(ws, wire.ERROR))["reason"]
+    await ws.close()
+    assert cp.server.metrics["csr_refused"] == 2
+
+
+@pytest.mark.parametrize(("make_token", "reason"), [
+    (lambda cp: cp.token(ttl=5, now=time.time() - 60), "token expired"),
+    (lambda cp: cp.token()[:-4] + "AAAA", "signature is invalid"),
+    (lambda cp: cp.token(pod="other-pod"), "the token proves other-pod.shop"),
+])
+async def test_bad_tokens_are_refused(control_plane: RunningControlPlane, make_token, reason: str) -> None:
+    cp = control_plane
+    ws = await open_stream(cp, make_token(cp))
+    err = await recv(ws, wire.ERROR)
+    assert err["fatal"] and reason in err["reason"]
+    assert cp.server.metrics["auth_failures"] == 1 and not cp.server.connections
+    await ws.close()
+
+
+async def test_proxy_config_endpoint_shows_what_the_proxy_holds(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime()
+    async with running_client(cp, rt):
+        await cp.wait(lambda: rt.certs and cp.server.connections["reviews-v1.shop"].state.acked)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(cp.monitoring_url + "/debug/config", params={"proxy": "reviews-v1.shop"}) as r:
+                body = await r.json()
+            assert body["config"]["version"] == rt.configs[0].version
+            async with s.get(cp.monitoring_url + "/debug/config", params={"proxy": "nope"}) as r:
+                assert r.status == 404 and "reviews-v1.shop" in (await r.json())["error"]
+            async with s.get(cp.monitoring_url + "/metrics") as r:
+                assert "remora_control_certs_issued_total 1" in await r.text()
