@@ -86,6 +86,19 @@ class DiscoverySettings:
         )
 
 
+def settings_from_proxy(s: Any) -> DiscoverySettings:
+    """Map the proxy's own ``sidecar.settings.Settings`` onto the environment names above."""
+    env = {
+        "REMORA_CONTROL_PLANE": s.control_plane, "POD_NAME": s.pod_name,
+        "POD_NAMESPACE": s.pod_namespace, "POD_IP": s.pod_ip, "SERVICE_ACCOUNT": s.service_account,
+        "REMORA_TOKEN_FILE": s.token_file, "REMORA_TRUST_ROOT": s.trust_root,
+        "REMORA_WORKDIR": s.workdir or os.environ.get("REMORA_WORKDIR", ""),
+        "REMORA_TRUST_DOMAIN": s.trust_domain,
+        "REMORA_CONTROL_PLANE_SAN": os.environ.get("REMORA_CONTROL_PLANE_SAN", ""),
+    }
+    return DiscoverySettings.from_env({k: str(v or "") for k, v in env.items()})
+
+
 class Rejected(Exception):
     """The control plane refused this proxy (bad token...): retried with backoff, logged."""
 
@@ -256,6 +269,24 @@ class DiscoveryClient:
         log.info("certificate installed for %s, valid until %s", self.identity, msg["not_after"])
 
 
-async def run_discovery(runtime: Any, settings: DiscoverySettings | None = None) -> None:
-    """Run the control-plane client forever (settings default to the environment)."""
-    await DiscoveryClient(runtime, settings or DiscoverySettings.from_env()).run()
+async def run_discovery(runtime: Any, settings: Any = None) -> None:
+    """Run the control-plane client forever.
+
+    ``settings``: a DiscoverySettings, the proxy's ``sidecar.settings.Settings``, or None (read
+    the environment). A settings error is logged and ends the proxy (it cannot become ready).
+    """
+    try:
+        if settings is None:
+            settings = DiscoverySettings.from_env()
+        elif not isinstance(settings, DiscoverySettings):
+            settings = settings_from_proxy(settings)
+    except ValueError as exc:
+        log.error("control-plane client: %s", exc)
+        stop = getattr(runtime, "stop", None)
+        if stop is not None:
+            stop(1)
+        return
+    await DiscoveryClient(runtime, settings).run()
+
+
+run = run_discovery  # the name sidecar.runtime calls
