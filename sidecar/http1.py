@@ -268,6 +268,7 @@ class H1Downstream(asyncio.Protocol):
         self.started_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel = False
+        self.eof = False  # the client half-closed
         self.wbuf: list[bytes] = []  # to the downstream, written by flush()
         self.ubuf: list[bytes] = []  # to the current upstream, written by flush()
 
@@ -321,7 +322,10 @@ class H1Downstream(asyncio.Protocol):
                 self.up.transport.write_eof()
                 return True
             self.up.transport.close()
-        return False
+            return False
+        # The client half-closed after sending: answer what it sent, then close.
+        self.eof = True
+        return self.busy or self.backlog is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -690,6 +694,9 @@ class H1Downstream(asyncio.Protocol):
             self.transport.close()
             return
         self._replay()
+        if self.eof and not self.busy and self.backlog is None:
+            self.flush()
+            self.transport.close()
 
     def _replay(self) -> None:
         backlog = self.backlog

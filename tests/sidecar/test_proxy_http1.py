@@ -113,7 +113,8 @@ try:
         data += chunk
 except (ConnectionResetError, TimeoutError):
     pass
-sys.stdout.write(data.decode("latin-1").split("\\r\\n")[0] or "CLOSED")
+text = data.decode("latin-1")
+sys.stdout.write(text if sys.argv[1:] == ["full"] else (text.split("\\r\\n")[0] or "CLOSED"))
 """
 
 MALFORMED = {
@@ -137,3 +138,17 @@ def test_malformed_requests_are_refused_and_proxy_stays_healthy(mesh, name):
     assert "remora_requests_total{" not in mesh.proxies["server"].metrics()
     assert "remora_downstream_protocol_errors_total 1" in mesh.proxies["client"].metrics()
     assert "hello from server" in curl(mesh, "http://web:8080/")
+
+
+def test_pipelined_requests_are_answered_in_order(mesh):
+    body = b"x" * 3000
+    payload = (b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
+               b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n%s"
+               b"GET /headers HTTP/1.1\r\nHost: web\r\nx-pipe: 3\r\nConnection: close\r\n\r\n"
+               % (len(body), body))
+    r = mesh.client.exec([sys.executable, "-c", RAW_CLIENT, "full"], uid=APP_UID, timeout=20,
+                         input=payload.decode())
+    out = r.stdout
+    assert out.count("HTTP/1.1 200 OK") == 3, out + mesh.logs()
+    first, second, third = (out.index(s) for s in ("hello from server", '"bytes": 3000', '"x-pipe"'))
+    assert first < second < third
