@@ -17,6 +17,7 @@ from control_plane.auth import LocalTokenAuthenticator
 from control_plane.ca import CertificateAuthority, issue_serving_cert
 from control_plane.server import DiscoveryServer, ServerSettings
 from control_plane.sources.files import FilesSource
+from sidecar.discovery import DiscoveryClient, DiscoverySettings
 
 TOKEN_KEY = b"0123456789abcdef0123456789abcdef"
 BASE = """apiVersion: v1
@@ -113,3 +114,24 @@ class FakeRuntime:
 
     def apply_certificate(self, key_pem: bytes, chain_pem: bytes, roots_pem: bytes) -> None:
         self.certs.append((key_pem, chain_pem, roots_pem))
+
+
+def settings(cp: RunningControlPlane, token: str, pod: str = "reviews-v1") -> DiscoverySettings:
+    (cp.tmp / f"{pod}.token").write_text(token)
+    return DiscoverySettings(
+        host="127.0.0.1", port=cp.port, pod=pod, namespace="shop", pod_ip="198.18.0.21",
+        service_account="reviews", token_file=cp.tmp / f"{pod}.token", trust_root=cp.tmp / "root.pem",
+        workdir=cp.tmp / f"work-{pod}", server_name="localhost", backoff_initial=0.05, backoff_max=0.2,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_client(cp: RunningControlPlane, runtime: FakeRuntime, pod: str = "reviews-v1"):
+    client = DiscoveryClient(runtime, settings(cp, cp.token(pod=pod), pod))
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -4,19 +4,17 @@ configured, and tracked; bad tokens and bad CSRs are refused with a reason."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 
 import aiohttp
 import pytest
-from cp_harness import FakeRuntime, RunningControlPlane
+from cp_harness import FakeRuntime, RunningControlPlane, running_client
 from cryptography import x509
 
 from control_plane.api import discovery as wire
 from control_plane.api import identity as ident
 from control_plane.api.wsclient import WebSocket, connect
-from sidecar.discovery import DiscoveryClient, DiscoverySettings
 
 REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
 
@@ -32,27 +30,6 @@ async def recv(ws: WebSocket, *types: str) -> dict:
         msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
         if msg["type"] in types:
             return msg
-
-
-def settings(cp: RunningControlPlane, token: str, pod: str = "reviews-v1") -> DiscoverySettings:
-    (cp.tmp / f"{pod}.token").write_text(token)
-    return DiscoverySettings(
-        host="127.0.0.1", port=cp.port, pod=pod, namespace="shop", pod_ip="198.18.0.21",
-        service_account="reviews", token_file=cp.tmp / f"{pod}.token", trust_root=cp.tmp / "root.pem",
-        workdir=cp.tmp / f"work-{pod}", server_name="localhost", backoff_initial=0.05, backoff_max=0.2,
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_client(cp: RunningControlPlane, runtime: FakeRuntime, pod: str = "reviews-v1"):
-    client = DiscoveryClient(runtime, settings(cp, cp.token(pod=pod), pod))
-    task = asyncio.create_task(client.run())
-    try:
-        yield client
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def proxy_status(cp: RunningControlPlane) -> dict[str, dict]:

@@ -1,0 +1,113 @@
+"""``remoractl proxy-status`` and ``remoractl proxy-config POD``: what each proxy was sent, what it
+ACKed, and what one proxy holds now, read from the control plane's monitoring port.
+
+Status per proxy: SYNCED (ACKed the last version sent), STALE (sent, no answer yet),
+NOT SENT (nothing sent yet), ERROR (NACKed the last version; the reason is shown and the
+proxy keeps serving its last good version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:15014"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    status = subparsers.add_parser("proxy-status", help="sync status of every connected proxy",
+                                   description=__doc__)
+    _common(status)
+    config = subparsers.add_parser("proxy-config", help="the configuration one proxy holds now",
+                                   description=__doc__)
+    config.add_argument("pod", help="POD.NAMESPACE, or POD with -n NAMESPACE")
+    config.add_argument("-n", "--namespace", default=None)
+    _common(config)
+    config.set_defaults(run=run)
+    return status
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control-plane-url", default=DEFAULT_URL,
+                   help=f"remora-control monitoring address (default {DEFAULT_URL})")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+
+def fetch(base: str, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+    url = base.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"remoractl: cannot reach the control plane at {base}: {reason} "
+                         "(set --control-plane-url)") from None
+
+
+def _short(v: str | None) -> str:
+    return v or "-"
+
+
+def status_table(proxies: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "STATUS", "SENT", "ACKED", "PROXY", "IDENTITY", "ERROR")]
+    for p in proxies:
+        err = p.get("last_error") if p["status"] == "ERROR" else ""
+        rows.append((p["proxy_id"], p["status"], _short(p["sent_version"]), _short(p["acked_version"]),
+                     p["proxy_version"], p["identity"], err or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + ("  " + r[-1] if r[-1] else "")
+        for r in rows
+    )
+
+
+def config_summary(body: dict[str, Any]) -> str:
+    cfg = body.get("config")
+    lines = [f"proxy {body['proxy_id']} ({body['identity']}): {body['status']}, "
+             f"holds {_short(body['acked_version'])}, last sent {_short(body['sent_version'])}"]
+    if body["status"] == "ERROR":
+        lines.append(f"last error: {body['last_error']}")
+    if not cfg:
+        lines.append("no configuration ACKed yet")
+        return "\n".join(lines)
+    inbound = cfg["inbound"]
+    ports = ", ".join(f"{p}={m}" for p, m in sorted(inbound["port_mtls"].items()))
+    lines.append(f"inbound mTLS: {inbound['mtls_mode']}" + (f" (ports: {ports})" if ports else ""))
+    lines.append("outbound:")
+    for o in cfg["outbound"]:
+        lines.append(f"  {','.join(o['addresses'])}:{o['port']} {o['protocol']} -> {o['service']}")
+        for r in o["routes"]:
+            dests = ", ".join(f"{d['cluster']} {d['weight']}" for d in r["destinations"])
+            lines.append(f"    route {r['name']}: {dests}")
+    lines.append("clusters:")
+    for c in cfg["clusters"]:
+        eps = ", ".join(f"{e['address']}:{e['port']}" + ("" if e["identity"] else " (plaintext)")
+                        for e in c["endpoints"]) or "no endpoints"
+        lines.append(f"  {c['name']}: {eps}")
+    for note in cfg.get("unsupported") or []:
+        lines.append(f"unsupported: {note}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "proxy-config":
+        pid = f"{args.pod}.{args.namespace}" if args.namespace else args.pod
+        code, body = fetch(args.control_plane_url, "/debug/config", {"proxy": pid})
+        if code != 200:
+            print(f"remoractl: {body.get('error', body)}", file=sys.stderr)
+            return 1
+        print(json.dumps(body, indent=2) if args.output == "json" else config_summary(body))
+        return 0
+    code, body = fetch(args.control_plane_url, "/debug/proxies")
+    if code != 200:
+        print(f"remoractl: control plane answered {code}: {body}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2) if args.output == "json" else status_table(body["proxies"]))
+    return 0
