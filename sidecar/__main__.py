@@ -6,7 +6,6 @@ Exit codes: 0 ok (including a drained SIGTERM), 1 runtime failure or wait timeou
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import os
 import sys
@@ -66,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 def wait_ready(timeout: float, port: int = ports.HEALTH_PORT) -> int:
     """Poll 127.0.0.1:<port>/healthz/ready until 200 (exit 0) or ``timeout`` (exit 1)."""
+    import http.client  # only here: the running proxy does not need it (about 1 MB of RSS)
+
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:

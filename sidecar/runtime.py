@@ -205,7 +205,7 @@ class ProxyRuntime:
         if path == "/config_dump":
             return _json(self.config_dump())
         if path == "/stats":
-            return _json(self.stats.as_dict())
+            return _json({**self.stats.as_dict(), "rss_bytes": rss_bytes()})
         if path == "/logging":
             if method != "POST":
                 return 405, "text/plain", b"use POST /logging?level=debug\n"

@@ -58,7 +58,12 @@ def test_wait_and_admin_endpoints(mesh, bin_dir):
     assert dump["certificate"]["identity"].endswith("/sa/server")
     assert dump["config"]["inbound"]["mtls_mode"] == "STRICT"
     assert "level debug" in h.admin("/logging?level=debug", "POST")
-    assert json.loads(h.admin("/stats"))["active_connections"] >= 0
+    stats = json.loads(h.admin("/stats"))
+    assert stats["active_connections"] >= 0 and stats["rss_bytes"] > 0
+    # The running proxy never loaded the heavy native libraries (checked in its memory map).
+    maps = Path(f"/proc/{h.proc.pid}/maps").read_text()
+    assert "httptools" in maps
+    assert not [lib for lib in ("cryptography", "aiohttp", "_yaml") if lib in maps]
     assert "remora_tcp_connections_opened_total" in h.metrics()
     # An unknown app-health probe is answered by the probe runner (not a crash of the proxy).
     probe = h.http(f"http://127.0.0.1:{ports.AGENT_PORT}/app-health/web/readyz")
