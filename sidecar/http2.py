@@ -60,6 +60,9 @@ HOP_BY_HOP = frozenset(
 )
 GRPC_UNAVAILABLE = b"14"
 GRPC_DEADLINE_EXCEEDED = b"4"
+# (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
+# verified for the workload that had it before.
+PoolKey = tuple[str, int, str, str | None]
 STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError)
 
 
@@ -591,7 +594,7 @@ class H2Upstream(_Side):
 
     client_side = True
 
-    def __init__(self, pool: H2Pool, key: tuple[str, int, str]) -> None:
+    def __init__(self, pool: H2Pool, key: PoolKey) -> None:
         super().__init__()
         self.pool = pool
         self.key = key
@@ -663,8 +666,12 @@ class H2Upstream(_Side):
     }
 
 
+def pool_key(endpoint: Endpoint, alpn: str) -> PoolKey:
+    return (endpoint.address, endpoint.port, alpn, endpoint.identity)
+
+
 class H2Pool:
-    """Upstream h2 connections keyed by (address, port, ALPN); streams multiplex over them.
+    """Upstream h2 connections keyed by (address, port, ALPN, identity); streams multiplex.
 
     A new connection is opened only when every open one is at its peer's
     MAX_CONCURRENT_STREAMS or going away; concurrent requests for the same key share one
@@ -674,9 +681,10 @@ class H2Pool:
     _by_connector: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
 
     def __init__(self, connector: Connector) -> None:
-        self.connector = connector
-        self.conns: dict[tuple[str, int, str], list[H2Upstream]] = {}
-        self.connecting: dict[tuple[str, int, str], asyncio.Task[H2Upstream]] = {}
+        # Weak: the pool lives in a WeakKeyDictionary keyed by this connector.
+        self._connector = weakref.ref(connector)
+        self.conns: dict[PoolKey, list[H2Upstream]] = {}
+        self.connecting: dict[PoolKey, asyncio.Task[H2Upstream]] = {}
 
     @classmethod
     def for_connector(cls, connector: Connector) -> H2Pool:
@@ -690,7 +698,7 @@ class H2Pool:
             pool = cls._by_connector[connector] = cls(connector)
         return pool
 
-    def pick(self, key: tuple[str, int, str]) -> H2Upstream | None:
+    def pick(self, key: PoolKey) -> H2Upstream | None:
         for conn in self.conns.get(key, ()):
             if conn.usable():
                 return conn
@@ -699,7 +707,7 @@ class H2Pool:
     async def acquire(self, endpoint: Endpoint, alpn: str,
                       timeout: float = 5.0) -> H2Upstream:
         """A connection with room for one more stream; the caller must open it right away."""
-        key = (endpoint.address, endpoint.port, alpn)
+        key = pool_key(endpoint, alpn)
         while True:
             conn = self.pick(key)
             if conn is not None:
@@ -713,16 +721,19 @@ class H2Pool:
                 task.add_done_callback(lambda t, key=key: self._connected(key, t))
             await asyncio.shield(task)  # its failure is every waiter's failure
 
-    def _connected(self, key: tuple[str, int, str], task: asyncio.Task[H2Upstream]) -> None:
+    def _connected(self, key: PoolKey, task: asyncio.Task[H2Upstream]) -> None:
         if self.connecting.get(key) is task:
             del self.connecting[key]
         if not task.cancelled():
             task.exception()  # mark retrieved: the waiters report it
 
-    async def _connect(self, endpoint: Endpoint, alpn: str, key: tuple[str, int, str],
+    async def _connect(self, endpoint: Endpoint, alpn: str, key: PoolKey,
                        timeout: float) -> H2Upstream:
-        _, proto, peer = await self.connector.connect(endpoint, alpn,
-                                                      lambda: H2Upstream(self, key), timeout)
+        connector = self._connector()
+        if connector is None:
+            raise ConnectionError("the proxy replaced this connector")
+        _, proto, peer = await connector.connect(endpoint, alpn, lambda: H2Upstream(self, key),
+                                                 timeout)
         proto.peer_identity = peer
         if proto.closed:
             raise ConnectionError("upstream closed the connection right after connecting")
@@ -855,7 +866,7 @@ class H2Downstream(_Side):
             if endpoint is None:
                 return
             alpn = "remora-h2" if endpoint.identity else "h2"
-        up = self.pool.pick((endpoint.address, endpoint.port, alpn))
+        up = self.pool.pick(pool_key(endpoint, alpn))
         if up is not None:
             ex.attach(up)
         else:

@@ -289,6 +289,19 @@ async def test_existing_request_id_is_kept(relay):
     assert await relay.run(call) == "abc"
 
 
+async def test_pooled_connections_are_not_shared_across_expected_identities(relay):
+    def call():
+        with relay.channel() as ch:
+            return method(ch, "Unary")(b"x", timeout=5)
+    assert await relay.run(call) == b"x"
+    old = relay.router.decision.endpoint
+    # The same pod IP and port, now expected to be another workload (an IP reused by k8s).
+    relay.router.decision.endpoint = Endpoint(old.address, old.port,
+                                              identity="spiffe://cluster.local/ns/b/sa/other")
+    assert await relay.run(call) == b"x"
+    assert relay.out_connector.connects == {"remora-h2": 2}
+
+
 async def test_client_cancel_resets_the_server_stream(relay):
     def call():
         with relay.channel() as ch:
