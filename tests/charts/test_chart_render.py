@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import helm_python as helm
 import kubernetes_validate
@@ -119,3 +120,32 @@ def test_crds_have_istio_group_versions_names_and_scope(default_chart: Rendered)
 def test_crds_can_be_left_out() -> None:
     assert [o for o in render({"crds": {"install": False}})
             if o["kind"] == "CustomResourceDefinition"] == []
+
+
+def _leaf_paths(values: dict, prefix: str = "") -> list[str]:
+    """values.yaml settings as dotted paths; resource blocks count as one setting."""
+    paths = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not key.lower().endswith("resources"):
+            paths += _leaf_paths(value, path + ".")
+        else:
+            paths.append(path)
+    return paths
+
+
+def _documented(path: str, rows: list[str]) -> bool:
+    """A row names the setting, as itself, as `<component>.…`, or grouped: `a.b.x` / `y`."""
+    for name in (path, re.sub(r"^(controlPlane|injector)\.", "<component>.", path)):
+        parent, _, last = name.rpartition(".")
+        if any(f"`{name}`" in row or (f"`{parent}." in row and f"`{last}`" in row) for row in rows):
+            return True
+    return False
+
+
+def test_every_value_is_documented_in_install_md() -> None:
+    rows = [line for line in (CHART.parents[1] / "docs" / "install.md").read_text().splitlines()
+            if line.startswith("| `")]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [path for path in _leaf_paths(values) if not _documented(path, rows)]
+    assert missing == [], f"docs/install.md has no row for {missing}"
