@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import re
 
 import helm_python as helm
@@ -10,6 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from chart_kit import CHART, CUSTOM_VALUES, NAMESPACE, Rendered, RenderError, render
+
+from control_plane import __main__ as control_main
+from control_plane.api import annotations as ann
+from control_plane.api import model
 
 K8S_VERSION = kubernetes_validate.latest_version()
 CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
@@ -85,17 +91,32 @@ def test_helm_lint_finds_no_error(values: dict) -> None:
 
 @pytest.mark.parametrize(("values", "namespace", "message"), [
     ({"injector": {"failurePolicy": "Sometimes"}}, NAMESPACE,
-     'injector.failurePolicy "Sometimes" is not valid; accepted: Fail or Ignore'),
+     "at '/injector/failurePolicy': value must be one of 'Fail', 'Ignore'"),
+    ({"injector": {"failurPolicy": "Ignore"}}, NAMESPACE,
+     "at '/injector': additional properties 'failurPolicy' not allowed"),
     ({"mesh": {"mtlsMode": "strict"}}, NAMESPACE,
-     'mesh.mtlsMode "strict" is not valid; accepted: STRICT, PERMISSIVE, DISABLE'),
-    ({}, "mesh", 'install into the namespace remora-system, not "mesh"'),
+     "at '/mesh/mtlsMode': value must be one of 'STRICT', 'PERMISSIVE', 'DISABLE'"),
+    ({"controlPlane": {"certTTL": "1 day"}}, NAMESPACE, "at '/controlPlane/certTTL': '1 day' does not match"),
+    ({}, "mesh", 'remora: install into the namespace remora-system, not "mesh"'),
     ({"injector": {"webhook": {"certSecret": "mine"}}}, NAMESPACE,
      "set injector.webhook.caBundle (base64 PEM) or injector.webhook.certManagerCertificate"),
-], ids=["failure-policy", "mtls-mode", "namespace", "cert-without-ca"])
+], ids=["failure-policy", "misspelt-key", "mtls-mode", "cert-ttl", "namespace", "cert-without-ca"])
 def test_bad_values_are_refused_with_a_message(values: dict, namespace: str, message: str) -> None:
-    with pytest.raises(RenderError, match="remora: ") as err:
+    with pytest.raises(RenderError) as err:
         render(values, namespace=namespace)
     assert message in str(err.value)
+
+
+def test_the_values_schema_accepts_what_the_programs_accept() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    mesh, control = schema["mesh"]["properties"], schema["controlPlane"]["properties"]
+    assert mesh["logLevel"]["enum"] == list(ann.LOG_LEVELS)
+    assert mesh["mtlsMode"]["enum"] == list(model.MTLS_MODES)
+    assert mesh["drainSeconds"]["maximum"] == ann.MAX_DRAIN_SECONDS
+    for level in control["logLevel"]["enum"]:  # remora-control passes it to logging
+        assert isinstance(logging.getLevelName(level.upper()), int), level
+    for ttl in ("24h", "90m", "20s", "1.5d"):
+        assert re.match(control["certTTL"]["pattern"], ttl) and control_main.parse_ttl(ttl)
 
 
 def test_crds_have_istio_group_versions_names_and_scope(default_chart: Rendered) -> None:
