@@ -169,6 +169,7 @@ class PodRunner:
         self.netns, self.ip = await self._add_sandbox()
         self._changed()
         await self._prepare_volumes()
+        self.tasks.append(asyncio.create_task(self._refresh_volumes()))
         for c in self.containers.values():
             if self.stopping:
                 return
@@ -202,14 +203,27 @@ class PodRunner:
         """Retry while something is missing (the CA root before the control plane made it)."""
         while not self.stopping:
             try:
-                self.dirs = volumes.prepare(
-                    self.pod["spec"], self.dir / "volumes", self.host.configmaps(self.namespace),
-                    lambda aud, ttl: self.host.mint(self.pod, aud, ttl), self.uids)
+                self.dirs = self._write_volumes()
                 return
             except SpecError as e:
                 self.reason = f"CreateContainerConfigError: {e}"
                 self._changed()
                 await asyncio.sleep(1)
+
+    def _write_volumes(self) -> dict[str, Path]:
+        return volumes.prepare(self.pod["spec"], self.dir / "volumes",
+                               self.host.configmaps(self.namespace),
+                               lambda aud, ttl: self.host.mint(self.pod, aud, ttl), self.uids)
+
+    async def _refresh_volumes(self) -> None:
+        """Re-mint tokens before they expire and pick up ConfigMap changes, as the kubelet does."""
+        interval = volumes.refresh_interval(self.pod["spec"])
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            try:
+                self._write_volumes()
+            except SpecError as e:  # keep what the containers have; say why it is stale
+                log.warning("pod %s/%s: volumes not refreshed: %s", self.namespace, self.name, e)
 
     def _launch_argv(self, c: Container) -> tuple[list[str], dict[str, str]]:
         facts = podenv.facts_of(self.pod, self.ip, self.host.host_ip, self.host.node_netns)

@@ -105,6 +105,18 @@ def prepare(
     return out
 
 
+def refresh_interval(pod_spec: dict[str, Any]) -> float:
+    """How often the kubelet would rewrite the pod's volumes: tokens at half their lifetime,
+    ConfigMap contents within a minute."""
+    interval = 60.0
+    for vol in pod_spec.get("volumes") or []:
+        for src in ((vol.get("projected") or {}).get("sources") or []):
+            if "serviceAccountToken" in src:
+                ttl = int(src["serviceAccountToken"].get("expirationSeconds") or DEFAULT_TOKEN_SECONDS)
+                interval = min(interval, ttl / 2)
+    return interval
+
+
 def _fill(d: Path, files: Mapping[str, str]) -> None:
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o755)

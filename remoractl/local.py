@@ -46,7 +46,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex = action("exec", "run a command in a pod's container (netns, uid, env, mounts)")
     ex.add_argument("pod")
     ex.add_argument("-c", "--container")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    # REMAINDER: argparse's own "--" handling breaks under nested subcommands; _exec splits it.
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD",
+                    help="the command and its arguments, after --")
     action("down", "remove everything the local cluster made (safe to run twice)")
     return p
 
@@ -131,8 +133,23 @@ def _logs(state: config.StateDir, args: argparse.Namespace) -> int:
     return 0
 
 
+def split_exec_args(args: argparse.Namespace) -> list[str]:
+    """Options given after POD but before ``--`` (``-c``, ``-n``) are applied to ``args``."""
+    if "--" not in args.argv:
+        return list(args.argv)
+    at = args.argv.index("--")
+    late = argparse.ArgumentParser(prog="remoractl local exec", add_help=False)
+    late.add_argument("-c", "--container", default=args.container)
+    late.add_argument("-n", "--namespace", default=args.namespace)
+    parsed, extra = late.parse_known_args(args.argv[:at])
+    if extra:
+        raise ClusterError(f"unexpected arguments before --: {' '.join(extra)}")
+    args.container, args.namespace = parsed.container, parsed.namespace
+    return args.argv[at + 1:]
+
+
 def _exec(state: config.StateDir, args: argparse.Namespace) -> int:
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = split_exec_args(args)
     if not argv:
         raise ClusterError("no command given; usage: remoractl local exec POD [-c C] -- CMD ...")
     return client.exec_in_pod(state, args.namespace, args.pod, args.container, argv).returncode

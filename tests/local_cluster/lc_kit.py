@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from local_cluster import config, netns
 
 REMORACTL = str(Path(sys.executable).parent / "remoractl")
@@ -74,6 +76,9 @@ class LocalCluster:
 @contextmanager
 def local_cluster(state_dir: Path, prefix: str | None = None) -> Iterator[LocalCluster]:
     """A running local cluster that is always torn down (even when the test fails)."""
+    reason = netns.have_root_and_tools()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
     lc = LocalCluster(state_dir, prefix or netns.new_prefix("lc"))
     try:
         lc.ok("up", "--prefix", lc.prefix)

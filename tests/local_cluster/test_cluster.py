@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,6 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    reason = netns.have_root_and_tools()
-    if reason:
-        pytest.skip(f"real-kernel test: {reason}")
     with local_cluster(tmp_path_factory.mktemp("local") / "state") as cluster:
         yield cluster
 
@@ -216,3 +214,36 @@ def test_down_after_a_crash_leaves_nothing(tmp_path: Path) -> None:
         assert not [p for p in [*pids, daemon] if is_alive(p)]
         second = lc.ctl("down")
         assert second.returncode == 0 and "nothing to remove" in second.stdout
+
+
+INJECTED = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: meshed
+  labels: {remora.dev/inject: "true"}
+spec:
+  containers: [{name: app, command: [sleep, infinity]}]
+"""
+
+
+def test_pods_go_through_the_injector_webhook(lc: LocalCluster) -> None:
+    out = lc.apply(INJECTED)
+    assert "Pod default/meshed created" in out
+    pod = lc.wait_pod("default", "meshed", lambda p: p["containers"][0]["state"] == "terminated")
+    kinds = [(c["name"], c["kind"]) for c in pod["containers"]]
+    assert kinds[:2] == [("remora-init", "init"), ("remora-proxy", "sidecar")]
+    assert pod["containers"][0]["exitCode"] == 0, lc.all_logs("default", "meshed")
+    assert pod["proxyVersion"]
+    rules = subprocess.run(["ip", "netns", "exec", pod["netns"], "iptables-legacy-save", "-t", "nat"],
+                           capture_output=True, text=True).stdout
+    assert "-j REDIRECT --to-ports 15001" in rules
+    # The projected token and the trust root are where the injected env says they are.
+    res = lc.ctl("exec", "meshed", "-c", "remora-proxy", "--", "sh", "-c",
+                 'id -u; test -s "$REMORA_TOKEN_FILE" && test -s "$REMORA_TRUST_ROOT" && echo mounted')
+    assert res.stdout.split() == ["1337", "mounted"], res.stderr
+    denied = lc.ctl("apply", "-f", "-", input=INJECTED.replace("meshed", "loud").replace(
+        "labels:", "annotations: {remora.dev/log-level: loud}\n  labels:"))
+    assert denied.returncode == 1
+    assert 'admission webhook "remora-injector" denied the request' in denied.stderr
+    assert "remora.dev/log-level" in denied.stderr

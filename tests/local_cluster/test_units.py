@@ -185,6 +185,9 @@ def test_volume_layout(tmp_path: Path) -> None:
         [str(dirs["work"]), "/var/run/remora", False],
         [str(dirs["cfg"] / "mode"), "/etc/app/mode", False]]
     assert volumes.mounts(spec["containers"][1], dirs)[0][2] is True
+    assert volumes.refresh_interval(spec) == 60  # ConfigMaps within a minute
+    spec["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] = 100
+    assert volumes.refresh_interval(spec) == 50  # tokens at half their lifetime
 
 
 def test_host_paths_and_secrets_are_refused(tmp_path: Path) -> None:
