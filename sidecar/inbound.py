@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 from control_plane.api.model import DISABLE, STRICT, Endpoint
@@ -23,6 +24,7 @@ from .original_dst import original_dst
 from .relay import RelayProtocol, SpliceRelay, link
 from .stats import INBOUND
 from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, peer_identity
+from .tlsbio import TlsWire
 from .upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -78,6 +80,9 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         if tls is None:
             close_counted(rt.stats, INBOUND, sock)
             return
+        if client_hello_alpns(data) == [ALPN_TCP.encode()]:
+            await _tunnel(rt, sock, dst, tls.server)
+            return
         try:
             await loop.connect_accepted_socket(
                 lambda: InboundTls(rt, dst), sock, ssl=tls.server,
@@ -107,6 +112,37 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
             close_counted(rt.stats, INBOUND, sock)
             return
         SpliceRelay(sock, up, lambda: rt.stats.conn_closed(INBOUND))
+
+
+async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
+                  ctx: ssl.SSLContext) -> None:
+    """remora-tcp: TLS on memory BIOs (half-close as close_notify), relayed to the app."""
+    loop = asyncio.get_running_loop()
+    raw, wire = await loop.connect_accepted_socket(
+        lambda: TlsWire(ctx, True, HANDSHAKE_TIMEOUT), sock)
+    try:
+        await wire.handshake
+    except (OSError, TimeoutError) as e:
+        log.debug("inbound remora-tcp handshake for port %d failed: %s", dst[1], e)
+        rt.stats.connect_error("downstream_tls_handshake")
+        rt.stats.conn_closed(INBOUND)
+        raw.abort()
+        return
+    rt.stats.handshake("server")
+    if peer_identity(wire.sslobj) is None:
+        rt.stats.inbound_refused += 1
+        rt.stats.conn_closed(INBOUND)
+        raw.abort()
+        return
+    try:
+        _, up, _ = await rt.inbound_connector.connect(Endpoint(*dst), "tcp", RelayProtocol, 5.0)
+    except UpstreamError:
+        rt.stats.conn_closed(INBOUND)
+        raw.close()
+        return
+    down = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
+    wire.start(down)
+    link(down, up)
 
 
 def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from control_plane.api.model import Endpoint
 
 from .stats import Stats
-from .tls import REMORA_ALPNS, TlsContexts, peer_identity
+from .tls import ALPN_TCP, REMORA_ALPNS, TlsContexts, peer_identity
+from .tlsbio import TlsWire
 
 
 class UpstreamError(Exception):
@@ -67,6 +68,8 @@ class Connector:
                 self.stats.connect_error("no_certificate")
                 raise UpstreamError("no_certificate", "no workload certificate loaded yet")
             ctx = tls.clients[alpn]
+        if secure and alpn == ALPN_TCP:
+            return await self._connect_tunnel(endpoint, ctx, protocol_factory, timeout)
         try:
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(
@@ -90,8 +93,12 @@ class Connector:
         _nodelay(transport)
         if not secure:
             return transport, protocol, None
+        peer = self._check_peer(endpoint, alpn, transport.get_extra_info("ssl_object"), transport)
+        return transport, protocol, peer
+
+    def _check_peer(self, endpoint: Endpoint, alpn: str, sslobj, transport) -> str:
+        """The peer's identity, if it is the expected one and it took our ALPN; else abort."""
         self.stats.handshake("client")
-        sslobj = transport.get_extra_info("ssl_object")
         peer = peer_identity(sslobj)
         if peer != endpoint.identity:
             transport.abort()
@@ -101,7 +108,33 @@ class Connector:
             transport.abort()
             raise self._fail("alpn_mismatch", f"{endpoint.address}:{endpoint.port} did not accept "
                                               f"ALPN {alpn}")
-        return transport, protocol, peer
+        return peer
+
+    async def _connect_tunnel(self, endpoint: Endpoint, ctx: ssl.SSLContext,
+                              protocol_factory: Callable[[], asyncio.BaseProtocol],
+                              timeout: float) -> tuple[asyncio.Transport, asyncio.BaseProtocol, str]:
+        """remora-tcp: TLS on memory BIOs so that a FIN can cross as close_notify."""
+        loop = asyncio.get_running_loop()
+        where = f"{endpoint.address}:{endpoint.port}"
+        try:
+            raw, wire = await asyncio.wait_for(loop.create_connection(
+                lambda: TlsWire(ctx, False, timeout), endpoint.address, endpoint.port), timeout)
+        except TimeoutError:
+            raise self._fail("connect_timeout", f"connect to {where} timed out") from None
+        except OSError as e:
+            reason = "connect_refused" if e.errno == errno.ECONNREFUSED else "connect_error"
+            raise self._fail(reason, f"connect to {where}: {e.strerror or e}") from None
+        _nodelay(raw)
+        try:
+            await wire.handshake
+        except ssl.SSLError as e:
+            raise self._fail("tls_handshake", f"TLS handshake with {where} failed: {e.reason}") from None
+        except (OSError, TimeoutError) as e:
+            raw.abort()
+            raise self._fail("tls_handshake", f"TLS handshake with {where} failed: {e}") from None
+        peer = self._check_peer(endpoint, ALPN_TCP, wire.sslobj, raw)
+        protocol = protocol_factory()
+        return wire.start(protocol), protocol, peer
 
     def _fail(self, reason: str, message: str) -> UpstreamError:
         self.stats.connect_error(reason)

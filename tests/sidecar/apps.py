@@ -3,6 +3,7 @@ server-first line protocol (greets on connect, like SMTP/MySQL).
 
     python apps.py http PORT
     python apps.py greet PORT
+    python apps.py upper PORT   (reads until EOF, then answers the bytes upper-cased and closes)
     python apps.py sniff IFACE OUTFILE SECONDS   (root: raw frames of IFACE appended to OUTFILE)
 """
 
@@ -65,6 +66,13 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    data = await reader.read()  # until the client's FIN: needs half-close to cross the mesh
+    writer.write(data.upper())
+    await writer.drain()
+    writer.close()
+
+
 def sniff(iface: str, path: str, seconds: float) -> None:
     """A packet capture without tcpdump: every frame on ``iface`` for ``seconds``."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
@@ -90,9 +98,9 @@ def main() -> None:
         app.add_routes([web.get("/", hello), web.post("/upload", upload),
                         web.get("/headers", headers), web.get("/slow", slow), web.get("/ws", ws)])
         web.run_app(app, host="0.0.0.0", port=port, print=None, access_log=None)
-    elif mode == "greet":
+    elif mode in ("greet", "upper"):
         async def run() -> None:
-            server = await asyncio.start_server(greet, "0.0.0.0", port)
+            server = await asyncio.start_server(greet if mode == "greet" else upper, "0.0.0.0", port)
             await server.serve_forever()
         asyncio.run(run())
     else:

@@ -25,6 +25,30 @@ print(repr(f.read()))  # then EOF
 """
 
 
+HALF_CLOSE_CLIENT = """
+import socket, sys
+s = socket.create_connection(("upper", 2600), timeout=5)
+s.sendall(b"half-close " * 10000)
+s.shutdown(socket.SHUT_WR)  # we are done sending; the answer must still come back
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(len(data), data[:22].decode())
+"""
+
+
+def test_half_close_crosses_the_mesh(node, bin_dir):
+    mesh = Mesh.start(node, bin_dir, [Service("upper", 2600, "tcp")])
+    try:
+        mesh.spawn_app([sys.executable, APPS, "upper", "2600"])
+        mesh.wait_port(mesh.server, 2600)
+        r = mesh.client.exec([sys.executable, "-c", HALF_CLOSE_CLIENT], uid=APP_UID, timeout=15)
+        assert r.stdout.split() == ["110000", "HALF-CLOSE", "HALF-CLOSE"], r.stderr + mesh.logs()
+        assert 'remora_tls_handshakes_total{side="server"} 1' in mesh.proxies["server"].metrics()
+    finally:
+        mesh.close()
+
+
 def test_redis_and_server_first_protocols(node, bin_dir):
     services = [Service("redis", 6379, "tcp"), Service("smtp", 2525, "tcp"),
                 Service("greet", 2526, "tcp")]
