@@ -204,13 +204,19 @@ class CertificateAuthority:
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True
             )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signing_key.public_key()),
-                critical=False,
-            )
+            .add_extension(self._authority_key_id(), critical=False)
             .sign(self.signing_key, hashes.SHA256())
         )
         return pem(cert) + b"".join(pem(c) for c in self.chain)
+
+    def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """Copy the issuer's own key identifier: a CA made elsewhere (Helm, an operator's PKI)
+        may derive it differently from SHA-1, and OpenSSL matches issuers by this value."""
+        try:
+            ski = self.signing_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signing_key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
 
 
 def issue_serving_cert(

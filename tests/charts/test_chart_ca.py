@@ -11,7 +11,6 @@ import ssl
 from pathlib import Path
 
 import kubernetes_validate
-import pytest
 from chart_kit import NAMESPACE, Rendered, secret_files, tls_pair
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,10 +53,8 @@ def test_the_generated_root_is_loaded_by_the_control_plane(default_chart: Render
     assert ca.root_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
-@pytest.mark.xfail(strict=True, raises=ssl.SSLCertVerificationError, reason=(
-    "control_plane/ca.py sets a workload cert's authorityKeyIdentifier to SHA-1(key), but Helm "
-    "(Go 1.25) gives the root a truncated-SHA-256 subjectKeyIdentifier, so OpenSSL finds no "
-    "issuer; ca.py must copy the signing cert's SKI (from_issuer_subject_key_identifier)"))
+# A root made by Helm (Go) derives its subjectKeyIdentifier differently from cryptography:
+# workload certs must copy it as their authorityKeyIdentifier or OpenSSL finds no issuer.
 def test_the_generated_root_issues_certs_that_verify(default_chart: Rendered, tmp_path: Path) -> None:
     mount = secret_files(default_chart.get("Secret", "remora-ca"), tmp_path / "ca")
     ca = CertificateAuthority.load(mount, "cluster.local")
