@@ -50,6 +50,8 @@ def operator_registry(
         settings.admission.server = server
         settings.admission.managed = managed
         settings.posting.enabled = False  # no k8s Events for each admission
+        # No CRD discovery: the injector only watches namespaces, and its role grants no more.
+        settings.scanning.disabled = True
 
     @kopf.index("namespaces", id="namespace_labels", registry=registry)
     def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, dict[str, str]]:
