@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from local_cluster import netns
 
@@ -29,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, _raise)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    # Async tests run on uvloop, like the proxy itself.
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -145,20 +145,10 @@ if __name__ == "__main__":
 
 # -- the tests ---------------------------------------------------------------------------------
 import pytest  # noqa: E402
-import uvloop  # noqa: E402
 
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
-
-# The proxy runs on uvloop. (pytest-asyncio's replacement, a pytest_asyncio_loop_factories
-# hook, can only live in conftest.py.)
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\"")
-
-
-@pytest.fixture
-def event_loop_policy():
-    return uvloop.EventLoopPolicy()
 
 
 class StubStats:
