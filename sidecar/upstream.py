@@ -21,6 +21,8 @@ from .stats import Stats
 from .tls import ALPN_TCP, REMORA_ALPNS, TlsContexts, peer_identity
 from .tlsbio import TlsWire
 
+IPV6_FREEBIND = 78  # linux/in6.h
+
 
 class UpstreamError(Exception):
     """Connecting upstream failed; ``reason`` is a short counter label."""
@@ -71,11 +73,13 @@ class Connector:
         if secure and alpn == ALPN_TCP:
             return await self._connect_tunnel(endpoint, ctx, protocol_factory, timeout)
         try:
+            if self.source_address is None:
+                where = {"host": endpoint.address, "port": endpoint.port}
+            else:  # the inbound hop: bound to 127.0.0.6 / ::6 before connecting
+                where = {"sock": await self.connect_socket(endpoint.address, endpoint.port, timeout)}
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(
-                    protocol_factory, endpoint.address, endpoint.port, ssl=ctx,
-                    server_hostname="" if ctx else None,
-                    local_addr=source_for(endpoint.address, self.source_address),
+                    protocol_factory, **where, ssl=ctx, server_hostname="" if ctx else None,
                     ssl_handshake_timeout=timeout if ctx else None,
                 ),
                 timeout,
@@ -150,6 +154,9 @@ class Connector:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             src = source_for(address, self.source_address)
             if src:
+                if family == socket.AF_INET6:
+                    # ::6 is not configured on lo (unlike all of 127/8): bind it anyway.
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
                 sock.bind(src)
             await asyncio.wait_for(loop.sock_connect(sock, (address, port)), timeout)
         except TimeoutError:

@@ -97,10 +97,10 @@ def main() -> None:
         app = web.Application(client_max_size=1 << 30)
         app.add_routes([web.get("/", hello), web.post("/upload", upload),
                         web.get("/headers", headers), web.get("/slow", slow), web.get("/ws", ws)])
-        web.run_app(app, host="0.0.0.0", port=port, print=None, access_log=None)
+        web.run_app(app, host=["0.0.0.0", "::"], port=port, print=None, access_log=None)
     elif mode in ("greet", "upper"):
         async def run() -> None:
-            server = await asyncio.start_server(greet if mode == "greet" else upper, "0.0.0.0", port)
+            server = await asyncio.start_server(greet if mode == "greet" else upper, ["0.0.0.0", "::"], port)
             await server.serve_forever()
         asyncio.run(run())
     else:
