@@ -422,6 +422,7 @@ class Cluster:
             pods.append({"namespace": ns, "name": name, **r.status(),
                          "defaultContainer": self.default_container(r),
                          "workload": manifests.owner(r.pod) or name,
+                         "serviceAccount": r.pod["spec"].get("serviceAccountName") or "default",
                          "labels": r.pod["metadata"].get("labels") or {}})
         backends = self.backends()
         svcs = []

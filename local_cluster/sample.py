@@ -31,6 +31,22 @@ class Measurement:
     plaintext: str  # what happened to a plaintext request from outside the mesh
     plaintext_refused: bool
     scrape_errors: dict[str, str] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+    def seen_by_servers(self, edge: meshstats.Edge) -> dict[str, set[str]]:
+        """For an outbound edge: {server workload: the client identities its inbound proxy saw
+        from this edge's source} (the servers are the pods behind the edge's service)."""
+        name = edge.service.split(".")[0]
+        svc = next((s for s in self.services if s["name"] == name), None)
+        ips = {e.rsplit(":", 1)[0] for e in (svc or {}).get("endpoints", [])}
+        servers = {p["workload"] for p in self.pods if p["podIP"] in ips}
+        source = next((p for p in self.pods if p["workload"] == edge.workload), None)
+        if source is None:
+            return {}
+        suffix = f"/ns/{source['namespace']}/sa/{source['serviceAccount']}"
+        return {e.workload: {p for p in e.peers if p.endswith(suffix)}
+                for e in self.edges if e.direction == "inbound" and e.workload in servers}
 
 
 def apply(state: config.StateDir, path: Path = MANIFESTS) -> list[dict[str, Any]]:
@@ -136,15 +152,22 @@ def measure(state: config.StateDir, seconds: float,
         prev = before.get(name, (workload, {}))[1]
         per_pod[name] = (workload, meshstats.delta(samples, prev if isinstance(prev, dict) else {}))
     edges = meshstats.edges(per_pod)
+    # Totals since the proxies started (connections are pooled: few handshakes in a window).
     handshakes: dict[str, float] = {}
-    for _, samples in per_pod.values():
-        for (metric, labels), v in samples.items():
+    for _, samples in after.values():
+        for (metric, labels), v in (samples.items() if isinstance(samples, dict) else ()):
             if metric == "remora_tls_handshakes_total":
-                side = dict(labels).get("side", "")
-                handshakes[side] = handshakes.get(side, 0.0) + v
+                key = "handshakes " + dict(labels).get("side", "")
+            elif metric == "remora_upstream_pool_reused_total":
+                key = "pooled reuses"
+            else:
+                continue
+            handshakes[key] = handshakes.get(key, 0.0) + v
     text, refused = plaintext_probe(state, current)
+    services = [s for s in client.checked(state, "GET", "/status")["services"]
+                if s["namespace"] == NAMESPACE]
     return Measurement(elapsed, edges, meshstats.split(edges, SPLIT), handshakes, text, refused,
-                       errors)
+                       errors, current, services)
 
 
 def split_ok(split: dict[str, float], tolerance: float = 0.1) -> bool:

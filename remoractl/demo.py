@@ -53,19 +53,21 @@ def _short(service: str) -> str:
 def report(m: sample.Measurement) -> bool:
     """Print the tables and the checks; True when the split and mTLS checks pass."""
     out = [e for e in m.edges if e.direction == "outbound"]
-    rows = [["SOURCE", "DESTINATION", "REQUESTS", "RPS", "SUCCESS", "P50", "P99", "SERVER IDENTITY (verified by the client)"]]
+    rows = [["SOURCE -> DESTINATION", "REQUESTS", "RPS", "SUCCESS", "P50", "P99",
+             "CLIENT SPIFFE ID, as the server's proxy saw it"]]
     for e in out:
-        rows.append([e.workload, _short(e.service), f"{e.requests:.0f}", f"{e.requests / m.seconds:.1f}",
-                     _pct(e.success_rate), _ms(e.quantile(0.5)), _ms(e.quantile(0.99)),
-                     ", ".join(sorted(e.peers)) or "-"])
-    _say(f"\nEdges, client side (outbound), over {m.seconds:.0f} s:")
+        seen = sorted(set().union(*m.seen_by_servers(e).values()))
+        rows.append([f"{e.workload} -> {_short(e.service)}", f"{e.requests:.0f}",
+                     f"{e.requests / m.seconds:.1f}", _pct(e.success_rate), _ms(e.quantile(0.5)),
+                     _ms(e.quantile(0.99)), ", ".join(seen) or "-"])
+    _say(f"\nEdges over {m.seconds:.0f} s (numbers from the client's proxy, identity from the server's):")
     _say(_table(rows) if out else "  (no outbound requests were counted)")
     inb = [e for e in m.edges if e.direction == "inbound"]
     rows = [["SERVER", "SERVICE", "REQUESTS", "SUCCESS", "P50", "P99", "CLIENT IDENTITY (from its certificate)"]]
     for e in inb:
         rows.append([e.workload, _short(e.service), f"{e.requests:.0f}", _pct(e.success_rate),
                      _ms(e.quantile(0.5)), _ms(e.quantile(0.99)), ", ".join(sorted(e.peers)) or "-"])
-    _say("\nEdges, server side (inbound):")
+    _say("\nServer side (inbound, per destination workload):")
     _say(_table(rows) if inb else "  (no inbound requests were counted)")
     for pod, err in sorted(m.scrape_errors.items()):
         _say(f"  ! could not scrape {pod}: {err}")
@@ -79,7 +81,7 @@ def report(m: sample.Measurement) -> bool:
     _say("mTLS between pods:")
     _say(f"  - every server saw a SPIFFE client identity on every edge: {'yes' if inb and spiffe else 'NO'}")
     hs = ", ".join(f"{k} {v:.0f}" for k, v in sorted(m.handshakes.items())) or "none counted"
-    _say(f"  - TLS handshakes in the window: {hs} (connections are pooled between proxies)")
+    _say(f"  - mTLS connections since the proxies started: {hs}")
     _say(f"  - plaintext from outside the mesh to {m.plaintext}"
          + (" -> STRICT is enforced" if m.plaintext_refused else " -> NOT refused"))
     return ok_split and spiffe and m.plaintext_refused
