@@ -265,6 +265,7 @@ class H1Downstream(asyncio.Protocol):
         self.resp_started = False
         self.resp_until_close = False
         self.resp_status = 0
+        self.http10 = False
         self.started_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel = False
@@ -469,6 +470,7 @@ class H1Downstream(asyncio.Protocol):
         self.req_body = []
         self.req_done = False
         self.keep_alive = keep_alive
+        self.http10 = version == "1.0"
         self.upgrade = upgrade
         self.resp_started = False
         self.started_at = time.monotonic()
@@ -510,7 +512,8 @@ class H1Downstream(asyncio.Protocol):
             alpn = "http/1.1"
         if timeout:
             self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
-        key = (endpoint.address, endpoint.port, alpn if endpoint.identity else "plain")
+        # Inbound (from 127.0.0.6) and outbound connections to one address never mix.
+        key = (ctx.direction, endpoint.address, endpoint.port, alpn if endpoint.identity else "plain")
         self.decision_key = key
         up = None if self.upgrade else ctx.pool.get(key)
         if up is not None:
@@ -526,6 +529,11 @@ class H1Downstream(asyncio.Protocol):
         except UpstreamError as e:
             if not self.closed and self.busy:
                 self._local_reply(503, f"upstream connect error: {e}")
+            return
+        except Exception:
+            log.exception("connecting upstream %s:%d failed", endpoint.address, endpoint.port)
+            if not self.closed and self.busy:
+                self._local_reply(502, "upstream connect error")
             return
         if self.closed or not self.busy:
             up.transport.close()
@@ -636,7 +644,12 @@ class H1Downstream(asyncio.Protocol):
         no_body = self.method == b"HEAD" or status in (204, 304)
         self.resp_chunked = False
         self.resp_until_close = False
-        if chunked and not no_body:
+        if self.http10 and not no_body and (chunked or cl is None):
+            # An HTTP/1.0 client knows no chunked encoding: the body ends with the connection.
+            self.keep_alive = False
+            if cl is None and not chunked:
+                self.resp_until_close = True
+        elif chunked and not no_body:
             self.resp_chunked = True
             out.append(b"transfer-encoding: chunked\r\n")
         elif cl is not None:

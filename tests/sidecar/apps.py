@@ -39,6 +39,18 @@ async def headers(request: web.Request) -> web.Response:
     return web.json_response({k.lower(): v for k, v in request.headers.items()})
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    """A chunked response written in three pieces."""
+    resp = web.StreamResponse()
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for i in range(3):
+        await resp.write(f"part{i};".encode())
+        await asyncio.sleep(0.01)
+    await resp.write_eof()
+    return resp
+
+
 async def slow(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("s", "2")))
     return web.Response(text="slow done\n")
@@ -96,7 +108,8 @@ def main() -> None:
     if mode == "http":
         app = web.Application(client_max_size=1 << 30)
         app.add_routes([web.get("/", hello), web.post("/upload", upload),
-                        web.get("/headers", headers), web.get("/slow", slow), web.get("/ws", ws)])
+                        web.get("/headers", headers), web.get("/slow", slow), web.get("/ws", ws),
+                        web.get("/stream", stream)])
         web.run_app(app, host=["0.0.0.0", "::"], port=port, print=None, access_log=None)
     elif mode in ("greet", "upper"):
         async def run() -> None:

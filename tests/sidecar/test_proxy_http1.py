@@ -46,6 +46,16 @@ def test_keepalive_requests_and_identity(mesh):
     assert 'remora_tls_handshakes_total{side="server"} 1' in metrics
 
 
+def test_chunked_response_to_http11_and_http10_clients(mesh):
+    out = curl(mesh, "-v", "http://web:8080/stream")
+    assert out == "part0;part1;part2;"
+    out = curl(mesh, "-v", "--http1.0", "http://web:8080/stream")
+    assert out == "part0;part1;part2;"  # no chunked framing for a 1.0 client: ends at close
+    r = mesh.client.exec(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--http1.0",
+                          "http://web:8080/stream"], uid=APP_UID, timeout=15)
+    assert "transfer-encoding" not in r.stdout.lower() and "connection: close" in r.stdout.lower()
+
+
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
