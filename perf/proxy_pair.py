@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Requests/s and latency through a pair of remora sidecars, against a direct connection.
+"""Requests/s and latency through a pair of remora sidecars, against a direct connection
+and an HAProxy pair (mutual TLS, as in ../shared/bench-reference.md), in the same run.
 
     sudo .venv/bin/python perf/proxy_pair.py [--duration 5] [--repeats 3] [--rate 1000]
 
-Two meshed pods (remora-init rules, a remora-proxy each, mTLS between them) and two plain pods
-on the same node bridge; nginx (one process) serves a 1,024-byte file with keep-alive in both
-server pods. Pinning, as in ../shared/bench-reference.md: nginx and both proxies on core 0,
+Two meshed pods (remora-init rules, a remora-proxy each, mTLS between them), two plain pods
+(direct) and two pods with an HAProxy each (client side on 127.0.0.1:15001, server side on
+:15006 with mTLS, backend connections reused), all on one node bridge; nginx (one process)
+serves a 1,024-byte file with keep-alive in the three server pods. Pinning, as in ../shared/bench-reference.md: nginx and both proxies on core 0,
 the load generator on core 1.
 
 - max req/s: ``wrk -t1 -c16`` for ``--duration`` seconds, direct and through the pair,
@@ -50,6 +52,33 @@ http {{
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   server {{ listen {port} reuseport; root {d}/www; }}
 }}
+"""
+HAPROXY_COMMON = """
+global
+  nbthread 1
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+"""
+HAPROXY_CLIENT = HAPROXY_COMMON + """
+frontend out_listener
+  bind 127.0.0.1:15001
+  default_backend to_server_sidecar
+backend to_server_sidecar
+  http-reuse always
+  server s1 {server}:15006 ssl crt {d}/client.pem ca-file {d}/ca.crt verify required alpn http/1.1
+"""
+HAPROXY_SERVER = HAPROXY_COMMON + """
+frontend in_listener
+  bind {server}:15006 ssl crt {d}/server.pem ca-file {d}/ca.crt verify required alpn http/1.1
+  default_backend to_app
+backend to_app
+  http-reuse always
+  server app 127.0.0.1:{port}
 """
 
 
@@ -140,12 +169,33 @@ def _server_handshakes(mesh) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _latency(pod, host: str, rate: float, duration: float, uid: int | None) -> dict:
+def _latency(pod, host: str, rate: float, duration: float, uid: int | None,
+             port: int = APP_PORT) -> dict:
     r = pod.exec(["taskset", "-c", "1", sys.executable, __file__, "--latency-client", host,
-                  str(APP_PORT), str(rate), str(duration)], uid=uid, timeout=duration + 30)
+                  str(port), str(rate), str(duration)], uid=uid, timeout=duration + 30)
     if r.returncode != 0:
         raise RuntimeError(f"latency client failed: {r.stderr}")
     return json.loads(r.stdout)
+
+
+def _start_haproxy_pair(node, ca, tmp: Path, procs: list) -> tuple:
+    """Client and server pods with HAProxy (mTLS between them) and nginx behind the server."""
+    hclient, hserver = node.add_pod("hclient"), node.add_pod("hserver")
+    procs.append(_start_nginx(hserver, tmp / "nginx-haproxy"))
+    d = tmp / "haproxy"
+    d.mkdir()
+    for name in ("client", "server"):
+        key, chain = ca.issue(f"spiffe://cluster.local/ns/default/sa/h{name}")
+        (d / f"{name}.pem").write_bytes(chain + key)
+    (d / "ca.crt").write_bytes(ca.root_pem)
+    pids = {}
+    for name, pod, conf in (("client", hclient, HAPROXY_CLIENT), ("server", hserver, HAPROXY_SERVER)):
+        path = d / f"{name}.cfg"
+        path.write_text(conf.format(server=hserver.ip, d=d, port=APP_PORT))
+        proc = pod.spawn(["taskset", "-c", "0", "haproxy", "-db", "-f", str(path)])
+        procs.append(proc)
+        pids[name] = proc.pid
+    return hclient, hserver, pids
 
 
 def _summary(values: list[float]) -> dict:
@@ -166,8 +216,12 @@ def run(a: argparse.Namespace) -> dict:
         dclient, dserver = node.add_pod("dclient"), node.add_pod("dserver")
         procs.append(_start_nginx(mesh.server, mesh.tmp / "nginx-mesh"))
         procs.append(_start_nginx(dserver, mesh.tmp / "nginx-direct"))
+        hclient, hserver, hpids = _start_haproxy_pair(node, mesh.ca, mesh.tmp, procs)
         mesh.wait_port(mesh.server, APP_PORT)
         mesh.wait_port(dserver, APP_PORT)
+        mesh.wait_port(hserver, APP_PORT)
+        mesh.wait_port(hserver, 15006)
+        mesh.wait_port(hclient, 15001)
         pids = {name: h.proc.pid for name, h in mesh.proxies.items()}
         for pid in pids.values():
             subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], check=True,
@@ -176,8 +230,12 @@ def run(a: argparse.Namespace) -> dict:
         rss_idle = {n: _rss_mb(p) for n, p in pids.items()}
         direct_url = f"http://{dserver.ip}:{APP_PORT}/index.html"
         mesh_url = f"http://web:{APP_PORT}/index.html"
-        _wrk(dclient, direct_url, 1, None)  # warm up both paths
+        haproxy_url = "http://127.0.0.1:15001/index.html"
+        _wrk(dclient, direct_url, 1, None)  # warm up every path
         _wrk(mesh.client, mesh_url, 1, APP_UID)
+        _wrk(hclient, haproxy_url, 1, None)
+        hcpu = {n: 0.0 for n in hpids}
+        haproxy, haproxy_requests = [], 0
         hs_before = _server_handshakes(mesh)
         direct, pair = [], []
         cpu = {n: [0.0, 0.0] for n in pids}
@@ -185,6 +243,12 @@ def run(a: argparse.Namespace) -> dict:
         rss_peak = dict(rss_idle)
         for _ in range(a.repeats):
             direct.append(_wrk(dclient, direct_url, a.duration, None))
+            hbefore = {n: sum(_cpu_seconds(p)) for n, p in hpids.items()}
+            res = _wrk(hclient, haproxy_url, a.duration, None)
+            haproxy.append(res)
+            haproxy_requests += res["requests"]
+            for n, p in hpids.items():
+                hcpu[n] += sum(_cpu_seconds(p)) - hbefore[n]
             before = {n: _cpu_seconds(p) for n, p in pids.items()}
             stop = threading.Event()
 
@@ -208,21 +272,26 @@ def run(a: argparse.Namespace) -> dict:
         hs_after = _server_handshakes(mesh)
         lat_direct = _latency(dclient, dserver.ip, a.rate, a.latency_duration, None)
         lat_pair = _latency(mesh.client, "web", a.rate, a.latency_duration, APP_UID)
+        lat_haproxy = _latency(hclient, "127.0.0.1", a.rate, a.latency_duration, None, 15001)
+        h_rps = _summary([r["rps"] for r in haproxy])
         d_rps = _summary([r["rps"] for r in direct])
         p_rps = _summary([r["rps"] for r in pair])
         return {
             "benchmark": "proxy_pair",
             "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "setup": {"body_bytes": BODY_SIZE, "server": "nginx 1 process, keep-alive",
-                      "pinning": "nginx and both proxies on core 0; wrk/latency client on core 1",
+                      "pinning": "nginx, both proxies and both HAProxies on core 0; "
+                                 "wrk/latency client on core 1",
                       "wrk": f"-t1 -c16 -d{a.duration:g}s", "repeats": a.repeats,
                       "latency": f"one keep-alive connection, {a.rate:g} req/s for "
                                  f"{a.latency_duration:g}s, timed by the client"},
-            "max_rps": {"direct": d_rps, "pair": p_rps,
-                        "pair_over_direct": round(p_rps["median"] / d_rps["median"], 3)},
+            "max_rps": {"direct": d_rps, "pair": p_rps, "haproxy_pair": h_rps,
+                        "pair_over_direct": round(p_rps["median"] / d_rps["median"], 3),
+                        "pair_over_haproxy": round(p_rps["median"] / h_rps["median"], 3)},
             "non_2xx": {"direct": sum(r["non_2xx"] for r in direct),
-                        "pair": sum(r["non_2xx"] for r in pair)},
-            "latency_ms": {"direct": lat_direct, "pair": lat_pair,
+                        "pair": sum(r["non_2xx"] for r in pair),
+                        "haproxy_pair": sum(r["non_2xx"] for r in haproxy)},
+            "latency_ms": {"direct": lat_direct, "pair": lat_pair, "haproxy_pair": lat_haproxy,
                            "added_p50_ms": round(lat_pair["from_scheduled_ms"]["p50"]
                                                  - lat_direct["from_scheduled_ms"]["p50"], 3),
                            "added_p99_ms": round(lat_pair["from_scheduled_ms"]["p99"]
@@ -231,6 +300,8 @@ def run(a: argparse.Namespace) -> dict:
                 n: {"user": round(cpu[n][0] / pair_requests * 1000, 4),
                     "system": round(cpu[n][1] / pair_requests * 1000, 4),
                     "total": round(sum(cpu[n]) / pair_requests * 1000, 4)} for n in pids},
+            "haproxy_cpu_seconds_per_1000_requests": {
+                n: round(hcpu[n] / haproxy_requests * 1000, 4) for n in hpids},
             "proxy_rss_mb": {"idle": rss_idle, "peak_under_load": rss_peak},
             "server_tls_handshakes": {"before_runs": hs_before, "after_runs": hs_after},
         }
@@ -250,7 +321,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=1000.0, help="latency client req/s")
+    ap.add_argument("--rate", type=float, default=200.0,
+                    help="latency client req/s (low enough that requests do not queue)")
     ap.add_argument("--latency-duration", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=REPO / "perf" / "results" / "proxy_pair.json")
     a = ap.parse_args()
