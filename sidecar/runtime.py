@@ -67,6 +67,7 @@ class ProxyRuntime:
         self.exit_code = 0
         self.started_at = time.time()
         self.workdir = Path(settings.workdir or default_workdir())
+        settings.workdir = str(self.workdir)  # the control-plane client writes its key there
 
     # -- the two control-plane hooks -----------------------------------------------------
     def apply_config(self, cfg: ProxyConfig) -> None:
