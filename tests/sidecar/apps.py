@@ -51,6 +51,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def big(request: web.Request) -> web.StreamResponse:
+    """``mb`` MiB of zeros, written as fast as the connection takes them."""
+    resp = web.StreamResponse()
+    resp.content_length = int(request.query.get("mb", "20")) << 20
+    await resp.prepare(request)
+    chunk = bytes(1 << 20)
+    for _ in range(resp.content_length >> 20):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
 async def slow(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("s", "2")))
     return web.Response(text="slow done\n")
@@ -109,7 +121,7 @@ def main() -> None:
         app = web.Application(client_max_size=1 << 30)
         app.add_routes([web.get("/", hello), web.post("/upload", upload),
                         web.get("/headers", headers), web.get("/slow", slow), web.get("/ws", ws),
-                        web.get("/stream", stream)])
+                        web.get("/stream", stream), web.get("/big", big)])
         web.run_app(app, host=["0.0.0.0", "::"], port=port, print=None, access_log=None)
     elif mode in ("greet", "upper"):
         async def run() -> None:

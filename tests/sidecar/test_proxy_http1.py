@@ -90,6 +90,25 @@ def test_50mb_chunked_upload_streams_with_bounded_memory(mesh):
         assert peak[pid] - before[pid] < 16 * 1024, (before, peak)
 
 
+def test_slow_reader_does_not_grow_proxy_memory(mesh):
+    """A 24 MiB download read at 8 MiB/s: the proxies hold back (backpressure), not buffer."""
+    pids = [h.proc.pid for h in mesh.proxies.values()]
+    before = {pid: _rss_kb(pid) for pid in pids}
+    peak = dict(before)
+    proc = subprocess.Popen(mesh.client.command(
+        ["curl", "-sS", "--max-time", "30", "--limit-rate", "8M", "-o", "/dev/null", "-w",
+         "%{size_download}", "http://web:8080/big?mb=24"], uid=APP_UID),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        for pid in pids:
+            peak[pid] = max(peak[pid], _rss_kb(pid))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    assert out == str(24 << 20), err + mesh.logs()
+    for pid in pids:
+        assert peak[pid] - before[pid] < 12 * 1024, (before, peak)
+
+
 WS_CLIENT = """
 import asyncio, aiohttp, sys
 async def main():
