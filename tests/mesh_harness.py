@@ -51,6 +51,8 @@ class Service:
     target_port: int | None = None
     vip: str = ""
     ipv6: bool = False  # an IPv6 VIP and the server pod's IPv6 address
+    timeout: float | None = None  # route timeout (504 when exceeded)
+    endpoints: bool = True  # False: the cluster has no endpoint (503 no healthy upstream)
 
     @property
     def hostname(self) -> str:
@@ -138,9 +140,11 @@ class Mesh:
                              "protocol": s.protocol,
                              "endpoints": [{"address": self.server.ip6 if s.ipv6 else self.server.ip,
                                             "port": s.target_port,
-                                            "identity": identity}]})
+                                            "identity": identity}] if s.endpoints else []})
+            routes = [{"name": "all", "destinations": [{"cluster": cname}], "timeout": s.timeout}]
             outbound.append({"service": s.hostname, "addresses": [s.vip], "port": s.port,
-                             "protocol": s.protocol, "default_cluster": cname})
+                             "protocol": s.protocol, "default_cluster": cname,
+                             "routes": routes if s.timeout else []})
         return {"version": "test-1", "outbound": outbound, "clusters": clusters,
                 "opaque_ports": list(opaque_ports)}
 
