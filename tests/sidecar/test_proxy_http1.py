@@ -40,10 +40,13 @@ def test_keepalive_requests_and_identity(mesh):
     # The server side learnt the client's SPIFFE identity from its certificate.
     assert f"URI={CLIENT_ID}" in headers["x-forwarded-client-cert"]
     assert headers["x-request-id"]
+    for _ in range(3):  # new app connections each time: the proxy-to-proxy one is reused
+        assert curl(mesh, "http://web:8080/") == "hello from server\n"
     metrics = mesh.proxies["server"].metrics()
     assert f'peer_identity="{CLIENT_ID}"' in metrics
-    # One mTLS connection carried all three requests (curl reused its connection too).
+    # One mTLS connection carried all six requests from four app connections.
     assert 'remora_tls_handshakes_total{side="server"} 1' in metrics
+    assert "remora_upstream_pool_reused_total 5" in mesh.proxies["client"].metrics()
 
 
 def test_chunked_response_to_http11_and_http10_clients(mesh):
