@@ -53,35 +53,6 @@ http {{
   server {{ listen {port} reuseport; root {d}/www; }}
 }}
 """
-HAPROXY_COMMON = """
-global
-  nbthread 1
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-"""
-HAPROXY_CLIENT = HAPROXY_COMMON + """
-frontend out_listener
-  bind 127.0.0.1:15001
-  default_backend to_server_sidecar
-backend to_server_sidecar
-  http-reuse always
-  server s1 {server}:15006 ssl crt {d}/client.pem ca-file {d}/ca.crt verify required alpn http/1.1
-"""
-HAPROXY_SERVER = HAPROXY_COMMON + """
-frontend in_listener
-  bind {server}:15006 ssl crt {d}/server.pem ca-file {d}/ca.crt verify required alpn http/1.1
-  default_backend to_app
-backend to_app
-  http-reuse always
-  server app 127.0.0.1:{port}
-"""
-
-
 # -- the fixed-rate latency client (runs inside a pod) ----------------------------------
 def latency_client(host: str, port: int, rate: float, duration: float) -> dict:
     s = socket.create_connection((host, port))
@@ -179,19 +150,18 @@ def _latency(pod, host: str, rate: float, duration: float, uid: int | None,
 
 
 def _start_haproxy_pair(node, ca, tmp: Path, procs: list) -> tuple:
-    """Client and server pods with HAProxy (mTLS between them) and nginx behind the server."""
+    """Client and server pods with HAProxy (the reference configuration of perf/bench: mTLS
+    between them, backend connections reused) and nginx behind the server side."""
+    from perf.bench import certs, haproxy
+
     hclient, hserver = node.add_pod("hclient"), node.add_pod("hserver")
     procs.append(_start_nginx(hserver, tmp / "nginx-haproxy"))
-    d = tmp / "haproxy"
-    d.mkdir()
-    for name in ("client", "server"):
-        key, chain = ca.issue(f"spiffe://cluster.local/ns/default/sa/h{name}")
-        (d / f"{name}.pem").write_bytes(chain + key)
-    (d / "ca.crt").write_bytes(ca.root_pem)
+    pems = certs.haproxy_pems(ca, tmp / "haproxy")
     pids = {}
-    for name, pod, conf in (("client", hclient, HAPROXY_CLIENT), ("server", hserver, HAPROXY_SERVER)):
-        path = d / f"{name}.cfg"
-        path.write_text(conf.format(server=hserver.ip, d=d, port=APP_PORT))
+    for name, pod, conf in (("client", hclient, haproxy.client_side_config(hserver.ip, pems)),
+                            ("server", hserver, haproxy.server_side_config(hserver.ip, APP_PORT, pems))):
+        path = tmp / "haproxy" / f"{name}.cfg"
+        path.write_text(conf)
         proc = pod.spawn(["taskset", "-c", "0", "haproxy", "-db", "-f", str(path)])
         procs.append(proc)
         pids[name] = proc.pid
