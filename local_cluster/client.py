@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from control_plane.api.ports import PROXY_UID
 from local_cluster import config, netns
 from local_cluster.procs import PidRecords, is_alive
 
@@ -81,11 +82,27 @@ def leftovers(state: config.StateDir, prefix: str) -> list[str]:
     return found
 
 
+def check_runnable_by(uid: int) -> None:
+    """Pods run the project's Python as other uids (the proxy as 1337): make sure they can."""
+    # Through sh: setpriv itself resolves its command before the uid change takes effect.
+    probe = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", "sh", "-c",
+             'exec "$0" -c "import local_cluster.launcher"', sys.executable]
+    res = subprocess.run(probe, capture_output=True, text=True, cwd="/",
+                         env={"PYTHONPATH": str(config.REPO_ROOT), "PATH": config.SYSTEM_PATH})
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ClusterError(
+            f"uid {uid} cannot run {sys.executable} with the checkout {config.REPO_ROOT} ({why}); "
+            "build the virtualenv from a Python every uid can execute (scripts/find-python) and "
+            "make the checkout's parent directories world-searchable")
+
+
 def up(state: config.StateDir, prefix: str | None = None) -> dict[str, Any]:
     """Start the daemon (idempotent) and wait until it answers; returns its status."""
     reason = netns.have_root_and_tools()
     if reason:
         raise ClusterError(f"the local cluster {reason}")
+    check_runnable_by(PROXY_UID)
     if running(state):
         return call(state, "GET", "/status")[1]
     prefix = prefix or state.prefix()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from lc_kit import LocalCluster, local_cluster
 
-from local_cluster import netns
+from local_cluster import client, netns
 from local_cluster.procs import PidRecords, is_alive
 
 pytestmark = pytest.mark.root
@@ -247,3 +248,47 @@ def test_pods_go_through_the_injector_webhook(lc: LocalCluster) -> None:
     assert denied.returncode == 1
     assert 'admission webhook "remora-injector" denied the request' in denied.stderr
     assert "remora.dev/log-level" in denied.stderr
+
+
+def test_up_explains_a_python_other_uids_cannot_run(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    # A Python under a private home directory (mode 0700), as pyenv in /root is.
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    python.symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(python))
+    with pytest.raises(client.ClusterError, match="uid 1337 cannot run .*every uid can execute"):
+        client.check_runnable_by(1337)
+
+
+SCALED = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: scale}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleeper, namespace: scale}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: sleeper}}
+  template:
+    metadata: {labels: {app: sleeper}}
+    spec:
+      containers: [{name: c, command: [sleep, infinity]}]
+"""
+
+
+def test_deployments_scale_and_namespaces_cascade(lc: LocalCluster) -> None:
+    def names() -> list[str]:
+        return sorted(p["name"] for p in lc.status()["pods"] if p["namespace"] == "scale")
+
+    lc.apply(SCALED)
+    three = names()
+    assert len(three) == 3 and all(n.startswith("sleeper-") for n in three)
+    assert "Deployment scale/sleeper configured" in lc.apply(SCALED.replace("replicas: 3", "replicas: 1"))
+    assert names() == three[:1]
+    assert "Namespace scale deleted" in lc.ok("delete", "-f", "-", input=SCALED)
+    assert names() == []
+    assert not [n for n in netns.list_netns() if n.startswith(f"{lc.prefix}-scale-")]
