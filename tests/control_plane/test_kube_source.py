@@ -1,0 +1,125 @@
+"""Kube mode against kmock (a Kubernetes API emulator): the source lists and watches every kind
+the registry reads, and TokenReview decides what a token proves."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import kmock
+import pytest
+import yaml
+
+from control_plane.auth import AuthError, TokenReviewAuthenticator
+from control_plane.builder import ProxyKey, SnapshotBuilder
+from control_plane.registry import Registry
+from control_plane.sources.files import read_manifests
+from control_plane.sources.kube import KINDS, KubeSource, api_client
+
+DATA = Path(__file__).parent / "data"
+VERBS = {"list", "watch", "get", "create", "patch", "delete"}
+
+
+def resource_of(obj: dict) -> str:
+    kind = next(k for k in KINDS if k.kind == obj["kind"])
+    return f"{kind.api_version}/{kind.plural}"
+
+
+@dataclass
+class Api:
+    emulator: kmock.KubernetesEmulator
+    url: str
+    kubeconfig: str
+
+
+@pytest.fixture
+async def k8s(tmp_path: Path):
+    emulator = kmock.KubernetesEmulator()
+    for k in KINDS:
+        emulator.resources[f"{k.api_version}/{k.plural}"] = kmock.ResourceInfo(
+            kind=k.kind, namespaced=True, verbs=VERBS)
+    for obj in read_manifests(DATA / "mesh.yaml"):
+        if obj["kind"] in {k.kind for k in KINDS}:
+            meta = obj["metadata"]
+            emulator.objects[resource_of(obj), meta["namespace"], meta["name"]] = obj
+    async with emulator, kmock.Server(emulator):
+        url = str(emulator.url).rstrip("/")
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+            "users": [{"name": "control-plane", "user": {"token": "sa-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "control-plane"}}],
+        }))
+        yield Api(emulator, url, str(kubeconfig))
+
+
+async def test_lists_and_watches_into_the_same_snapshots_as_files(k8s) -> None:
+    source = KubeSource(api_client(k8s.kubeconfig))
+    changes = asyncio.Event()
+    task = asyncio.create_task(source.run(changes.set))
+    try:
+        await asyncio.wait_for(changes.wait(), 10)
+        assert source.ready
+        from_files = Registry.from_objects(read_manifests(DATA / "mesh.yaml"))
+        from_kube = Registry.from_objects(source.objects())
+        key = ProxyKey("shop", "reviews-v2")
+        assert (SnapshotBuilder(from_kube, "cluster.local", "R").snapshot_for(key).config
+                == SnapshotBuilder(from_files, "cluster.local", "R").snapshot_for(key).config)
+
+        # A new pod created through the API arrives by the watch and becomes an endpoint.
+        changes.clear()
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "reviews-v3", "namespace": "shop",
+                            "labels": {"app": "reviews", "version": "v3"}},
+               "spec": {"serviceAccountName": "reviews",
+                        "containers": [{"name": "app", "ports": [{"name": "http-web", "containerPort": 8080}]}]},
+               "status": {"podIP": "198.18.0.23"}}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{k8s.url}/api/v1/namespaces/shop/pods", json=pod) as r:
+                assert r.status == 200
+            await asyncio.wait_for(changes.wait(), 10)
+            cfg = SnapshotBuilder(Registry.from_objects(source.objects()), "cluster.local", "R") \
+                .snapshot_for(key).config
+            (cluster,) = [c for c in cfg.clusters if c.name == "reviews.shop.svc.cluster.local|9080"]
+            assert "198.18.0.23" in [e.address for e in cluster.endpoints]
+            # ...and a deletion too.
+            changes.clear()
+            async with s.delete(f"{k8s.url}/api/v1/namespaces/shop/pods/reviews-v1") as r:
+                assert r.status == 200
+            await asyncio.wait_for(changes.wait(), 10)
+            assert ("Pod", "shop", "reviews-v1") not in {
+                (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in source.objects()}
+    finally:
+        task.cancel()
+
+
+def install_token_review(k8s: Api) -> None:
+    def review(req) -> dict:
+        # As the API server does: the spec comes back with a status.
+        spec = req.data["spec"]
+        assert spec["audiences"] == ["remora-ca"]
+        head = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "spec": spec}
+        if spec["token"] != "good":
+            return {**head, "status": {"authenticated": False, "error": "token has expired"}}
+        return {**head, "status": {
+            "authenticated": True, "audiences": ["remora-ca"],
+            "user": {"username": "system:serviceaccount:shop:reviews",
+                     "extra": {"authentication.kubernetes.io/pod-name": ["reviews-v1"]}}}}
+
+    k8s.emulator["post /apis/authentication.k8s.io/v1/tokenreviews"] << review
+
+
+# One review per test: kmock stores each created TokenReview and refuses a second (409).
+async def test_token_review_proves_the_service_account(k8s) -> None:
+    install_token_review(k8s)
+    caller = await TokenReviewAuthenticator(api_client(k8s.kubeconfig)).authenticate("good")
+    assert (caller.namespace, caller.service_account, caller.pod) == ("shop", "reviews", "reviews-v1")
+
+
+async def test_token_review_refusal_is_the_reason(k8s) -> None:
+    install_token_review(k8s)
+    with pytest.raises(AuthError, match="not authenticated: token has expired"):
+        await TokenReviewAuthenticator(api_client(k8s.kubeconfig)).authenticate("stale")
