@@ -4,7 +4,7 @@
     remoractl local apply -f PATH [-n NAMESPACE]
     remoractl local delete -f PATH [-n NAMESPACE]
     remoractl local status [-n NAMESPACE]
-    remoractl local logs POD [-c CONTAINER] [-n NAMESPACE]
+    remoractl local logs POD [-c CONTAINER] [-n NAMESPACE] [-f]
     remoractl local exec POD [-c CONTAINER] [-n NAMESPACE] -- CMD...
     remoractl local down
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from local_cluster import client, config, manifests
@@ -43,6 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     logs = action("logs", "a container's log")
     logs.add_argument("pod")
     logs.add_argument("-c", "--container")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     ex = action("exec", "run a command in a pod's container (netns, uid, env, mounts)")
     ex.add_argument("pod")
     ex.add_argument("-c", "--container")
@@ -128,9 +130,15 @@ def _status(state: config.StateDir, args: argparse.Namespace) -> int:
 def _logs(state: config.StateDir, args: argparse.Namespace) -> int:
     path = client.log_path(state, args.namespace, args.pod, args.container)
     with open(path, "rb") as f:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(f.read())
-    return 0
+        while True:
+            sys.stdout.buffer.write(f.read())
+            sys.stdout.flush()
+            if not args.follow:
+                return 0
+            try:
+                time.sleep(0.3)
+            except KeyboardInterrupt:
+                return 0
 
 
 def split_exec_args(args: argparse.Namespace) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lc_kit import LocalCluster, local_cluster
+from lc_kit import REMORACTL, LocalCluster, local_cluster
 
 from local_cluster import client, netns
 from local_cluster.procs import PidRecords, is_alive
@@ -292,3 +292,24 @@ def test_deployments_scale_and_namespaces_cascade(lc: LocalCluster) -> None:
     assert "Namespace scale deleted" in lc.ok("delete", "-f", "-", input=SCALED)
     assert names() == []
     assert not [n for n in netns.list_netns() if n.startswith(f"{lc.prefix}-scale-")]
+
+
+def test_logs_follow(lc: LocalCluster) -> None:
+    lc.apply("""
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  containers: [{name: c, command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done']}]
+""")
+    lc.wait_pod("default", "ticker", lambda p: p["phase"] == "Running")
+    follow = subprocess.Popen([REMORACTL, "local", "logs", "-f", "ticker"], env=lc.env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+    finally:
+        follow.send_signal(signal.SIGINT)
+        out, _ = follow.communicate(timeout=10)
+    assert follow.returncode == 0
+    ticks = [int(line.split()[1]) for line in out.splitlines() if line.startswith("tick")]
+    assert len(ticks) >= 4 and ticks == list(range(1, len(ticks) + 1))
