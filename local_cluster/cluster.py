@@ -67,8 +67,7 @@ class Cluster:
         self._rules = ""
         self._version = 0
         self._sync_task: asyncio.Task | None = None
-        for obj in ({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},):
-            self._store(obj)
+        self._store({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
         self._store_default_account("default")
 
     # ---- the store ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``remoractl demo``: the sample app on a local cluster, measured by its own proxies.
+"""remoractl demo: the sample app on a local cluster, measured by its own proxies.
 
 Starts the local cluster, applies examples/manifests (web -> catalog -> reviews v1/v2, a
 loadgen pod, reviews split 80/20, STRICT mTLS), lets the loadgen drive traffic, prints one row

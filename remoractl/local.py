@@ -1,4 +1,4 @@
-"""``remoractl local``: the single-host cluster (network namespaces stand in for nodes and pods).
+"""remoractl local: the single-host cluster (network namespaces stand in for nodes and pods).
 
     remoractl local up
     remoractl local apply -f PATH [-n NAMESPACE]
