@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from control_plane.api.spiffe import spiffe_id
 from control_plane.ca import CertificateAuthority
 from local_cluster import netns
 
+APPS = str(Path(__file__).resolve().parent / "sidecar" / "apps.py")  # test apps (aiohttp etc.)
 APP_UID = 1000  # apps run as a non-proxy uid so that their traffic is intercepted
 CLIENT_ID = spiffe_id("default", "client")
 SERVER_ID = spiffe_id("default", "server")
@@ -127,6 +129,18 @@ class Mesh:
             mesh.proxies["server"] = mesh._start_proxy(server, SERVER_ID, server_cfg, drain_seconds)
             for name in ("client", "server"):
                 mesh.wait_ready(name)
+        except BaseException:
+            mesh.close()
+            raise
+        return mesh
+
+    @classmethod
+    def start_web(cls, node: netns.Node, bin_dir: Path, **kw) -> Mesh:
+        """A mesh with service ``web:8080`` served by the aiohttp test app in the server pod."""
+        mesh = cls.start(node, bin_dir, [Service("web", 8080)], **kw)
+        try:
+            mesh.spawn_app([sys.executable, APPS, "http", "8080"])
+            mesh.wait_port(mesh.server, 8080)
         except BaseException:
             mesh.close()
             raise

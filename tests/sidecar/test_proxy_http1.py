@@ -7,21 +7,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, CLIENT_ID, Mesh, Service
+from mesh_harness import APP_UID, CLIENT_ID, Mesh
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 
 
 @pytest.fixture
 def mesh(node, bin_dir):
-    m = Mesh.start(node, bin_dir, [Service("web", 8080)])
+    m = Mesh.start_web(node, bin_dir)
     try:
-        m.spawn_app([sys.executable, APPS, "http", "8080"])
-        m.wait_port(m.server, 8080)
         yield m
     finally:
         m.close()

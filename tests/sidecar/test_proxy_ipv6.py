@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, CLIENT_ID, Mesh, Service
+from mesh_harness import APP_UID, APPS, CLIENT_ID, Mesh, Service
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 
 
 def test_http_and_tcp_over_ipv6(node, bin_dir):

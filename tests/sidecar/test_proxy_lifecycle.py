@@ -6,25 +6,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, Mesh, Service
+from mesh_harness import APP_UID, Mesh
 
 from control_plane.api import ports
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 
 
 @pytest.fixture
 def mesh(node, bin_dir):
-    m = Mesh.start(node, bin_dir, [Service("web", 8080)], drain_seconds=10)
+    m = Mesh.start_web(node, bin_dir, drain_seconds=10)
     try:
-        m.spawn_app([sys.executable, APPS, "http", "8080"])
-        m.wait_port(m.server, 8080)
         yield m
     finally:
         m.close()

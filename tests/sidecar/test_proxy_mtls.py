@@ -6,28 +6,19 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, CLIENT_ID, PERMISSIVE, Mesh, Service
+from mesh_harness import APP_UID, APPS, CLIENT_ID, PERMISSIVE, Mesh
 
 from control_plane.api import ports
 from control_plane.api.spiffe import spiffe_id
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 MARKER = "remora-secret-marker-7f3a"
 
 
 def _start(node, bin_dir, **kw) -> Mesh:
-    mesh = Mesh.start(node, bin_dir, [Service("web", 8080)], **kw)
-    try:
-        mesh.spawn_app([sys.executable, APPS, "http", "8080"])
-        mesh.wait_port(mesh.server, 8080)
-    except BaseException:
-        mesh.close()
-        raise
-    return mesh
+    return Mesh.start_web(node, bin_dir, **kw)
 
 
 def _curl(pod, url: str, uid: int = APP_UID, *extra: str) -> subprocess.CompletedProcess:

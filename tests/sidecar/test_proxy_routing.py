@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, PERMISSIVE, Mesh, Service
+from mesh_harness import APP_UID, APPS, PERMISSIVE, Mesh, Service
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 
 
 def test_timeout_no_endpoint_and_passthrough(node, bin_dir):

@@ -4,13 +4,11 @@ protocol on a declared opaque port and on a sniffed port (detection gives up).""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
-from mesh_harness import APP_UID, Mesh, Service
+from mesh_harness import APP_UID, APPS, Mesh, Service
 
 pytestmark = pytest.mark.root
-APPS = str(Path(__file__).with_name("apps.py"))
 
 GREET_CLIENT = """
 import socket, sys
