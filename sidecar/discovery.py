@@ -124,14 +124,13 @@ class DiscoveryClient:
         while True:
             try:
                 await self._session()
-                failures = 0  # a stream that ran and ended: reconnect soon
             except (OSError, WebSocketError, Rejected, TimeoutError, ssl.SSLError) as exc:
                 log.warning("control plane %s:%d: %s", self.s.host, self.s.port, exc)
-                failures += 1
             except Exception:  # a bug must not end discovery: the proxy keeps its last config
                 log.exception("discovery session failed")
-                failures += 1
             finally:
+                # A stream that was established and then ended: reconnect soon.
+                failures = 1 if self.connected else failures + 1
                 self.connected = False
                 if self._renewer:
                     self._renewer.cancel()
