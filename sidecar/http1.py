@@ -42,6 +42,11 @@ HOP_BY_HOP = frozenset({
 REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
            504: b"Gateway Timeout", 404: b"Not Found", 431: b"Request Header Fields Too Large"}
 
+# Request headers that need a look; every other header is copied as it came.
+_REQ_SPECIAL = HOP_BY_HOP | {b"content-length", b"host", b"x-request-id", b"x-forwarded-client-cert"}
+# Connection tokens that name no header to drop (or that must never be dropped).
+_CONN_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade", b"", b"host"})
+
 # Reasons the downstream is not being read (a bit mask, so independent reasons compose).
 _P_BACKLOG, _P_UPSTREAM, _P_WAIT = 1, 2, 4
 
@@ -242,6 +247,10 @@ class H1Downstream(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        # Inbound over mTLS: who the client is, told to the app on every request.
+        self.xfcc = b"x-forwarded-client-cert: By=%s;URI=%s\r\n" % (
+            (ctx.local_identity or "").encode(), ctx.peer_identity.encode()
+        ) if ctx.direction == INBOUND and ctx.peer_identity else b""
         self.paused = 0
         self.closed = False
         self.backlog: list[tuple] | None = None
@@ -425,38 +434,43 @@ class H1Downstream(asyncio.Protocol):
         conn_tokens: set[bytes] = set()
         for name, value in self.headers:
             lname = name.lower()
-            if lname == b"connection":
-                conn_tokens.update(t.strip().lower() for t in value.split(b","))
-        for name, value in self.headers:
-            lname = name.lower()
+            if lname not in _REQ_SPECIAL:  # the common case: an end-to-end header
+                out.append(b"%s: %s\r\n" % (name, value))
+                continue
             if lname == b"content-length":
                 if cl is not None or not value.strip().isdigit():
                     raise BadRequest("invalid or repeated Content-Length")
                 cl = value.strip()
-                continue
             elif lname == b"transfer-encoding":
                 if te is not None or value.strip().lower() != b"chunked":
                     raise BadRequest("unsupported Transfer-Encoding")
                 te = value
-            elif lname == b"host":
-                hosts += 1
-            elif lname == b"x-request-id":
-                request_id = True
-            elif lname == b"x-forwarded-client-cert" and ctx.direction == INBOUND:
-                continue  # only this proxy may assert who the client is
-            if (lname in HOP_BY_HOP or lname in conn_tokens) and not (
-                    upgrade and lname == b"upgrade"):
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
+            elif lname == b"connection":
+                conn_tokens.update(t.strip().lower() for t in value.split(b","))
+            elif lname == b"upgrade":
+                if upgrade:
+                    out.append(b"%s: %s\r\n" % (name, value))
+            elif lname == b"x-forwarded-client-cert":
+                if ctx.direction != INBOUND:  # inbound: only this proxy may assert the client
+                    out.append(b"%s: %s\r\n" % (name, value))
+            elif lname not in HOP_BY_HOP:
+                if lname == b"host":
+                    hosts += 1
+                else:
+                    request_id = True
+                out.append(b"%s: %s\r\n" % (name, value))
+        conn_tokens -= _CONN_KEYWORDS
+        if conn_tokens:  # rare: headers named in Connection are hop-by-hop too
+            out = [out[0], *(h for h in out[1:]
+                             if h.split(b":", 1)[0].lower() not in conn_tokens)]
         if cl is not None and te is not None:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
         if not request_id:
             out.append(b"x-request-id: %s\r\n" % _request_id())
-        if ctx.direction == INBOUND and ctx.peer_identity:
-            out.append(b"x-forwarded-client-cert: By=%s;URI=%s\r\n" % (
-                (ctx.local_identity or "").encode(), ctx.peer_identity.encode()))
+        if self.xfcc:
+            out.append(self.xfcc)
         if te is not None:
             out.append(b"transfer-encoding: chunked\r\n")
         elif cl is not None:
@@ -697,8 +711,6 @@ class H1Downstream(asyncio.Protocol):
 
     def _exchange_done(self, status: int) -> None:
         ctx = self.ctx
-        log.debug("%s exchange done: %d keep_alive=%s req_done=%s", ctx.direction, status,
-                  self.keep_alive, self.req_done)
         ctx.stats.request_done(ctx.direction, ctx.service, status,
                                time.monotonic() - self.started_at, ctx.peer_identity)
         self._cancel_timer()

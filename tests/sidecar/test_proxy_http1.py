@@ -180,3 +180,14 @@ def test_pipelined_requests_are_answered_in_order(mesh):
     assert out.count("HTTP/1.1 200 OK") == 3, out + mesh.logs()
     first, second, third = (out.index(s) for s in ("hello from server", '"bytes": 3000', '"x-pipe"'))
     assert first < second < third
+
+
+def test_hop_by_hop_headers_are_removed(mesh):
+    out = curl(mesh, "-H", "Connection: keep-alive, X-Hop", "-H", "X-Hop: secret",
+               "-H", "Keep-Alive: timeout=5", "-H", "Proxy-Connection: keep-alive",
+               "-H", "TE: trailers", "-H", "X-End: kept", "-H", "x-request-id: abc-123",
+               "http://web:8080/headers")
+    headers = json.loads(out)
+    for hop in ("x-hop", "keep-alive", "proxy-connection", "te"):
+        assert hop not in headers, headers
+    assert headers["x-end"] == "kept" and headers["x-request-id"] == "abc-123"
