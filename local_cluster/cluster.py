@@ -125,6 +125,11 @@ class Cluster:
             except (ManifestError, SpecError, services.VipError, admission.AdmissionDenied,
                     admission.WebhookUnavailable) as e:
                 results.append({"object": manifests.describe(obj), "error": str(e)})
+            except (KeyError, TypeError, ValueError) as e:  # a malformed field deep in a spec
+                log.exception("applying %s failed", manifests.describe(obj))
+                results.append({"object": manifests.describe(obj),
+                                "error": f"{manifests.describe(obj)}: malformed ({type(e).__name__}: "
+                                         f"{e}); see {self.state.daemon_log}"})
         return results
 
     def _require_namespace(self, obj: dict[str, Any]) -> None:
@@ -186,8 +191,11 @@ class Cluster:
             admitted, warnings = await admission.admit(
                 admitted, self.webhook_url, self.state.injector / "ca.crt")
         manifests.check_pod_spec(admitted.get("spec") or {}, manifests.describe(pod))
+        try:
+            runner = self._runner(admitted)  # checks uids and probes before anything is stored
+        except SpecError as e:
+            raise ManifestError(f"{manifests.describe(pod)}: {e}") from None
         self._store(admitted)
-        runner = self._runner(admitted)
         self.runners[(key[1], key[2])] = runner
         runner.start()
         return "created", warnings

@@ -92,6 +92,10 @@ class PodRunner:
         for c in spec["containers"]:
             self.containers[c["name"]] = Container(c["name"], c, APP)
         self.uids = {name: podenv.run_as(spec, c.spec) for name, c in self.containers.items()}
+        for c in self.containers.values():  # a probe on a port that does not exist: refuse now
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if c.spec.get(kind):
+                    probes.parse(c.spec[kind], c.spec, "0.0.0.0")
         self.dirs: dict[str, Path] | None = None  # set once the volumes exist
         self.stopping = False
         self.procs: dict[str, asyncio.subprocess.Process] = {}

@@ -185,6 +185,16 @@ kind: ConfigMap
 metadata: {name: c}
 """)
     assert res.returncode == 1 and "namespace 'ghost' not found" in res.stderr
+    res = lc.ctl("apply", "-f", "-", input="""
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-probe}
+spec:
+  containers:
+  - {name: c, command: [sleep, "1"], readinessProbe: {httpGet: {path: /, port: web}}}
+""")
+    assert res.returncode == 1 and "port 'web' is neither a number nor a named container port" in res.stderr
+    assert lc.pod("default", "bad-probe") is None
     res = lc.ctl("exec", "nosuchpod", "--", "true")
     assert res.returncode == 1 and 'pod "nosuchpod" not found' in res.stderr
     res = lc.ctl("apply", "-f", "-", input="""
