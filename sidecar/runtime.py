@@ -134,14 +134,14 @@ class ProxyRuntime:
     async def start(self) -> None:
         s = self.settings
         self.stopping = asyncio.Event()
+        if s.bootstrap:  # first: a bad bootstrap fails before anything is bound
+            b = load_bootstrap(s.bootstrap)
+            self.apply_certificate_files(str(b.cert_chain), str(b.key), str(b.roots))
+            self.apply_config(b.config)
         self.servers.append(await admin.serve("127.0.0.1", s.admin_port, self._admin))
         self.servers.append(await admin.serve("::", s.health_port, self._health))
         self.servers.append(await admin.serve("::", s.metrics_port, self._metrics))
         self.servers.append(await admin.serve("::", s.agent_port, self._agent))
-        if s.bootstrap:
-            b = load_bootstrap(s.bootstrap)
-            self.apply_certificate_files(str(b.cert_chain), str(b.key), str(b.roots))
-            self.apply_config(b.config)
         self.listeners = [
             Listener("outbound", bind("::", s.outbound_port),
                      lambda c: outbound.on_accept(self, c)),

@@ -180,3 +180,20 @@ def test_proxy_does_not_load_heavy_libraries():
             "{'cryptography', 'aiohttp', 'yaml', 'opentelemetry'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_errors_are_one_line(tmp_path, bin_dir):
+    proxy = str(bin_dir / "remora-proxy")
+    env = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run([proxy], env=env, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and "no configuration source" in r.stderr
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps({"config": {"outbound": [{"service": "x"}]}, "tls": {}}))
+    r = subprocess.run([proxy, "--bootstrap", str(bad)], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"remora-proxy: bootstrap {bad}: config.outbound[0].addresses: required"]
+    r = subprocess.run([proxy, "wait", "--timeout", "0.3", "--health-port", "1"], env=env,
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "not ready after 0.3s" in r.stderr
