@@ -244,9 +244,17 @@ class DiscoveryServer:
             not_after=not_after, ttl_seconds=self.settings.cert_ttl.total_seconds(),
         ))
 
+    async def _close_streams(self, app: web.Application) -> None:
+        # On shutdown, end every stream now (1001: going away): otherwise the server waits for
+        # the proxies to hang up, and they only reconnect once the streams are gone.
+        conns = list(self.connections.values())
+        await asyncio.gather(*(c.ws.close(code=1001, message=b"control plane shutting down")
+                               for c in conns), return_exceptions=True)
+
     def discovery_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(wire.PATH, self.handle)
+        app.on_shutdown.append(self._close_streams)
         return app
 
     # -- monitoring --------------------------------------------------------------------------

@@ -49,6 +49,18 @@ class RunningControlPlane:
     port: int
     monitoring_url: str
     client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext
+    discovery_runner: web.AppRunner | None = None
+
+    async def stop_discovery(self) -> None:
+        """The discovery port goes away (the CA and registry stay): streams are cut."""
+        if self.discovery_runner is not None:
+            await self.discovery_runner.cleanup()
+            self.discovery_runner = None
+
+    async def start_discovery(self) -> None:
+        """Serve discovery again on the same port."""
+        self.discovery_runner, _ = await _serve(self.server.discovery_app(), self.server_ssl, self.port)
 
     def token(self, namespace: str = "shop", sa: str = "reviews", pod: str = "reviews-v1", **kw) -> str:
         return tokens.mint(TOKEN_KEY, namespace, sa, pod, **kw)
@@ -77,26 +89,28 @@ async def start_control_plane(tmp_path: Path) -> AsyncIterator[RunningControlPla
     settings = ServerSettings(cert_ttl=dt.timedelta(seconds=60), debounce_quiet=0.05, debounce_max=1)
     server = DiscoveryServer(ca, LocalTokenAuthenticator(TOKEN_KEY), FilesSource(manifests, 0.05),
                              settings, ca.root_pem.decode())
-    runners = []
-    ports = []
-    for app, tls in ((server.discovery_app(), sctx), (server.monitoring_app(), None)):
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        runners.append(runner)
-        ports.append(site._server.sockets[0].getsockname()[1])
+    discovery, port = await _serve(server.discovery_app(), sctx, 0)
+    monitoring, mport = await _serve(server.monitoring_app(), None, 0)
     tasks = [asyncio.create_task(server.run_source()), asyncio.create_task(server.debouncer.run())]
     cctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
-    cp = RunningControlPlane(server, ca, manifests, tmp_path, ports[0], f"http://127.0.0.1:{ports[1]}", cctx)
+    cp = RunningControlPlane(server, ca, manifests, tmp_path, port, f"http://127.0.0.1:{mport}", cctx,
+                             sctx, discovery)
     await cp.wait(lambda: server.builder is not None)
     try:
         yield cp
     finally:
         for t in tasks:
             t.cancel()
-        for r in runners:
-            await r.cleanup()
+        await cp.stop_discovery()
+        await monitoring.cleanup()
+
+
+async def _serve(app: web.Application, tls: ssl.SSLContext | None, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
 
 
 @dataclass

@@ -138,3 +138,21 @@ async def test_proxy_config_endpoint_shows_what_the_proxy_holds(control_plane: R
                 assert r.status == 404 and "reviews-v1.shop" in (await r.json())["error"]
             async with s.get(cp.monitoring_url + "/metrics") as r:
                 assert "remora_control_certs_issued_total 1" in await r.text()
+
+
+async def test_proxy_keeps_its_config_while_away_and_resyncs(control_plane: RunningControlPlane) -> None:
+    cp = control_plane
+    rt = FakeRuntime()
+    async with running_client(cp, rt) as client:
+        await cp.wait(lambda: rt.configs and rt.certs and "reviews-v1.shop" in cp.server.connections
+                      and cp.server.connections["reviews-v1.shop"].state.status() == "SYNCED")
+        version = client.applied_version
+        await cp.stop_discovery()
+        await cp.wait(lambda: not client.connected)
+        await asyncio.sleep(0.5)  # several reconnect attempts fail meanwhile
+        assert client.applied_version == version and len(rt.configs) == 1
+        await cp.start_discovery()
+        await cp.wait(lambda: client.sessions == 2 and "reviews-v1.shop" in cp.server.connections
+                      and cp.server.connections["reviews-v1.shop"].state.status() == "SYNCED")
+        # Same content, same version: ACKed again without re-applying; certificate still valid.
+        assert len(rt.configs) == 1 and len(rt.certs) == 1
