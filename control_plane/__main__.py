@@ -37,8 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--source", choices=("files", "kube"), default="files")
     p.add_argument("--dir", type=Path, help="manifest directory (--source files)")
     p.add_argument("--kubeconfig", help="kubeconfig file (--source kube; default: in-cluster)")
-    p.add_argument("--ca-dir", type=Path, required=True,
+    p.add_argument("--ca-dir", type=Path,
                    help="CA directory: loaded when it holds ca-key.pem, else a root is generated there")
+    p.add_argument("--ca-secret", metavar="NAMESPACE/NAME",
+                   help="kube mode: keep the CA in this Secret (loaded, or generated and created)")
     p.add_argument("--extra-roots", type=Path,
                    help="PEM file of further trusted roots sent in the trust bundle (root rotation)")
     p.add_argument("--token-key", type=Path, help="local mode: key file that verifies workload tokens")
@@ -59,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.source == "files" and args.dir is None:
         p.error("--source files needs --dir DIR")
+    if (args.ca_dir is None) == (args.ca_secret is None):
+        p.error("give exactly one of --ca-dir DIR or --ca-secret NAMESPACE/NAME")
+    if args.ca_secret and args.source != "kube":
+        p.error("--ca-secret needs --source kube (it lives on the API server)")
     if args.source == "files" and args.token_key is None:
         p.error("--source files (local mode) needs --token-key FILE to verify workload tokens")
     return args
@@ -89,10 +95,6 @@ async def serve(args: argparse.Namespace) -> None:
     from control_plane.ca import CertificateAuthority
     from control_plane.server import DiscoveryServer, ServerSettings
 
-    ca = CertificateAuthority.load_or_generate(args.ca_dir, args.trust_domain)
-    bundle = ca.root_pem.decode()
-    if args.extra_roots:
-        bundle += args.extra_roots.read_text()
     if args.source == "files":
         from control_plane.sources.files import FilesSource
 
@@ -102,6 +104,15 @@ async def serve(args: argparse.Namespace) -> None:
 
         client = api_client(args.kubeconfig)
         source = KubeSource(client)
+    if args.ca_secret:
+        from control_plane.ca_secret import load_or_create, parse_secret_ref
+
+        ca = load_or_create(client, *parse_secret_ref(args.ca_secret), args.trust_domain)
+    else:
+        ca = CertificateAuthority.load_or_generate(args.ca_dir, args.trust_domain)
+    bundle = ca.root_pem.decode()
+    if args.extra_roots:
+        bundle += args.extra_roots.read_text()
     if args.token_key:
         auth = LocalTokenAuthenticator(tokens.load_key(args.token_key))
     else:

@@ -123,3 +123,14 @@ async def test_token_review_refusal_is_the_reason(k8s) -> None:
     install_token_review(k8s)
     with pytest.raises(AuthError, match="not authenticated: token has expired"):
         await TokenReviewAuthenticator(api_client(k8s.kubeconfig)).authenticate("stale")
+
+
+async def test_ca_is_generated_into_a_secret_once_and_loaded_after(k8s) -> None:
+    from control_plane.ca_secret import load_or_create
+
+    k8s.emulator.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=VERBS)
+    client = api_client(k8s.kubeconfig)
+    first = await asyncio.to_thread(load_or_create, client, "remora-system", "remora-ca", "cluster.local")
+    again = await asyncio.to_thread(load_or_create, client, "remora-system", "remora-ca", "cluster.local")
+    assert again.root_pem == first.root_pem  # persisted: a restart keeps the same root
+    assert again.signing_key.private_numbers() == first.signing_key.private_numbers()
