@@ -202,6 +202,7 @@ def test_mesh_config_errors_are_clear(tmp_path: Path, text: str, message: str) -
 
 def test_readme_annotation_table_is_current() -> None:
     assert (REPO / "docs" / "_readme-annotations.md").read_text() == readme_table()
+    assert readme_table() in (REPO / "README.md").read_text(), "paste docs/_readme-annotations.md into README.md"
     documented = (REPO / "docs" / "injection.md").read_text()
     for a in ann.ANNOTATIONS:
         assert f"`{a.key}`" in documented, a.key
