@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from mesh_harness import APP_UID, APPS, CLIENT_ID, PERMISSIVE, Mesh
 
 from control_plane.api import ports
 from control_plane.api.spiffe import spiffe_id
+from control_plane.ca import CertificateAuthority
 
 pytestmark = pytest.mark.root
 MARKER = "remora-secret-marker-7f3a"
@@ -72,5 +74,47 @@ def test_wrong_server_identity_is_refused(node, bin_dir):
         metrics = mesh.proxies["client"].metrics()
         assert 'remora_upstream_connect_errors_total{reason="identity_mismatch"} 1' in metrics
         assert "remora_requests_total{" not in mesh.proxies["server"].metrics()
+    finally:
+        mesh.close()
+
+
+FOREIGN_CLIENT = """
+import socket, ssl, sys
+d = sys.argv[1]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.load_cert_chain(f"{d}/chain.pem", f"{d}/key.pem")
+ctx.set_alpn_protocols(["remora-h1"])
+s = socket.create_connection((sys.argv[2], 8080), timeout=5)
+try:
+    t = ctx.wrap_socket(s)
+    t.sendall(b"GET / HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n")
+    print(t.recv(100) or b"EOF")
+except (ssl.SSLError, OSError) as e:
+    print("refused", type(e).__name__)
+"""
+
+
+def test_client_certificate_from_another_ca_is_refused(node, bin_dir):
+    mesh = _start(node, bin_dir)
+    try:
+        # A workload certificate with a valid-looking identity, signed by a CA the mesh
+        # does not trust, sent straight to the server's inbound side (uid 1337: no sidecar).
+        key, chain = CertificateAuthority.generate().issue(CLIENT_ID)
+        d = mesh.tmp / "foreign"
+        d.mkdir()
+        (d / "key.pem").write_bytes(key)
+        (d / "chain.pem").write_bytes(chain)
+        for f in (d, d / "key.pem", d / "chain.pem"):
+            os.chown(f, ports.PROXY_UID, ports.PROXY_GID)
+        r = mesh.client.exec([sys.executable, "-c", FOREIGN_CLIENT, str(d), mesh.server.ip],
+                             uid=ports.PROXY_UID, timeout=20)
+        # TLS 1.3: the client finishes first, then the server's alert closes it (EOF or alert).
+        assert r.stdout.strip() in ("b'EOF'", "refused SSLError"), r.stdout + r.stderr
+        time.sleep(0.1)
+        assert "remora_requests_total{" not in mesh.proxies["server"].metrics()
+        assert ('remora_upstream_connect_errors_total{reason="downstream_tls_handshake"} 1'
+                in mesh.proxies["server"].metrics())
     finally:
         mesh.close()
