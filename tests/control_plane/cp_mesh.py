@@ -127,6 +127,14 @@ class CpMesh:
 
         return wait_for(synced, timeout, f"{proxy_ids} to be SYNCED", interval=0.3)
 
+    def wait_new_version(self, proxy_id: str, old: str | None, timeout: float = 20) -> dict:
+        """Wait until ``proxy_id`` ACKed a version other than ``old`` (a manifest change landed)."""
+        def changed():
+            st = self.proxy_status().get(proxy_id, {})
+            return st if st.get("status") == "SYNCED" and st.get("acked_version") != old else None
+
+        return wait_for(changed, timeout, f"{proxy_id} to ACK a version other than {old}", interval=0.2)
+
     # -- manifests ---------------------------------------------------------------------------
 
     def apply(self, name: str, *objects: dict) -> None:

@@ -45,8 +45,10 @@ def test_two_namespaces_mtls_new_endpoint_and_strict(node, bin_dir) -> None:
         plain = ["curl", "-sS", "--max-time", "3", f"http://{server.ip}:8080/"]
         assert outsider.exec(plain).stdout.strip() == "server-1"
         # ...STRICT in the server's namespace: it is refused, meshed clients keep working.
+        before = mesh.proxy_status()
         mesh.apply("pa-beta", peer_authentication("default", "beta", "STRICT"))
-        mesh.wait_synced(["server.beta", "server2.beta", "client.alpha"])
+        for p in ("server.beta", "server2.beta"):  # their inbound policy changed
+            mesh.wait_new_version(p, before[p]["acked_version"])
         assert mesh.remoractl("proxy-config", "server.beta").stdout.count("inbound mTLS: STRICT") == 1
         r = outsider.exec(plain)
         assert r.returncode != 0 and "server-1" not in r.stdout
