@@ -109,5 +109,12 @@ def run(args: argparse.Namespace) -> int:
     if code != 200:
         print(f"remoractl: control plane answered {code}: {body}", file=sys.stderr)
         return 1
-    print(json.dumps(body, indent=2) if args.output == "json" else status_table(body["proxies"]))
+    if args.output == "json":
+        print(json.dumps(body, indent=2))
+        return 0
+    print(status_table(body["proxies"]))
+    notes = sorted({n for p in body["proxies"] for n in p.get("unsupported") or []})
+    if notes:
+        print(f"\n{len(notes)} configuration field(s) not implemented yet (no effect):")
+        print("\n".join(f"  {n}" for n in notes))
     return 0

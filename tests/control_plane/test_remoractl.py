@@ -35,6 +35,14 @@ async def test_status_and_config(control_plane: RunningControlPlane) -> None:
         header, row = out.splitlines()
         assert header.split()[:4] == ["NAME", "STATUS", "SENT", "ACKED"]
         assert row.split()[:2] == ["reviews-v1.shop", "SYNCED"]
+        # Fields Remora does not implement show up in the status detail too.
+        (cp.manifests / "dr.yaml").write_text(
+            "kind: DestinationRule\nmetadata: {name: r, namespace: shop}\n"
+            "spec: {host: reviews, trafficPolicy: {tls: {mode: SIMPLE}}}\n")
+        await cp.wait(lambda: state().acked and state().acked.config.unsupported)
+        code, out, _ = await remoractl("proxy-status", *url)
+        assert "1 configuration field(s) not implemented yet" in out
+        assert "DestinationRule/shop/r: spec.trafficPolicy is not implemented yet" in out
         code, out, _ = await remoractl("proxy-config", "reviews-v1", "-n", "shop", *url)
         assert code == 0
         assert "198.19.0.10:9080 http -> reviews.shop.svc.cluster.local" in out
