@@ -31,6 +31,7 @@ from .upstream import Connector, UpstreamError
 
 log = logging.getLogger("remora.http1")
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more is refused with 400
+MAX_RESPONSE_HEAD_BYTES = 256 * 1024  # an upstream sending more gets its connection aborted
 POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
 POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
@@ -67,6 +68,10 @@ class H1Context:
     local_identity: str | None = None
     service: str = ""
     registry: set | None = None  # open downstream connections, for draining idle ones
+    # Outbound: the current router (a config push applies to the next request on an open
+    # connection too) and the original destination that selects the service port in it.
+    current_router: Callable[[], Router] | None = None
+    original_dst: tuple[str, int] | None = None
 
 
 class BadRequest(Exception):
@@ -167,6 +172,7 @@ class H1Upstream(asyncio.Protocol):
         self.started = False  # response bytes seen for the current exchange
         self.tunnel = False
         self.reused = False
+        self.head_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -219,11 +225,15 @@ class H1Upstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.reason = b""
+        self.head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:  # a broken upstream: do not hold it all
+            raise BadRequest("response head too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -298,7 +308,8 @@ class H1Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
-            self.up.transport.write(data)
+            if self.up is not None:
+                self.up.transport.write(data)
             return
         if self.upgrade:  # bytes after an Upgrade request wait for the 101
             self.tunnel_bytes += data
@@ -513,6 +524,9 @@ class H1Downstream(asyncio.Protocol):
         ctx = self.ctx
         timeout = None
         if ctx.direction == OUTBOUND:
+            if ctx.current_router is not None and ctx.current_router() is not ctx.router:
+                ctx.router = ctx.current_router()
+                ctx.outbound_port = ctx.router.lookup(*ctx.original_dst)
             d = ctx.router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
             if d.status:
                 self._local_reply(d.status, d.message)

@@ -64,7 +64,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     if kind == detect.H1:
         ctx = H1Context(OUTBOUND, rt.outbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                         router=router, outbound_port=port, service=port.service,
-                        registry=rt.h1_conns, local_identity=rt.identity)
+                        registry=rt.h1_conns, local_identity=rt.identity,
+                        current_router=lambda: rt.router, original_dst=dst)
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
         return
     if kind == detect.H2 and rt.h2 is not None:
