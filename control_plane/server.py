@@ -60,6 +60,12 @@ class Connection:
         self._wake.set()
 
     async def sender(self) -> None:
+        try:
+            await self._send_loop()
+        except (ConnectionError, RuntimeError) as exc:  # the stream broke; handle() cleans up
+            log.info("stream to %s ended while sending: %s", self.state.proxy_id, exc)
+
+    async def _send_loop(self) -> None:
         while not self.ws.closed:
             await self._wake.wait()
             self._wake.clear()
@@ -148,6 +154,8 @@ class DiscoveryServer:
                 await self._on_message(conn, msg.get("token", ""), frame.data)
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception:  # a bug: drop this stream (the proxy reconnects), keep the server
+            log.exception("stream from %s failed", peer)
         finally:
             if sender is not None:
                 sender.cancel()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.api import discovery as wire
-from control_plane.api.model import ConfigError, ProxyConfig
+from control_plane.api.model import ProxyConfig
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
 from control_plane.api.wsclient import WebSocket, WebSocketError, connect
 
@@ -202,7 +202,7 @@ class DiscoveryClient:
             result = self.runtime.apply_config(cfg)
             if inspect.isawaitable(result):
                 await result
-        except (ConfigError, ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # ConfigError, ValueError from the runtime, or anything else
             reason = str(exc) or type(exc).__name__
             log.error("rejected configuration %s (keeping %s): %s", version, self.applied_version, reason)
             await ws.send_text(wire.encode(wire.NACK, version=version, reason=reason))
@@ -252,9 +252,15 @@ class DiscoveryClient:
             return
         key = key_path.read_bytes()
         chain, roots = str(msg["chain"]).encode(), str(msg["roots"]).encode()
-        result = self.runtime.apply_certificate(key, chain, roots)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = self.runtime.apply_certificate(key, chain, roots)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # keep the current certificate; the renew loop asks again
+            log.error("cannot install the certificate (keeping the current one): %s", exc)
+            key_path.unlink(missing_ok=True)
+            self._csr_pending = None
+            return
         # Keep the current key/cert in the workdir (for inspection); drop older pending keys.
         os.replace(key_path, self.dir / "key.pem")
         (self.dir / "cert-chain.pem").write_bytes(chain)

@@ -126,7 +126,12 @@ class FakeRuntime:
             raise ValueError(self.reject)
         self.configs.append(cfg)
 
+    cert_failures: int = 0  # refuse this many certificates first
+
     def apply_certificate(self, key_pem: bytes, chain_pem: bytes, roots_pem: bytes) -> None:
+        if self.cert_failures:
+            self.cert_failures -= 1
+            raise ValueError("certificate does not load")
         self.certs.append((key_pem, chain_pem, roots_pem))
 
 

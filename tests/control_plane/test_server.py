@@ -156,3 +156,15 @@ async def test_proxy_keeps_its_config_while_away_and_resyncs(control_plane: Runn
                       and cp.server.connections["reviews-v1.shop"].state.status() == "SYNCED")
         # Same content, same version: ACKed again without re-applying; certificate still valid.
         assert len(rt.configs) == 1 and len(rt.certs) == 1
+
+
+async def test_certificate_that_does_not_install_is_asked_again(control_plane, monkeypatch) -> None:
+    import sidecar.discovery
+
+    monkeypatch.setattr(sidecar.discovery, "CSR_RETRY", 0.1)
+    cp = control_plane
+    rt = FakeRuntime(cert_failures=1)
+    async with running_client(cp, rt) as client:
+        await cp.wait(lambda: rt.certs)
+        assert cp.server.metrics["certs_issued"] == 2 and client.sessions == 1
+        assert sorted(p.name for p in client.dir.glob("key*.pem")) == ["key.pem"]  # no stale keys
