@@ -86,13 +86,14 @@ class DiscoverySettings:
         )
 
 
-def settings_from_proxy(s: Any) -> DiscoverySettings:
-    """Map the proxy's own ``sidecar.settings.Settings`` onto the environment names above."""
+def settings_from_proxy(s: Any, workdir: str = "") -> DiscoverySettings:
+    """Map the proxy's own ``sidecar.settings.Settings`` onto the environment names above
+    (``workdir``: the runtime's own, used when the settings name none)."""
     env = {
         "REMORA_CONTROL_PLANE": s.control_plane, "POD_NAME": s.pod_name,
         "POD_NAMESPACE": s.pod_namespace, "POD_IP": s.pod_ip, "SERVICE_ACCOUNT": s.service_account,
         "REMORA_TOKEN_FILE": s.token_file, "REMORA_TRUST_ROOT": s.trust_root,
-        "REMORA_WORKDIR": s.workdir or os.environ.get("REMORA_WORKDIR", ""),
+        "REMORA_WORKDIR": s.workdir or workdir,
         "REMORA_TRUST_DOMAIN": s.trust_domain,
         "REMORA_CONTROL_PLANE_SAN": os.environ.get("REMORA_CONTROL_PLANE_SAN", ""),
     }
@@ -284,7 +285,7 @@ async def run_discovery(runtime: Any, settings: Any = None) -> None:
         if settings is None:
             settings = DiscoverySettings.from_env()
         elif not isinstance(settings, DiscoverySettings):
-            settings = settings_from_proxy(settings)
+            settings = settings_from_proxy(settings, str(getattr(runtime, "workdir", "") or ""))
     except ValueError as exc:
         log.error("control-plane client: %s", exc)
         stop = getattr(runtime, "stop", None)

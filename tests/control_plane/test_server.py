@@ -168,3 +168,16 @@ async def test_certificate_that_does_not_install_is_asked_again(control_plane, m
         await cp.wait(lambda: rt.certs)
         assert cp.server.metrics["certs_issued"] == 2 and client.sessions == 1
         assert sorted(p.name for p in client.dir.glob("key*.pem")) == ["key.pem"]  # no stale keys
+
+
+def test_settings_from_the_environment_name_what_is_missing(tmp_path) -> None:
+    from sidecar.discovery import DiscoverySettings
+
+    env = {"REMORA_CONTROL_PLANE": "198.18.0.1:15012", "POD_NAME": "p", "POD_NAMESPACE": "ns",
+           "REMORA_TOKEN_FILE": "/t", "REMORA_TRUST_ROOT": "/r", "REMORA_WORKDIR": str(tmp_path)}
+    s = DiscoverySettings.from_env(env)
+    assert (s.host, s.port, s.service_account, s.trust_domain) == ("198.18.0.1", 15012, "default", "cluster.local")
+    with pytest.raises(ValueError, match="REMORA_TOKEN_FILE is not set"):
+        DiscoverySettings.from_env({k: v for k, v in env.items() if k != "REMORA_TOKEN_FILE"})
+    with pytest.raises(ValueError, match="expected host:port"):
+        DiscoverySettings.from_env({**env, "REMORA_CONTROL_PLANE": "host:port"})
