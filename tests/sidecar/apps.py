@@ -36,7 +36,9 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def headers(request: web.Request) -> web.Response:
-    return web.json_response({k.lower(): v for k, v in request.headers.items()})
+    # The request headers, and under "_remote" the address the connection came from.
+    return web.json_response({**{k.lower(): v for k, v in request.headers.items()},
+                              "_remote": request.remote})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:

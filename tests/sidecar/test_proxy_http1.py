@@ -36,6 +36,7 @@ def test_keepalive_requests_and_identity(mesh):
     # The server side learnt the client's SPIFFE identity from its certificate.
     assert f"URI={CLIENT_ID}" in headers["x-forwarded-client-cert"]
     assert headers["x-request-id"]
+    assert headers["_remote"] == "127.0.0.6"  # the inbound hop leaves from the passthrough source
     for _ in range(3):  # new app connections each time: the proxy-to-proxy one is reused
         assert curl(mesh, "http://web:8080/") == "hello from server\n"
     metrics = mesh.proxies["server"].metrics()

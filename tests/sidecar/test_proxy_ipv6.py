@@ -25,6 +25,7 @@ def test_http_and_tcp_over_ipv6(node, bin_dir):
         headers = json.loads(r.stdout)
         assert headers["host"] == "web6:8080"
         assert f"URI={CLIENT_ID}" in headers["x-forwarded-client-cert"]
+        assert headers["_remote"] == "::6"
         r = mesh.client.exec(["bash", "-c", "printf abc | socat -t5 - TCP6:upper6:2600,shut-down"],
                              uid=APP_UID, timeout=15)
         assert r.stdout == "ABC", r.stderr + mesh.logs()
