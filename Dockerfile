@@ -17,7 +17,7 @@ FROM python:3.11-slim
 # iptables brings libip4tc/libip6tc and the legacy tables that python-iptables (remora-init)
 # writes; the alternatives switch makes `iptables` show the same tables when debugging.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables \
+ && apt-get install -y --no-install-recommends iptables iproute2 \
  && update-alternatives --set iptables /usr/sbin/iptables-legacy \
  && update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy \
  && rm -rf /var/lib/apt/lists/*

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from . import apply, verify
+from . import apply, loopback, verify
 from .config import Action, ConfigError, Invocation, parse_invocation
 from .errors import InitError
 from .plan import Family, Plan, build_plan
@@ -103,6 +103,8 @@ def _write_family(inv: Invocation, family: Family, cleanup: bool) -> None:
     if cleanup and not apply.nat_available(iptc, family):
         return  # no nat table, so nothing of ours to remove
     plan = Plan.empty(family) if cleanup else build_plan(inv.config, family)
+    if family == 6 and not cleanup:
+        loopback.ensure_passthrough_address()
     apply.apply_plan(iptc, plan)
 
 

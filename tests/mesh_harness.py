@@ -118,10 +118,6 @@ class Mesh:
             for pod in (client, server):
                 pod.exec([str(bin_dir / "remora-init"), "--proxy-uid", str(ports.PROXY_UID),
                           "--proxy-gid", str(ports.PROXY_GID)], check=True)
-                # The inbound hop to an IPv6 app leaves from ::6, which (unlike 127.0.0.6)
-                # must be put on lo for the answers to come back, as Istio's init does.
-                # Done here until remora-init does it.
-                pod.exec(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"], check=True)
             client.write_hosts({s.name: s.vip for s in services})
             client_cfg = mesh._client_config(expect_identity, opaque_ports)
             server_cfg = {"inbound": {"mtls_mode": mtls_mode}, "opaque_ports": list(opaque_ports)}

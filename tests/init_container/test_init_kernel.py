@@ -157,3 +157,13 @@ def test_verify_fails_when_nothing_is_in_place(node: Node) -> None:
     res = run_init(a, "--verify")
     assert res.returncode == 1
     assert "IPv4 chain REMORA_INBOUND is missing" in res.stderr
+
+
+def test_ipv6_puts_the_passthrough_address_on_lo(node: Node) -> None:
+    """The inbound hop to an IPv6 app leaves from ::6; its answers must come back to lo."""
+    pod = node.add_pod("p")
+    assert "::6/128" not in pod.exec(["ip", "-6", "addr", "show", "dev", "lo"]).stdout
+    for _ in range(2):  # idempotent
+        init_ok(pod)
+        assert "::6/128" in pod.exec(["ip", "-6", "addr", "show", "dev", "lo"]).stdout
+    init_ok(pod, "--no-ipv6")
