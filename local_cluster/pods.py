@@ -350,7 +350,7 @@ class PodRunner:
             p = probes.parse(startup, spec, self.ip)
             await asyncio.sleep(p.initial_delay)
             failures = 0
-            while (err := await probes.check(p, self.netns)) is not None:
+            while (err := await probes.check(p, self.host.node_netns)) is not None:
                 failures += 1
                 c.probe_error = f"startup probe: {err}"
                 if failures >= p.failure_threshold:
@@ -373,7 +373,7 @@ class PodRunner:
         await asyncio.sleep(p.initial_delay)
         ok = fail = 0
         while True:
-            err = await probes.check(p, self.netns)
+            err = await probes.check(p, self.host.node_netns)
             ok, fail = (ok + 1, 0) if err is None else (0, fail + 1)
             c.probe_error = f"readiness probe: {err}" if err else ""
             ready = c.ready
@@ -394,7 +394,7 @@ class PodRunner:
         await asyncio.sleep(p.initial_delay)
         fail = 0
         while True:
-            err = await probes.check(p, self.netns)
+            err = await probes.check(p, self.host.node_netns)
             fail = 0 if err is None else fail + 1
             if fail >= p.failure_threshold:
                 self._log_line(c, f"remora-local: liveness probe failed, restarting: {err}")

@@ -1,4 +1,6 @@
-"""Startup, readiness and liveness probes, run by the daemon from inside the pod's namespace.
+"""Startup, readiness and liveness probes, run by the daemon from the node's namespace to the pod
+IP, where a kubelet probes from (so, as in a real cluster, STRICT mTLS refuses a probe that the
+injector did not rewrite to the proxy's :15020).
 
 httpGet and tcpSocket are run as the kubelet runs them. exec and grpc probes are not run by
 the local cluster: they count as passing, and the daemon logs that once per container.
