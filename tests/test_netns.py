@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from local_cluster import netns
@@ -59,6 +61,11 @@ def test_destroy_removes_everything() -> None:
     n = netns.Node.create(netns.new_prefix("cleanup"))
     pod = n.add_pod("x")
     sleeper = pod.spawn(["sleep", "300"])
+    # Destroy only once the process is inside (ip netns exec may not have entered it yet).
+    deadline = time.monotonic() + 10
+    while sleeper.pid not in netns.netns_pids(pod.netns) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sleeper.pid in netns.netns_pids(pod.netns)
     n.destroy()
     sleeper.wait(5)
     assert not [ns for ns in netns.list_netns() if ns.startswith(n.prefix)]
