@@ -1,15 +1,28 @@
-"""The benchmark's app: nginx with one worker serving a 1,024-byte body with keep-alive."""
+"""The benchmark's app: nginx with one worker serving a 1,024-byte body with keep-alive (HTTP/1.1
+on one port, optionally the same over h2c and a large file for bulk transfers on others)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+BULK_NAME = "bulk"
 
-def write_site(directory: Path, port: int, body_bytes: int = 1024) -> Path:
+
+def write_site(directory: Path, port: int, body_bytes: int = 1024, *, h2_port: int | None = None,
+               bulk_port: int | None = None, bulk_bytes: int = 1 << 30) -> Path:
     """Write nginx.conf and the document root under ``directory``; returns the config path."""
     root = directory / "www"
     root.mkdir(parents=True, exist_ok=True)
     (root / "1k").write_bytes(b"x" * body_bytes)
+    if bulk_port:
+        # Sparse: served from the page cache, so the disk never limits the transfer.
+        subprocess.run(["truncate", "-s", str(bulk_bytes), str(root / BULK_NAME)], check=True)
+    listens = f"    listen {port} reuseport;\n"
+    if h2_port:
+        listens += f"    listen {h2_port} http2 reuseport;\n"
+    if bulk_port:
+        listens += f"    listen {bulk_port} reuseport;\n"
     conf = directory / "nginx.conf"
     conf.write_text(f"""worker_processes 1;
 daemon off;
@@ -18,6 +31,7 @@ error_log {directory}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  sendfile on;
   keepalive_requests 10000000;
   keepalive_timeout 120s;
   client_body_temp_path {directory}/body;
@@ -26,8 +40,7 @@ http {{
   uwsgi_temp_path {directory}/uwsgi;
   scgi_temp_path {directory}/scgi;
   server {{
-    listen {port} reuseport;
-    root {root};
+{listens}    root {root};
     location / {{ default_type application/octet-stream; }}
   }}
 }}

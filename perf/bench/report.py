@@ -30,54 +30,178 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    try:  # numbers from uncommitted code say so
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip())
+    except OSError:
+        dirty = None
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "git_revision": rev}
+            "python": platform.python_version(), "git_revision": rev, "git_dirty": dirty,
+            "load_average_at_start": os.getloadavg()}
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
+    return "—" if v is None else f"{v:,.{digits}f}"
 
 
 def _mark(ok: bool | None) -> str:
     return "" if ok is None else (" ✅" if ok else " ❌")
 
 
-def markdown(results: dict) -> str:
-    """One row per scenario; target cells carry met (✅) or missed (❌)."""
-    by = {r["scenario"]: r for r in results["scenarios"] if "error" not in r}
-    direct = by.get("direct")
-    haproxy = by.get("haproxy")
+def _each(values: dict[str, float], digits: int, limit: float | None = None) -> str:
+    """"client: 1.2 ✅, server: 1.3 ✅" (proxy names without the "proxy-" prefix)."""
+    return ", ".join(
+        f"{k.removeprefix('proxy-')}: {_fmt(v, digits)}"
+        f"{_mark(v <= limit if limit is not None else None)}" for k, v in values.items()
+    ) or "—"
+
+
+def _ok(r: dict) -> dict[str, dict]:
+    return {x["scenario"]: x for x in r["scenarios"] if "error" not in x}
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets for the mesh scenario, each with its measured value and met or not."""
+    by = _ok(results)
+    mesh, direct, ha = by.get("mesh"), by.get("direct"), by.get("haproxy")
+    if not mesh:
+        return []
+    out = []
+
+    def add(name: str, value: str, ok: bool | None) -> None:
+        out.append({"target": name, "measured": value, "met": ok})
+
+    if direct:
+        added = mesh["latency"]["service"]["p99_ms"] - direct["latency"]["service"]["p99_ms"]
+        add(f"p99 added by two proxies at {mesh['latency']['rate']:.0f} req/s "
+            f"≤ {TARGET_P99_ADDED_MS:g} ms", f"{added:+.2f} ms", added <= TARGET_P99_ADDED_MS)
+    if ha:
+        ratio = mesh["throughput"]["rps_median"] / ha["throughput"]["rps_median"]
+        add(f"mesh max throughput ≥ {TARGET_THROUGHPUT_VS_HAPROXY:.0%} of the HAProxy pair's",
+            f"{ratio:.0%} ({mesh['throughput']['rps_median']:,.0f} vs "
+            f"{ha['throughput']['rps_median']:,.0f} req/s)", ratio >= TARGET_THROUGHPUT_VS_HAPROXY)
+    vcpu = mesh["latency"]["vcpu_per_1k_rps"]
+    add(f"≤ {TARGET_VCPU_PER_1K} vCPU per 1,000 req/s per proxy", _each(vcpu, 3),
+        all(v <= TARGET_VCPU_PER_1K for v in vcpu.values()))
+    idle = mesh["rss_idle_mb"]
+    add(f"proxy RSS idle ≤ {TARGET_RSS_IDLE_MB:g} MB", _each(idle, 1),
+        all(v <= TARGET_RSS_IDLE_MB for v in idle.values()))
+    load = mesh["latency"]["rss_load_mb"]
+    add(f"proxy RSS at {mesh['latency']['rate']:.0f} req/s ≤ {TARGET_RSS_LOAD_MB:g} MB",
+        _each(load, 1), all(v <= TARGET_RSS_LOAD_MB for v in load.values()))
+    return out
+
+
+def _http1_table(by: dict[str, dict]) -> list[str]:
+    direct, ha = by.get("direct"), by.get("haproxy")
     lines = [
-        "| scenario | max req/s (median) | vs HAProxy | p50 / p90 / p99 at 1k req/s (ms) | p99 added over direct (ms) | vCPU per 1k req/s, each proxy | RSS idle / at 1k req/s (MB), each proxy |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | max req/s, median (runs) | vs HAProxy | vs direct "
+        "| p50 / p90 / p99 at 1k req/s (ms) | added over direct p50 / p99 (ms) "
+        "| CPU s per 1k req at max, each proxy | vCPU per 1k req/s, each proxy "
+        "| RSS idle / at 1k req/s / at max (MB), each proxy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in by.items():
-        thr = r.get("throughput", {}).get("rps_median")
-        ratio = thr / haproxy["throughput"]["rps_median"] if haproxy and thr else None
-        lat = r.get("latency", {}).get("service", {})
-        added = (lat["p99_ms"] - direct["latency"]["service"]["p99_ms"]) if direct and lat else None
-        is_mesh = name.startswith("mesh")
-        vcpu = r.get("latency", {}).get("vcpu_per_1k_rps", {})
-        rss_i = r.get("rss_idle_mb", {})
-        rss_l = r.get("latency", {}).get("rss_load_mb", {})
-        cpu_cell = ", ".join(
-            f"{k}: {_fmt(v, 3)}{_mark(v <= TARGET_VCPU_PER_1K if is_mesh else None)}" for k, v in vcpu.items()
-        ) or "—"
-        rss_cell = ", ".join(
-            f"{k}: {_fmt(rss_i.get(k), 1)}{_mark(rss_i.get(k, 0) <= TARGET_RSS_IDLE_MB if is_mesh else None)}"
-            f" / {_fmt(rss_l.get(k), 1)}{_mark(rss_l.get(k, 0) <= TARGET_RSS_LOAD_MB if is_mesh else None)}"
-            for k in rss_i
-        ) or "—"
+        if r.get("kind", "http1") != "http1":
+            continue
+        mesh = name == "mesh"
+        thr = r["throughput"]
+        rps = thr["rps_median"]
+        runs = ", ".join(f"{x:,.0f}" for x in thr["rps_runs"])
+        ratio = rps / ha["throughput"]["rps_median"] if ha else None
+        vs_direct = rps / direct["throughput"]["rps_median"] if direct else None
+        lat = r["latency"]["service"]
+        pcts = " / ".join(_fmt(lat[k]) for k in ("p50_ms", "p90_ms", "p99_ms"))
+        added = "—"
+        if direct and name != "direct":
+            d = direct["latency"]["service"]
+            a99 = lat["p99_ms"] - d["p99_ms"]
+            added = (f"{lat['p50_ms'] - d['p50_ms']:+.2f} / {a99:+.2f}"
+                     f"{_mark(a99 <= TARGET_P99_ADDED_MS if mesh else None)}")
+        idle, load = r["rss_idle_mb"], r["latency"]["rss_load_mb"]
+        peak = thr.get("rss_peak_mb", {})
+        rss = ", ".join(
+            f"{k.removeprefix('proxy-')}: {_fmt(idle[k], 1)}"
+            f"{_mark(idle[k] <= TARGET_RSS_IDLE_MB if mesh else None)}"
+            f" / {_fmt(load[k], 1)}{_mark(load[k] <= TARGET_RSS_LOAD_MB if mesh else None)}"
+            f" / {_fmt(peak.get(k), 1)}" for k in idle) or "—"
         lines.append(
-            f"| {name} | {_fmt(thr, 0)} | "
-            f"{_fmt(ratio) if ratio else '—'}{_mark(ratio >= TARGET_THROUGHPUT_VS_HAPROXY if is_mesh and ratio else None)} | "
-            f"{' / '.join(_fmt(lat.get(k)) for k in ('p50_ms', 'p90_ms', 'p99_ms')) if lat else '—'} | "
-            f"{_fmt(added)}{_mark(added <= TARGET_P99_ADDED_MS if is_mesh and added is not None else None)} | "
-            f"{cpu_cell} | {rss_cell} |"
-        )
+            f"| {name} | {rps:,.0f} ({runs}) "
+            f"| {_fmt(ratio)}{_mark(ratio >= TARGET_THROUGHPUT_VS_HAPROXY if mesh and ratio else None)} "
+            f"| {_fmt(vs_direct)} | {pcts} | {added} | {_each(thr['cpu_s_per_1k_req'], 3)} "
+            f"| {_each(r['latency']['vcpu_per_1k_rps'], 3, TARGET_VCPU_PER_1K if mesh else None)} "
+            f"| {rss} |")
+    return lines
+
+
+# HTTP/2 and opaque TCP: (kind, baseline scenario, title, rate column, its keys, CPU column).
+_KIND_TABLES = (
+    ("h2", "direct-h2", "HTTP/2 (h2c prior knowledge to the app; mTLS between the proxies)",
+     "req/s", "rps_median", "rps_runs", "CPU s per 1k req", "cpu_s_per_1k_req"),
+    ("tcp", "direct-tcp", "Opaque TCP (one large transfer per run, curl to /dev/null)",
+     "MB/s", "mb_per_s_median", "mb_per_s_runs", "CPU s per GB", "cpu_s_per_gb"),
+)
+
+
+def _other_tables(by: dict[str, dict]) -> list[str]:
+    lines = []
+    for kind, base_name, title, unit, median, runs, cpu_title, cpu in _KIND_TABLES:
+        rows = [(n, r) for n, r in by.items() if r.get("kind") == kind]
+        if not rows:
+            continue
+        base = by.get(base_name)
+        lines += ["", f"{title}:", "",
+                  f"| scenario | {unit}, median (runs) | vs direct | {cpu_title}, each proxy "
+                  "| RSS idle / peak (MB), each proxy |", "|---|---|---|---|---|"]
+        for n, r in rows:
+            x = r[kind]
+            ratio = x[median] / base[kind][median] if base else None
+            rss = ", ".join(f"{k.removeprefix('proxy-')}: {_fmt(v, 1)} / "
+                            f"{_fmt(x['rss_peak_mb'].get(k), 1)}"
+                            for k, v in r["rss_idle_mb"].items()) or "—"
+            lines.append(f"| {n} ({x['how']}) | {x[median]:,.0f} "
+                         f"({', '.join(f'{v:,.0f}' for v in x[runs])}) | {_fmt(ratio)} "
+                         f"| {_each(x[cpu], 3)} | {rss} |")
+    cp = by.get("cp")
+    if cp:
+        lines += ["", "Control plane (simulated proxies over mTLS WebSocket; change = manifest "
+                  "write, includes the 0.2 s file poll and 0.1 s debounce):", "",
+                  "| proxies | change → all ACKed, median (max) s | control-plane RSS before / "
+                  "connected (MB) | RSS per connected proxy (KB) |", "|---|---|---|---|"]
+        for x in cp["cp"]:
+            lines.append(f"| {x['proxies']:,} | {x['median_seconds']:.2f} ({x['max_seconds']:.2f}) "
+                         f"| {x['control_plane_rss_mb_before']:.1f} / "
+                         f"{x['control_plane_rss_mb_connected']:.1f} | {x['rss_kb_per_proxy']:.0f} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """Targets first (✅ met, ❌ missed), then one table per kind of traffic."""
+    by = _ok(results)
+    m = results.get("machine", {})
+    lines = [f"Run {results.get('started', '')}, git {m.get('git_revision', '')[:10]}, "
+             f"{m.get('cores')} cores ({m.get('cpu', '')}), params: "
+             + ", ".join(f"{k}={v}" for k, v in results.get("params", {}).items()
+                         if k != "profile_dir"), ""]
+    goals = targets(results)
+    if goals:
+        lines += ["| target (mesh) | measured | met |", "|---|---|---|"]
+        lines += [f"| {g['target']} | {g['measured']} | {'✅' if g['met'] else '❌'} |"
+                  for g in goals]
+        lines.append("")
+    if any(r.get("kind", "http1") == "http1" for r in by.values()):
+        lines += ["HTTP/1.1 keep-alive, 1 KB responses:", ""] + _http1_table(by)
+    lines += _other_tables(by)
+    reuse = by.get("mesh", {}).get("throughput", {}).get("server_tls_handshakes")
+    if reuse:
+        flat = reuse["before"] == reuse["after"]
+        lines += ["", f"Proxy-to-proxy connection reuse: the server proxy's TLS handshakes went "
+                  f"{reuse['before']} → {reuse['after']} over the max-throughput runs"
+                  f"{' (flat: pooled connections reused)' if flat else ' (NOT flat: reconnecting)'}."]
     for r in results["scenarios"]:
         if "error" in r:
-            lines.append(f"| {r['scenario']} | failed: {r['error'][:120]} | | | | | |")
+            lines.append(f"\n{r['scenario']}: failed: {r['error'][:300]}")
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +214,7 @@ def chart(results: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in results["scenarios"] if "error" not in r and "latency" in r]
+    rows = [r for r in results["scenarios"] if "error" not in r and "latency" in r]  # HTTP/1.1
     if not rows:
         return None
     names = [r["scenario"] for r in rows]
@@ -116,6 +240,7 @@ def chart(results: dict, path: Path) -> Path | None:
 def write(results: dict, out_dir: Path, stem: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
+    results = {**results, "targets": targets(results)}
     paths["json"].write_text(json.dumps(results, indent=1) + "\n")
     paths["md"].write_text(markdown(results))
     png = chart(results, out_dir / f"{stem}.png")

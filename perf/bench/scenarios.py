@@ -2,33 +2,77 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.ca import CertificateAuthority
+from local_cluster.meshpair import Mesh, Service
 from perf.bench import certs, haproxy, nginx
 from perf.bench.procstat import wait_for_port
-from perf.bench.topology import APP_PORT, SERVER_CORE, Topology, port_open
+from perf.bench.topology import (
+    APP_PORT,
+    BULK_PORT,
+    H2_PORT,
+    SERVER_CORE,
+    Topology,
+    pin,
+    port_open,
+    python,
+)
+
+HTTP1, H2, TCP = "http1", "h2", "tcp"  # what the runner measures: wrk + fixed rate, h2load, bulk
 
 
 @dataclass
 class Target:
     url: str  # what the load generator in the client pod requests
+    kind: str = HTTP1
     proxies: dict[str, int] = field(default_factory=dict)  # name -> pid, measured for CPU and RSS
     handshake_counter: Callable[[], int] | None = None  # server side TLS handshakes so far
 
 
-def start_app(topo: Topology) -> None:
-    conf = nginx.write_site(topo.workdir / "nginx", APP_PORT)
+def start_app(topo: Topology, kind: str = HTTP1) -> int:
+    """nginx in the server pod, on the port that ``kind`` loads; returns that port."""
+    port = {HTTP1: APP_PORT, H2: H2_PORT, TCP: BULK_PORT}[kind]
+    conf = nginx.write_site(topo.workdir / "nginx", APP_PORT, h2_port=H2_PORT if kind == H2 else None,
+                            bulk_port=BULK_PORT if kind == TCP else None)
     topo.spawn(topo.server, ["nginx", "-c", str(conf)], core=SERVER_CORE, log="nginx")
-    wait_for_port(lambda: port_open(topo.server, "127.0.0.1", APP_PORT))
+    wait_for_port(lambda: port_open(topo.server, "127.0.0.1", port))
+    return port
 
 
-def direct(topo: Topology) -> Target:
-    start_app(topo)
-    return Target(url=f"http://{topo.server.ip}:{APP_PORT}/1k")
+def _path(kind: str) -> str:
+    return f"/{nginx.BULK_NAME}" if kind == TCP else "/1k"
+
+
+def direct(topo: Topology, kind: str = HTTP1) -> Target:
+    port = start_app(topo, kind)
+    return Target(url=f"http://{topo.server.ip}:{port}{_path(kind)}", kind=kind)
+
+
+def server_handshakes(mesh: Mesh) -> int:
+    """TLS handshakes the server-side proxy has accepted (flat during a run = pooled)."""
+    m = re.search(r'remora_tls_handshakes_total\{side="server"\} (\d+)',
+                  mesh.proxies["server"].metrics())
+    return int(m.group(1)) if m else -1
+
+
+def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
+    """The two pods meshed (remora-init + remora-proxy from static bootstraps, STRICT mTLS):
+    the load generator (uid 1000) calls the service VIP, which the client pod intercepts."""
+    port = start_app(topo, kind)
+    protocol = {HTTP1: "http", H2: "http2", TCP: "tcp"}[kind]
+    mesh = Mesh.start(topo.node, Path(python()).parent, [Service("web", port, protocol)],
+                      opaque_ports=[port] if kind == TCP else (), pods=(topo.client, topo.server))
+    topo.cleanups.append(mesh.close)
+    procs = {f"proxy-{name}": h.proc.pid for name, h in mesh.proxies.items()}
+    for pid in procs.values():
+        pin(pid, SERVER_CORE)
+    return Target(url=f"http://web:{port}{_path(kind)}", kind=kind, proxies=procs,
+                  handshake_counter=lambda: server_handshakes(mesh))
 
 
 def haproxy_pair(topo: Topology) -> Target:
@@ -54,6 +98,11 @@ def haproxy_pair(topo: Topology) -> Target:
 SCENARIOS: dict[str, Callable[[Topology], Target]] = {
     "direct": direct,
     "haproxy": haproxy_pair,
+    "mesh": mesh_pair,
+    "direct-h2": lambda topo: direct(topo, H2),
+    "mesh-h2": lambda topo: mesh_pair(topo, H2),
+    "direct-tcp": lambda topo: direct(topo, TCP),
+    "mesh-tcp": lambda topo: mesh_pair(topo, TCP),
 }
 
 

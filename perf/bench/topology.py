@@ -11,13 +11,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_cluster import netns
 
-APP_PORT = 8080
+APP_PORT = 8080  # HTTP/1.1, 1 KB responses
+H2_PORT = 8081  # the same app over HTTP/2 (h2c, prior knowledge)
+BULK_PORT = 9000  # a large file for the opaque TCP transfer
 LOAD_UID = 1000  # the load generator runs as an ordinary app uid (intercepted when meshed)
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -30,6 +32,7 @@ class Topology:
     server: netns.Pod
     workdir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run first, last added first
 
     @classmethod
     def create(cls) -> Topology:
@@ -57,6 +60,8 @@ class Topology:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def destroy(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()
         for proc in reversed(self.procs):
             netns.stop_process(proc)
         self.node.destroy()
@@ -66,6 +71,12 @@ class Topology:
 def port_open(pod: netns.Pod, host: str, port: int) -> bool:
     probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=0.5).close()"
     return pod.exec(["python3", "-c", probe], timeout=10).returncode == 0
+
+
+def pin(pid: int, core: int) -> None:
+    """Pin every thread of a running process (the proxies start unpinned)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True,
+                   capture_output=True)
 
 
 def python() -> str:
