@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
+    from .memtune import tune_malloc
     from .runtime import ProxyRuntime
+
+    tune_malloc()
 
     async def _main() -> int:
         rt = ProxyRuntime(s)
