@@ -99,7 +99,7 @@ def _http1(name: str, topo: Topology, target: Target, p: Params) -> dict:
     hs0 = target.handshake_counter() if target.handshake_counter else None
     with _Peaks(target) as peaks:
         reps = _repeat(target, p.repeats, lambda: wrk(p.duration),
-                       lambda r: r["rps"] * p.duration, 1000)
+                       lambda r: r["requests"], 1000)
     thr = {"rps_median": statistics.median(r["rps"] for r in reps),
            "rps_runs": [r["rps"] for r in reps], "errors": sum(r["errors"] for r in reps),
            "cpu_s_per_1k_req": _median_cpu(target, reps), "rss_peak_mb": peaks.mb(),
@@ -107,7 +107,7 @@ def _http1(name: str, topo: Topology, target: Target, p: Params) -> dict:
     if hs0 is not None:
         thr["server_tls_handshakes"] = {"before": hs0, "after": target.handshake_counter()}
     result = {"throughput": thr}
-    if target.proxies and p.profile_seconds > 0 and p.profile_dir:
+    if target.python_proxies and p.profile_seconds > 0 and p.profile_dir:
         result["profiles"] = _profile(name, target, p, wrk)
     result["latency"] = _fixed_rate(topo, target, p)
     return result

@@ -32,6 +32,7 @@ class Target:
     kind: str = HTTP1
     proxies: dict[str, int] = field(default_factory=dict)  # name -> pid, measured for CPU and RSS
     handshake_counter: Callable[[], int] | None = None  # server side TLS handshakes so far
+    python_proxies: bool = False  # the proxies are Python processes: py-spy can profile them
 
 
 def start_app(topo: Topology, kind: str = HTTP1) -> int:
@@ -72,7 +73,7 @@ def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
     for pid in procs.values():
         pin(pid, SERVER_CORE)
     return Target(url=f"http://web:{port}{_path(kind)}", kind=kind, proxies=procs,
-                  handshake_counter=lambda: server_handshakes(mesh))
+                  handshake_counter=lambda: server_handshakes(mesh), python_proxies=True)
 
 
 def haproxy_pair(topo: Topology) -> Target:

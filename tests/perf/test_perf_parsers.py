@@ -32,7 +32,7 @@ status codes: 8653 2xx, 0 3xx, 0 4xx, 0 5xx
 
 
 def test_wrk_rate_and_errors() -> None:
-    assert parse_wrk(WRK) == {"rps": 55122.40, "errors": 3}
+    assert parse_wrk(WRK) == {"rps": 55122.40, "requests": 275612, "errors": 3}
 
 
 def test_wrk_without_result_is_an_error() -> None:
