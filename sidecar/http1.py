@@ -47,6 +47,8 @@ REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable"
 _REQ_SPECIAL = HOP_BY_HOP | {b"content-length", b"host", b"x-request-id", b"x-forwarded-client-cert"}
 # Connection tokens that name no header to drop (or that must never be dropped).
 _CONN_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade", b"", b"host"})
+# Response headers that need a look (Content-Length is kept even if Connection names it).
+_RESP_SPECIAL = HOP_BY_HOP | {b"content-length", b""}
 
 # Reasons the downstream is not being read (a bit mask, so independent reasons compose).
 _P_BACKLOG, _P_UPSTREAM, _P_WAIT = 1, 2, 4
@@ -78,11 +80,31 @@ class BadRequest(Exception):
     pass
 
 
+class _Target:
+    """One routing outcome: the endpoint, timeouts, ALPN and the pool key for it."""
+
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key")
+
+    def __init__(self, endpoint: Endpoint, timeout: float | None, connect_timeout: float,
+                 alpn: str, direction: str) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.alpn = alpn
+        # Inbound (from 127.0.0.6) and outbound connections to one address never mix.
+        self.key = (direction, endpoint.address, endpoint.port,
+                    alpn if endpoint.identity else "plain")
+
+
 def _log_callback_bug(e: Exception) -> None:
     """A parser error caused by our own callback raising is a bug: log it loudly."""
     cause = e.__context__ or e.__cause__
     if isinstance(e, httptools.HttpParserCallbackError) and not isinstance(cause, BadRequest):
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
+
+
+def _head_too_large() -> None:
+    raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
 
 
 def _request_id(_bits=random.getrandbits) -> bytes:
@@ -172,6 +194,7 @@ class H1Upstream(asyncio.Protocol):
         self.started = False  # response bytes seen for the current exchange
         self.tunnel = False
         self.reused = False
+        self.in_head = False  # parsing a response head: its bytes count towards the cap
         self.head_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -197,6 +220,12 @@ class H1Upstream(asyncio.Protocol):
             _log_callback_bug(e)
             log.debug("bad response from upstream: %s: %r", e, data[:200])
             self.transport.abort()
+        else:
+            if self.in_head:  # the head goes on past this read: bound what it may hold
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                    log.debug("response head from upstream over %d bytes", MAX_RESPONSE_HEAD_BYTES)
+                    self.transport.abort()
         down.flush()
 
     def eof_received(self) -> bool:
@@ -225,25 +254,28 @@ class H1Upstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.reason = b""
+        self.in_head = True
         self.head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value)
-        if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:  # a broken upstream: do not hold it all
-            raise BadRequest("response head too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         self.status = self.parser.get_status_code()
         if self.down is not None:
             self.down.response_head(self)
 
     def on_body(self, body: bytes) -> None:
-        if self.down is not None:
-            self.down.response_body(body)
+        down = self.down
+        if down is not None:
+            if down.resp_chunked:
+                down.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
+            else:
+                down.wbuf.append(body)
 
     def on_message_complete(self) -> None:
         if self.down is not None and self.status >= 200 and not self.tunnel:
@@ -282,6 +314,10 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel_bytes = b""
         self.up: H1Upstream | None = None
         self.decision_key: tuple = ()
+        # Where requests on this connection go, while it cannot change: inbound always,
+        # outbound while the router is current and the port is fixed (Router.is_fixed).
+        self.target: _Target | None = None
+        self.target_router: Router | None = None
         self.resp_chunked = False
         self.resp_started = False
         self.resp_until_close = False
@@ -389,17 +425,23 @@ class H1Downstream(asyncio.Protocol):
                 self._pause(_P_BACKLOG)
             self.backlog.append(("begin",))
             return
-        self._begin()
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._grow(len(url))
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            _head_too_large()
         if self.backlog is not None:
             self.backlog.append(("url", url))
         else:
             self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value) + 4)
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            _head_too_large()
         if self.backlog is not None:
             self.backlog.append(("header", name, value))
         else:
@@ -424,11 +466,6 @@ class H1Downstream(asyncio.Protocol):
             self.backlog.append(("done",))
         else:
             self._done()
-
-    def _grow(self, n: int) -> None:
-        self.head_bytes += n
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
 
     # -- request side --------------------------------------------------------------------
     def _begin(self) -> None:
@@ -520,38 +557,46 @@ class H1Downstream(asyncio.Protocol):
             self.ubuf.append(b"0\r\n\r\n")
 
     # -- routing and upstream ------------------------------------------------------------
-    def _dispatch(self) -> None:
+    def _route(self) -> _Target | None:
+        """Where the current request goes; None when it was answered locally."""
         ctx = self.ctx
-        timeout = None
-        if ctx.direction == OUTBOUND:
-            if ctx.current_router is not None and ctx.current_router() is not ctx.router:
-                ctx.router = ctx.current_router()
-                ctx.outbound_port = ctx.router.lookup(*ctx.original_dst)
-            d = ctx.router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
-            if d.status:
-                self._local_reply(d.status, d.message)
-                return
-            endpoint = d.endpoint
-            timeout = d.timeout
-            connect_timeout = d.cluster.connect_timeout
-            alpn = ALPN_H1
-        else:
-            host, port = ctx.inbound_target
-            endpoint = Endpoint(host, port)
-            connect_timeout = 5.0
-            alpn = "http/1.1"
-        if timeout:
-            self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
-        # Inbound (from 127.0.0.6) and outbound connections to one address never mix.
-        key = (ctx.direction, endpoint.address, endpoint.port, alpn if endpoint.identity else "plain")
-        self.decision_key = key
-        up = None if self.upgrade else ctx.pool.get(key)
+        if ctx.direction != OUTBOUND:
+            if self.target is None:
+                self.target = _Target(Endpoint(*ctx.inbound_target), None, 5.0, "http/1.1",
+                                      INBOUND)
+            return self.target
+        if ctx.current_router is not None:
+            router = ctx.current_router()
+            if router is not ctx.router:
+                ctx.router = router
+                ctx.outbound_port = router.lookup(*ctx.original_dst)
+        router = ctx.router
+        if self.target is not None and self.target_router is router:
+            return self.target
+        d = router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
+        if d.status:
+            self._local_reply(d.status, d.message)
+            return None
+        target = _Target(d.endpoint, d.timeout, d.cluster.connect_timeout, ALPN_H1, OUTBOUND)
+        if router.is_fixed(ctx.outbound_port):
+            self.target, self.target_router = target, router
+        return target
+
+    def _dispatch(self) -> None:
+        target = self._route()
+        if target is None:
+            return
+        if target.timeout:
+            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+        self.decision_key = key = target.key
+        up = None if self.upgrade else self.ctx.pool.get(key)
         if up is not None:
             up.reused = True
             self._attach(up)
             return
         self._pause(_P_WAIT)
-        asyncio.get_running_loop().create_task(self._connect(endpoint, alpn, connect_timeout))
+        asyncio.get_running_loop().create_task(
+            self._connect(target.endpoint, target.alpn, target.connect_timeout))
 
     async def _connect(self, endpoint: Endpoint, alpn: str, timeout: float) -> None:
         try:
@@ -654,23 +699,25 @@ class H1Downstream(asyncio.Protocol):
             return
         self.resp_started = True
         self.resp_status = status
-        self._cancel_timer()
+        if self.timer is not None:
+            self._cancel_timer()
         cl = None
         chunked = False
         conn_tokens: set[bytes] = set()
-        for name, value in up.headers:
-            if name.lower() == b"connection":
-                conn_tokens.update(t.strip().lower() for t in value.split(b","))
-        for name, value in up.headers:
+        for name, value in up.headers:  # one pass; headers named in Connection are rare
             lname = name.lower()
-            if lname == b"content-length":
+            if lname not in _RESP_SPECIAL:
+                out.append(b"%s: %s\r\n" % (name, value))
+            elif lname == b"content-length":
                 cl = value
-                continue
-            if lname == b"transfer-encoding":
+            elif lname == b"transfer-encoding":
                 chunked = True
-            if lname in HOP_BY_HOP or lname in conn_tokens:
-                continue
-            out.append(b"%s: %s\r\n" % (name, value))
+            elif lname == b"connection":
+                conn_tokens.update(t.strip().lower() for t in value.split(b","))
+        conn_tokens -= _RESP_SPECIAL
+        if conn_tokens:
+            out = [out[0], *(h for h in out[1:]
+                             if h.split(b":", 1)[0].lower() not in conn_tokens)]
         no_body = self.method == b"HEAD" or status in (204, 304)
         self.resp_chunked = False
         self.resp_until_close = False
@@ -699,12 +746,6 @@ class H1Downstream(asyncio.Protocol):
             up.transport.close()
             self._finish_response(reusable=False)
 
-    def response_body(self, body: bytes) -> None:
-        if self.resp_chunked:
-            self.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
-        else:
-            self.wbuf.append(body)
-
     def response_done(self, up: H1Upstream) -> None:
         reusable = up.parser.should_keep_alive() and self.req_done and not self.upgrade
         self._finish_response(reusable)
@@ -727,14 +768,17 @@ class H1Downstream(asyncio.Protocol):
         ctx = self.ctx
         ctx.stats.request_done(ctx.direction, ctx.service, status,
                                time.monotonic() - self.started_at, ctx.peer_identity)
-        self._cancel_timer()
+        if self.timer is not None:
+            self._cancel_timer()
         self.busy = False
-        self._resume(_P_WAIT | _P_UPSTREAM)
+        if self.paused:
+            self._resume(_P_WAIT | _P_UPSTREAM)
         if not self.keep_alive or not self.req_done:
             self.flush()
             self.transport.close()
             return
-        self._replay()
+        if self.backlog is not None:
+            self._replay()
         if self.eof and not self.busy and self.backlog is None:
             self.flush()
             self.transport.close()

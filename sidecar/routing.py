@@ -66,6 +66,24 @@ class Router:
             for a in o.addresses:
                 self.ports[(a, o.port)] = o
         self.opaque_ports = frozenset(config.opaque_ports)
+        # Ports whose every request gets the same endpoint (no match, one destination, one
+        # endpoint): a connection may reuse its first decision while this router is current.
+        self.fixed_ports = frozenset(id(o) for o in config.outbound if self._is_fixed(o))
+
+    def _is_fixed(self, port: OutboundPort) -> bool:
+        if port.routes:
+            route = port.routes[0]
+            if route.matches or len(route.destinations) != 1:
+                return False
+            name = route.destinations[0].cluster
+        else:
+            name = port.default_cluster
+        balancer = self.balancers.get(name)
+        return balancer is not None and len({id(e) for e in balancer.ring}) == 1
+
+    def is_fixed(self, port: OutboundPort | None) -> bool:
+        """True when ``resolve`` gives every request on ``port`` the same decision."""
+        return id(port) in self.fixed_ports
 
     def lookup(self, address: str, port: int) -> OutboundPort | None:
         """The service port an app connection to ``address:port`` is for (None: passthrough)."""
