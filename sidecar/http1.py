@@ -194,6 +194,7 @@ class H1Upstream(asyncio.Protocol):
         self.started = False  # response bytes seen for the current exchange
         self.tunnel = False
         self.reused = False
+        self.peer_identity: str | None = None  # the upstream's verified SPIFFE ID (mTLS)
         self.in_head = False  # parsing a response head: its bytes count towards the cap
         self.head_bytes = 0
 
@@ -318,6 +319,9 @@ class H1Downstream(asyncio.Protocol):
         # outbound while the router is current and the port is fixed (Router.is_fixed).
         self.target: _Target | None = None
         self.target_router: Router | None = None
+        # The peer_identity label of the exchange: the downstream's SPIFFE ID inbound, the
+        # upstream's (set when it is attached) outbound.
+        self.peer = ctx.peer_identity
         self.resp_chunked = False
         self.resp_started = False
         self.resp_until_close = False
@@ -538,6 +542,7 @@ class H1Downstream(asyncio.Protocol):
         self.upgrade = upgrade
         self.resp_started = False
         self.started_at = time.monotonic()
+        self.peer = ctx.peer_identity
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
@@ -600,7 +605,7 @@ class H1Downstream(asyncio.Protocol):
 
     async def _connect(self, endpoint: Endpoint, alpn: str, timeout: float) -> None:
         try:
-            _, up, _ = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
+            _, up, peer = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
         except UpstreamError as e:
             if not self.closed and self.busy:
                 self._local_reply(503, f"upstream connect error: {e}")
@@ -615,10 +620,13 @@ class H1Downstream(asyncio.Protocol):
             return
         up.pool = self.ctx.pool
         up.reused = False
+        up.peer_identity = peer
         self._attach(up)
 
     def _attach(self, up: H1Upstream) -> None:
         self.up = up
+        if self.ctx.direction == OUTBOUND:  # the metric names who answered: the upstream
+            self.peer = up.peer_identity
         up.down = self
         up.started = False
         up.tunnel = False
@@ -767,7 +775,7 @@ class H1Downstream(asyncio.Protocol):
     def _exchange_done(self, status: int) -> None:
         ctx = self.ctx
         ctx.stats.request_done(ctx.direction, ctx.service, status,
-                               time.monotonic() - self.started_at, ctx.peer_identity)
+                               time.monotonic() - self.started_at, self.peer)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
@@ -820,7 +828,7 @@ class H1Downstream(asyncio.Protocol):
         up.tunnel = True
         self._cancel_timer()
         self.ctx.stats.request_done(self.ctx.direction, self.ctx.service, 101,
-                                    time.monotonic() - self.started_at, self.ctx.peer_identity)
+                                    time.monotonic() - self.started_at, self.peer)
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
             self.tunnel_bytes = b""

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from mesh_harness import APP_UID, CLIENT_ID, Mesh
+from mesh_harness import APP_UID, CLIENT_ID, SERVER_ID, Mesh
 
 pytestmark = pytest.mark.root
 
@@ -44,6 +44,18 @@ def test_keepalive_requests_and_identity(mesh):
     # One mTLS connection carried all six requests from four app connections.
     assert 'remora_tls_handshakes_total{side="server"} 1' in metrics
     assert "remora_upstream_pool_reused_total 5" in mesh.proxies["client"].metrics()
+
+
+def test_outbound_metrics_name_the_upstream_identity(mesh):
+    """The client side labels its requests with the identity the server proxy proved in the
+    handshake, on a new proxy-to-proxy connection and on a pooled one alike."""
+    for _ in range(2):
+        assert curl(mesh, "http://web:8080/") == "hello from server\n"
+    outbound = [line for line in mesh.proxies["client"].metrics().splitlines()
+                if line.startswith("remora_requests_total{") and 'direction="outbound"' in line]
+    assert outbound == ['remora_requests_total{direction="outbound",'
+                        'service="web.default.svc.cluster.local",response_code="200",'
+                        f'peer_identity="{SERVER_ID}"}} 2'], outbound
 
 
 def test_chunked_response_to_http11_and_http10_clients(mesh):
