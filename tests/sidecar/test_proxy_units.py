@@ -77,6 +77,24 @@ def test_no_endpoint_is_503_no_healthy_upstream(router):
     assert (d.status, d.message) == (503, NO_HEALTHY_UPSTREAM)
 
 
+def test_fixed_ports_are_only_those_that_route_every_request_alike(router):
+    """A connection may reuse its first routing decision only on these ports."""
+    one = {"service": "one", "addresses": ["198.19.0.7"], "port": 80, "protocol": "http",
+           "default_cluster": "r|80|v2"}
+    fixed = Router(ProxyConfig.from_dict({"clusters": CLUSTERS, "outbound": [
+        one,
+        {**one, "service": "routed", "addresses": ["198.19.0.8"],
+         "routes": [{"name": "all", "destinations": [{"cluster": "r|80|v2"}], "timeout": 2.0}]},
+        {**one, "service": "two", "addresses": ["198.19.0.9"], "default_cluster": "r|80"},
+    ]}))
+    assert fixed.is_fixed(fixed.lookup("198.19.0.7", 80))
+    assert fixed.is_fixed(fixed.lookup("198.19.0.8", 80))  # a match-all route, one endpoint
+    assert not fixed.is_fixed(fixed.lookup("198.19.0.9", 80))  # two endpoints: round robin
+    assert not fixed.is_fixed(None)
+    assert not router.is_fixed(router.lookup("198.19.0.5", 80))  # routes match on the request
+    assert not router.is_fixed(router.lookup("198.19.0.6", 80))  # no endpoint: answered 503
+
+
 @pytest.mark.parametrize("data,http_only,kind", [
     (b"GET / HTTP/1.1\r\n", False, "h1"), (b"GE", False, None), (b"DELETE /x", False, "h1"),
     (detect.H2_PREFACE, False, "h2"), (detect.H2_PREFACE[:10], True, None),
