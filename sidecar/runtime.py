@@ -192,6 +192,9 @@ class ProxyRuntime:
             if self.stats.active_connections <= 0:
                 break
             await asyncio.sleep(0.05)
+        if self.h2 is not None:  # pooled HTTP/2 upstream connections end with a GOAWAY, not a reset
+            for connector in (self.outbound_connector, self.inbound_connector):
+                self.h2.H2Pool.for_connector(connector).close()
         self.stop(0)
 
     def _close_everything(self) -> None:
