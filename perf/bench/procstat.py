@@ -16,6 +16,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def system_seconds(pid: int) -> float:
+    """System (kernel) CPU time of ``pid`` so far: syscalls, TCP/IP, softirq work it triggers."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / _TICK
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -183,7 +183,16 @@ def markdown(results: dict) -> str:
     lines = [f"Run {results.get('started', '')}, git {m.get('git_revision', '')[:10]}, "
              f"{m.get('cores')} cores ({m.get('cpu', '')}), params: "
              + ", ".join(f"{k}={v}" for k, v in results.get("params", {}).items()
-                         if k != "profile_dir"), ""]
+                         if k != "profile_dir")]
+    busy = [f"{r['scenario']} {r['busy_before']:.0%}" for r in results["scenarios"]
+            if r.get("busy_before") is not None]
+    if busy:
+        lines.append("Machine busy (other processes) just before each scenario: " + ", ".join(busy))
+    steal = [f"{r['scenario']} {r['cpu_steal_share']:.0%}" for r in results["scenarios"]
+             if r.get("cpu_steal_share") is not None]
+    if steal:
+        lines.append("CPU steal (hypervisor) during each scenario: " + ", ".join(steal))
+    lines.append("")
     goals = targets(results)
     if goals:
         lines += ["| target (mesh) | measured | met |", "|---|---|---|"]

@@ -70,17 +70,22 @@ def _repeat(target: Target, n: int, once: Callable[[], dict], work: Callable[[di
     """Run ``once`` n times; each result gets proxy CPU seconds per ``per`` units of ``work``."""
     reps = []
     for _ in range(n):
-        cpu0 = _cpu(target)
+        cpu0, sys0 = _cpu(target), _sys(target)
         r = once()
-        cpu1 = _cpu(target)
+        cpu1, sys1 = _cpu(target), _sys(target)
         units = work(r) or 1.0
         r["cpu_s_per_unit"] = {k: (cpu1[k] - cpu0[k]) / units * per for k in cpu0}
+        r["kernel_share"] = {k: (sys1[k] - sys0[k]) / max(1e-9, cpu1[k] - cpu0[k]) for k in cpu0}
         reps.append(r)
     return reps
 
 
-def _median_cpu(target: Target, reps: list[dict]) -> dict[str, float]:
-    return {k: statistics.median(r["cpu_s_per_unit"][k] for r in reps) for k in target.proxies}
+def _sys(target: Target) -> dict[str, float]:
+    return {k: procstat.system_seconds(pid) for k, pid in target.proxies.items()}
+
+
+def _median_cpu(target: Target, reps: list[dict], key: str = "cpu_s_per_unit") -> dict[str, float]:
+    return {k: statistics.median(r[key][k] for r in reps) for k in target.proxies}
 
 
 def _exec(topo: Topology, argv: list[str], timeout: float, what: str) -> str:
@@ -103,6 +108,7 @@ def _http1(name: str, topo: Topology, target: Target, p: Params) -> dict:
     thr = {"rps_median": statistics.median(r["rps"] for r in reps),
            "rps_runs": [r["rps"] for r in reps], "errors": sum(r["errors"] for r in reps),
            "cpu_s_per_1k_req": _median_cpu(target, reps), "rss_peak_mb": peaks.mb(),
+           "kernel_share_of_cpu": _median_cpu(target, reps, "kernel_share"),
            "wrk": f"-t1 -c{p.connections} -d{p.duration:g}s, {p.repeats} runs"}
     if hs0 is not None:
         thr["server_tls_handshakes"] = {"before": hs0, "after": target.handshake_counter()}

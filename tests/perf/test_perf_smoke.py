@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def test_quick_run_direct_and_mesh(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(REPO / "perf" / "run"), "--quick", "--scenario",
-                        "direct", "--scenario", "mesh", "--out", str(tmp_path)],
+                        "direct", "--scenario", "mesh", "--wait-quiet", "0", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr + r.stdout
     data = json.loads((tmp_path / "bench-latest.json").read_text())
