@@ -9,6 +9,11 @@ APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3
             wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light
 PYTEST_ARGS ?=
 
+# Where other uids cannot read this checkout, make mirrors it to a world-readable directory
+# and runs itself there (see scripts/readable-tree).
+TREE    := $(shell scripts/readable-tree)
+ORIGIN  ?= $(CURDIR)
+
 .PHONY: help deps venv test lint demo bench clean
 
 help:
@@ -17,6 +22,12 @@ help:
 	@echo "make bench  - run the benchmarks in perf/"
 	@echo "make clean  - remove the virtualenv"
 
+ifneq ($(TREE),)
+venv test lint demo bench:
+	@echo ">> uid 1337 (the proxy) cannot read $(CURDIR): running 'make $@' in a world-readable mirror, $(TREE)"
+	@scripts/sync-tree $(CURDIR) $(TREE)
+	@$(MAKE) --no-print-directory -C $(TREE) $@ ORIGIN=$(CURDIR)
+else
 deps:
 	@scripts/install-system-deps $(APT_PKGS)
 
@@ -35,7 +46,9 @@ demo: venv
 	$(VENV)/bin/remoractl demo $(if $(KEEP),--keep,)
 
 bench: venv
-	$(VENV)/bin/python perf/run
+	$(VENV)/bin/python perf/run --out $(ORIGIN)/perf/results
+
+endif
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
