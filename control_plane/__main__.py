@@ -17,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 from control_plane.api import model, tokens
-from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
+from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT, MONITORING_PORT
 
-MONITORING_PORT = 15014
 SERVICE_DNS = "remora-control.remora-system.svc"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 log = logging.getLogger("remora.control")

@@ -27,14 +27,13 @@ import yaml
 from aiohttp import web
 
 from control_plane.api import tokens
-from control_plane.api.ports import DISCOVERY_PORT, WEBHOOK_PORT
+from control_plane.api.ports import DISCOVERY_PORT, MONITORING_PORT, WEBHOOK_PORT
 from local_cluster import config, manifests, netns
 from local_cluster.cluster import Cluster
 from local_cluster.manifests import ManifestError
 from local_cluster.procs import PidRecords
 
 log = logging.getLogger("remora.local.daemon")
-MONITORING_PORT = 15014
 BACKOFF_MAX = 30.0
 
 
