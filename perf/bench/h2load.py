@@ -10,9 +10,12 @@ _REQ = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succee
 
 
 def h2load_argv(url: str, duration: float, clients: int, streams: int, core: int | None,
-                warmup: float = 1.0) -> list[str]:
+                warmup: float = 1.0, grpc_body: str | None = None) -> list[str]:
+    """``grpc_body``: a file with one gRPC-framed message, POSTed as a unary gRPC call."""
+    grpc = ["-d", grpc_body, "-H", "content-type: application/grpc", "-H", "te: trailers"] \
+        if grpc_body else []
     argv = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", f"-D{int(duration * 1000)}ms",
-            f"--warm-up-time={int(warmup * 1000)}ms", url]
+            f"--warm-up-time={int(warmup * 1000)}ms", *grpc, url]
     return (["taskset", "-c", str(core)] if core is not None else []) + argv
 
 

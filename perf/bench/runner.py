@@ -1,7 +1,12 @@
-"""Run one scenario: idle RSS, max throughput (repeated, median), latency at a fixed rate, CPU.
+"""Run a family of scenarios: idle RSS, max throughput (repeated, median, alternating between
+the family's scenarios), latency at a fixed rate (HTTP/1.1), CPU per unit of work.
 
-What is measured depends on the target's kind: HTTP/1.1 (wrk + the fixed-rate client), HTTP/2
-(h2load) or opaque TCP (one large transfer per repetition). ``cp`` runs perf/cp_scale.py.
+What is measured depends on the family's kind: HTTP/1.1 (wrk + the fixed-rate client), HTTP/2
+GET 1 KB and gRPC unary (h2load) or opaque TCP (one large transfer per repetition). Every
+scenario of a family is set up first; then repetitions go A B C A B C ..., so that each
+mesh/HAProxy and mesh/direct ratio is taken pair by pair, from runs a few seconds apart,
+and the spread of those ratios says how much the machine's noise moved them. ``cp`` runs
+perf/cp_scale.py.
 """
 
 from __future__ import annotations
@@ -9,15 +14,16 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from perf.bench import bulk, procstat, profile
 from perf.bench.h2load import h2load_argv, parse_h2load
-from perf.bench.scenarios import H2, HTTP1, SCENARIOS, TCP, Target, fixed_rate_script
+from perf.bench.scenarios import GRPC, H2, HTTP1, SCENARIOS, TCP, Target, fixed_rate_script
 from perf.bench.topology import CLIENT_CORE, LOAD_UID, Topology, python
 from perf.bench.wrk import parse_wrk, wrk_argv
 
@@ -95,38 +101,161 @@ def _exec(topo: Topology, argv: list[str], timeout: float, what: str) -> str:
     return out.stdout
 
 
-def _http1(name: str, topo: Topology, target: Target, p: Params) -> dict:
-    def wrk(seconds: float) -> dict:
+@dataclass
+class _Running:
+    """One scenario of a family, set up and waiting for its turn."""
+
+    name: str
+    topo: Topology
+    target: Target
+    rss_idle: dict[str, float]
+    peaks: _Peaks
+    reps: list[dict] = field(default_factory=list)
+    handshakes_before: int | None = None
+
+
+def _load_once(run: _Running, p: Params, seconds: float, warm: bool = False) -> dict:
+    """One run of the family's load generator against ``run``'s target."""
+    topo, target = run.topo, run.target
+    if target.kind == HTTP1:
         argv = wrk_argv(target.url, seconds, p.connections, CLIENT_CORE)
         return parse_wrk(_exec(topo, argv, seconds + 60, "wrk"))
-
-    wrk(p.warmup)
-    hs0 = target.handshake_counter() if target.handshake_counter else None
-    with _Peaks(target) as peaks:
-        reps = _repeat(target, p.repeats, lambda: wrk(p.duration),
-                       lambda r: r["requests"], 1000)
-    thr = {"rps_median": statistics.median(r["rps"] for r in reps),
-           "rps_runs": [r["rps"] for r in reps], "errors": sum(r["errors"] for r in reps),
-           "cpu_s_per_1k_req": _median_cpu(target, reps), "rss_peak_mb": peaks.mb(),
-           "kernel_share_of_cpu": _median_cpu(target, reps, "kernel_share"),
-           "wrk": f"-t1 -c{p.connections} -d{p.duration:g}s, {p.repeats} runs"}
-    if hs0 is not None:
-        thr["server_tls_handshakes"] = {"before": hs0, "after": target.handshake_counter()}
-    result = {"throughput": thr}
-    if target.python_proxies and p.profile_seconds > 0 and p.profile_dir:
-        result["profiles"] = _profile(name, target, p, wrk)
-    result["latency"] = _fixed_rate(topo, target, p)
-    return result
+    if target.kind in (H2, GRPC):
+        argv = h2load_argv(target.url, seconds, p.h2_clients, p.h2_streams, CLIENT_CORE,
+                           0.5, grpc_body=target.grpc_body)
+        return parse_h2load(_exec(topo, argv, seconds + 60, "h2load"))
+    if warm:  # a bulk transfer needs no warm-up
+        return {}
+    return bulk.parse_curl(_exec(topo, bulk.curl_argv(target.url, CLIENT_CORE), 150, "curl"))
 
 
-def _profile(name: str, target: Target, p: Params, wrk: Callable[[float], dict]) -> list[str]:
-    """An extra wrk run with py-spy sampling each proxy (kept out of the measured runs)."""
+def _units(kind: str) -> tuple[Callable[[dict], float], float]:
+    """What one repetition's work is counted in, and per how much of it CPU is reported."""
+    if kind == TCP:
+        return (lambda r: r["bytes"]), 1e9  # CPU s per GB
+    return (lambda r: r["requests"]), 1000  # CPU s per 1,000 requests
+
+
+def _prepare(name: str) -> _Running:
+    topo = Topology.create()
+    try:
+        target = SCENARIOS[name](topo)
+        time.sleep(0.5)
+        idle = {k: procstat.rss_mb(pid) for k, pid in target.proxies.items()}
+    except BaseException:
+        topo.destroy()
+        raise
+    return _Running(name, topo, target, idle, _Peaks(target))
+
+
+def _summary(run: _Running, p: Params) -> dict:
+    """The aggregate of one scenario's repetitions, in the shape report.py reads."""
+    target, reps = run.target, run.reps
+    cpu = _median_cpu(target, reps)
+    kernel = _median_cpu(target, reps, "kernel_share")
+    if target.kind == TCP:
+        return {"tcp": {"mb_per_s_median": statistics.median(r["mb_per_s"] for r in reps),
+                        "mb_per_s_runs": [r["mb_per_s"] for r in reps],
+                        "bytes_per_transfer": reps[0]["bytes"],
+                        "how": f"{reps[0]['bytes'] / 2**30:g} GiB, {len(reps)} runs",
+                        "cpu_s_per_gb": cpu, "kernel_share_of_cpu": kernel,
+                        "rss_peak_mb": run.peaks.mb()}}
+    common = {"rps_median": statistics.median(r["rps"] for r in reps),
+              "rps_runs": [r["rps"] for r in reps], "errors": sum(r["errors"] for r in reps),
+              "cpu_s_per_1k_req": cpu, "kernel_share_of_cpu": kernel,
+              "rss_peak_mb": run.peaks.mb()}
+    if target.kind in (H2, GRPC):
+        what = "gRPC unary, 100-byte messages" if target.kind == GRPC else "GET 1 KB"
+        common["how"] = (f"h2load -t1 -c{p.h2_clients} -m{p.h2_streams} -D{p.duration:g}, "
+                         f"{what}, {len(reps)} runs")
+        return {target.kind: common}
+    common["wrk"] = f"-t1 -c{p.connections} -d{p.duration:g}s, {len(reps)} runs"
+    if run.handshakes_before is not None and target.handshake_counter is not None:
+        common["server_tls_handshakes"] = {"before": run.handshakes_before,
+                                           "after": target.handshake_counter()}
+    return {"throughput": common}
+
+
+def _metric(kind: str, rep: dict) -> float:
+    return rep["mb_per_s"] if kind == TCP else rep["rps"]
+
+
+def pair_ratios(kind: str, runs: dict[str, list[dict]]) -> list[dict]:
+    """mesh/haproxy, mesh/direct and haproxy/direct, each taken repetition by repetition."""
+    def base(name: str) -> str:
+        return name.rsplit("-", 1)[0] if kind != HTTP1 else name
+
+    by_base = {base(n): reps for n, reps in runs.items()}
+    out = []
+    for num, den in (("mesh", "haproxy"), ("mesh", "direct"), ("haproxy", "direct")):
+        a, b = by_base.get(num), by_base.get(den)
+        if not a or not b:
+            continue
+        pairs = [_metric(kind, x) / _metric(kind, y) for x, y in zip(a, b, strict=False)
+                 if _metric(kind, y) > 0]
+        if pairs:
+            out.append({"kind": kind, "ratio": f"{num}/{den}", "pairs": pairs,
+                        "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)})
+    return out
+
+
+def run_family(kind: str, names: list[str], p: Params) -> tuple[list[dict], list[dict]]:
+    """Set up every scenario of one family, alternate their repetitions, then the extras."""
+    runs: list[_Running] = []
+    results: list[dict] = []
+    try:
+        for name in names:
+            try:
+                runs.append(_prepare(name))
+            except Exception as exc:  # one failed scenario must not lose the others' numbers
+                print(f"   {name}: setup failed: {exc}", file=sys.stderr)
+                results.append({"scenario": name, "kind": kind, "error": str(exc)})
+        work, per = _units(kind)
+        for run in runs:
+            _load_once(run, p, p.warmup if kind == HTTP1 else 1.0, warm=True)
+            if run.target.handshake_counter is not None:
+                run.handshakes_before = run.target.handshake_counter()
+            run.peaks.__enter__()
+        failed: dict[str, str] = {}
+        for _ in range(p.bulk_repeats if kind == TCP else p.repeats):
+            for run in runs:
+                if run.name in failed:
+                    continue
+                try:
+                    run.reps += _repeat(run.target, 1, lambda run=run: _load_once(run, p, p.duration),
+                                        work, per)
+                except Exception as exc:
+                    failed[run.name] = str(exc)
+        for run in runs:
+            run.peaks.__exit__()
+        for run in runs:
+            result: dict = {"scenario": run.name, "kind": kind, "url": run.target.url,
+                            "rss_idle_mb": run.rss_idle}
+            if run.name in failed or not run.reps:
+                results.append({**result, "error": failed.get(run.name, "no repetition ran")})
+                continue
+            result.update(_summary(run, p))
+            if kind == HTTP1:
+                if run.target.python_proxies and p.profile_seconds > 0 and p.profile_dir:
+                    result["profiles"] = _profile(
+                        run.name, run.target, p, lambda s, run=run: _load_once(run, p, s))
+                result["latency"] = _fixed_rate(run.topo, run.target, p)
+            results.append(result)
+        ratios = pair_ratios(kind, {r.name: r.reps for r in runs if r.reps and r.name not in failed})
+        return results, ratios
+    finally:
+        for run in runs:
+            run.topo.destroy()
+
+
+def _profile(name: str, target: Target, p: Params, load: Callable[[float], dict]) -> list[str]:
+    """An extra load run with py-spy sampling each proxy (kept out of the measured runs)."""
     out_dir = Path(p.profile_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spies = {k: profile.start(pid, p.profile_seconds, out_dir / f"profile-{name}-{k}.raw")
              for k, pid in target.proxies.items()}
     time.sleep(0.3)  # py-spy attaches before the load starts
-    wrk(p.profile_seconds)
+    load(p.profile_seconds)
     paths = []
     for k, spy in spies.items():
         _, err = spy.communicate(timeout=60)
@@ -135,7 +264,7 @@ def _profile(name: str, target: Target, p: Params, wrk: Callable[[float], dict])
         if not raw.exists():
             txt.write_text(f"py-spy recorded nothing: {err.strip()[-300:]}\n")
         else:
-            txt.write_text(profile.summarize(raw, f"{name} {k}, wrk -c{p.connections}"))
+            txt.write_text(profile.summarize(raw, f"{name} {k}, -c{p.connections}"))
             raw.unlink()
         paths.append(txt.name)
     return paths
@@ -158,35 +287,6 @@ def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     return lat
 
 
-def _h2(topo: Topology, target: Target, p: Params) -> dict:
-    def h2load(seconds: float, warm: float) -> dict:
-        argv = h2load_argv(target.url, seconds, p.h2_clients, p.h2_streams, CLIENT_CORE, warm)
-        return parse_h2load(_exec(topo, argv, seconds + 60, "h2load"))
-
-    h2load(1, 0.5)
-    with _Peaks(target) as peaks:
-        reps = _repeat(target, p.repeats, lambda: h2load(p.duration, 0.5),
-                       lambda r: r["requests"], 1000)
-    return {"h2": {"rps_median": statistics.median(r["rps"] for r in reps),
-                   "rps_runs": [r["rps"] for r in reps], "errors": sum(r["errors"] for r in reps),
-                   "cpu_s_per_1k_req": _median_cpu(target, reps), "rss_peak_mb": peaks.mb(),
-                   "how": f"h2load -t1 -c{p.h2_clients} -m{p.h2_streams} -D{p.duration:g}, "
-                             f"{p.repeats} runs"}}
-
-
-def _tcp(topo: Topology, target: Target, p: Params) -> dict:
-    def transfer() -> dict:
-        return bulk.parse_curl(_exec(topo, bulk.curl_argv(target.url, CLIENT_CORE), 150, "curl"))
-
-    with _Peaks(target) as peaks:
-        reps = _repeat(target, p.bulk_repeats, transfer, lambda r: r["bytes"], 1e9)
-    return {"tcp": {"mb_per_s_median": statistics.median(r["mb_per_s"] for r in reps),
-                    "mb_per_s_runs": [r["mb_per_s"] for r in reps],
-                    "bytes_per_transfer": reps[0]["bytes"],
-                    "how": f"{reps[0]['bytes'] / 2**30:g} GiB, {p.bulk_repeats} runs",
-                    "cpu_s_per_gb": _median_cpu(target, reps), "rss_peak_mb": peaks.mb()}}
-
-
 def run_cp(p: Params) -> dict:
     """perf/cp_scale.py: change -> all simulated proxies ACKed, control-plane RSS per proxy."""
     with tempfile.TemporaryDirectory(prefix="remora-bench-cp-") as tmp:
@@ -201,20 +301,10 @@ def run_cp(p: Params) -> dict:
 
 
 def run_scenario(name: str, p: Params) -> dict:
+    """One scenario on its own (a family of one)."""
     if name == "cp":
         return run_cp(p)
-    topo = Topology.create()
-    try:
-        target = SCENARIOS[name](topo)
-        time.sleep(0.5)
-        result: dict = {"scenario": name, "kind": target.kind, "url": target.url}
-        result["rss_idle_mb"] = {k: procstat.rss_mb(pid) for k, pid in target.proxies.items()}
-        if target.kind == HTTP1:
-            result.update(_http1(name, topo, target, p))
-        elif target.kind == H2:
-            result.update(_h2(topo, target, p))
-        elif target.kind == TCP:
-            result.update(_tcp(topo, target, p))
-        return result
-    finally:
-        topo.destroy()
+    from perf.bench.scenarios import kind_of
+
+    results, _ = run_family(kind_of(name), [name], p)
+    return results[0]

@@ -23,7 +23,8 @@ from perf.bench.topology import (
     python,
 )
 
-HTTP1, H2, TCP = "http1", "h2", "tcp"  # what the runner measures: wrk + fixed rate, h2load, bulk
+# What the runner measures: wrk + fixed rate, h2load (GET 1 KB), h2load (gRPC unary), bulk.
+HTTP1, H2, GRPC, TCP = "http1", "h2", "grpc", "tcp"
 
 
 @dataclass
@@ -33,12 +34,14 @@ class Target:
     proxies: dict[str, int] = field(default_factory=dict)  # name -> pid, measured for CPU and RSS
     handshake_counter: Callable[[], int] | None = None  # server side TLS handshakes so far
     python_proxies: bool = False  # the proxies are Python processes: py-spy can profile them
+    grpc_body: str | None = None  # the gRPC workload's request body file (h2load -d)
 
 
 def start_app(topo: Topology, kind: str = HTTP1) -> int:
     """nginx in the server pod, on the port that ``kind`` loads; returns that port."""
-    port = {HTTP1: APP_PORT, H2: H2_PORT, TCP: BULK_PORT}[kind]
-    conf = nginx.write_site(topo.workdir / "nginx", APP_PORT, h2_port=H2_PORT if kind == H2 else None,
+    port = {HTTP1: APP_PORT, H2: H2_PORT, GRPC: H2_PORT, TCP: BULK_PORT}[kind]
+    conf = nginx.write_site(topo.workdir / "nginx", APP_PORT,
+                            h2_port=H2_PORT if kind in (H2, GRPC) else None,
                             bulk_port=BULK_PORT if kind == TCP else None)
     topo.spawn(topo.server, ["nginx", "-c", str(conf)], core=SERVER_CORE, log="nginx")
     wait_for_port(lambda: port_open(topo.server, "127.0.0.1", port))
@@ -46,12 +49,17 @@ def start_app(topo: Topology, kind: str = HTTP1) -> int:
 
 
 def _path(kind: str) -> str:
-    return f"/{nginx.BULK_NAME}" if kind == TCP else "/1k"
+    return {TCP: f"/{nginx.BULK_NAME}", GRPC: nginx.GRPC_PATH}.get(kind, "/1k")
+
+
+def _grpc_body(topo: Topology, kind: str) -> str | None:
+    return str(nginx.write_grpc_request(topo.workdir)) if kind == GRPC else None
 
 
 def direct(topo: Topology, kind: str = HTTP1) -> Target:
     port = start_app(topo, kind)
-    return Target(url=f"http://{topo.server.ip}:{port}{_path(kind)}", kind=kind)
+    return Target(url=f"http://{topo.server.ip}:{port}{_path(kind)}", kind=kind,
+                  grpc_body=_grpc_body(topo, kind))
 
 
 def server_handshakes(mesh: Mesh) -> int:
@@ -65,7 +73,7 @@ def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
     """The two pods meshed (remora-init + remora-proxy from static bootstraps, STRICT mTLS):
     the load generator (uid 1000) calls the service VIP, which the client pod intercepts."""
     port = start_app(topo, kind)
-    protocol = {HTTP1: "http", H2: "http2", TCP: "tcp"}[kind]
+    protocol = {HTTP1: "http", H2: "http2", GRPC: "grpc", TCP: "tcp"}[kind]
     mesh = Mesh.start(topo.node, Path(python()).parent, [Service("web", port, protocol)],
                       opaque_ports=[port] if kind == TCP else (), pods=(topo.client, topo.server))
     topo.cleanups.append(mesh.close)
@@ -73,19 +81,28 @@ def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
     for pid in procs.values():
         pin(pid, SERVER_CORE)
     return Target(url=f"http://web:{port}{_path(kind)}", kind=kind, proxies=procs,
-                  handshake_counter=lambda: server_handshakes(mesh), python_proxies=True)
+                  handshake_counter=lambda: server_handshakes(mesh), python_proxies=True,
+                  grpc_body=_grpc_body(topo, kind))
 
 
-def haproxy_pair(topo: Topology) -> Target:
+def haproxy_pair(topo: Topology, kind: str = HTTP1) -> Target:
+    """Two HAProxy processes doing the sidecars' job for ``kind`` (see perf/bench/haproxy.py)."""
     if shutil.which("haproxy") is None:
         raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
-    start_app(topo)
+    port = start_app(topo, kind)
     pems = certs.haproxy_pems(CertificateAuthority.generate(), topo.workdir / "haproxy-certs")
+    ip = topo.server.ip
+    if kind in (H2, GRPC):
+        server_cfg = haproxy.h2_server_side_config(ip, port, pems)
+        client_cfg = haproxy.h2_client_side_config(ip, pems)
+    elif kind == TCP:
+        server_cfg = haproxy.tcp_server_side_config(ip, port, pems)
+        client_cfg = haproxy.tcp_client_side_config(ip, pems)
+    else:
+        server_cfg = haproxy.server_side_config(ip, port, pems)
+        client_cfg = haproxy.client_side_config(ip, pems)
     procs = {}
-    for side, pod, text in (
-        ("server", topo.server, haproxy.server_side_config(topo.server.ip, APP_PORT, pems)),
-        ("client", topo.client, haproxy.client_side_config(topo.server.ip, pems)),
-    ):
+    for side, pod, text in (("server", topo.server, server_cfg), ("client", topo.client, client_cfg)):
         cfg = topo.workdir / f"haproxy-{side}.cfg"
         cfg.write_text(text)
         procs[f"haproxy-{side}"] = topo.spawn(
@@ -93,18 +110,41 @@ def haproxy_pair(topo: Topology) -> Target:
         ).pid
     wait_for_port(lambda: port_open(topo.server, topo.server.ip, 15006))
     wait_for_port(lambda: port_open(topo.client, "127.0.0.1", 15001))
-    return Target(url="http://127.0.0.1:15001/1k", proxies=procs)
+    return Target(url=f"http://127.0.0.1:15001{_path(kind)}", kind=kind, proxies=procs,
+                  grpc_body=_grpc_body(topo, kind))
 
 
+# name -> (how to set it up, its kind). Scenarios of one kind form a family: the runner sets
+# all of a family up at once and alternates their repetitions (A B C A B C ...), so each
+# ratio is taken pair by pair within one time slice instead of across the whole run.
 SCENARIOS: dict[str, Callable[[Topology], Target]] = {
     "direct": direct,
     "haproxy": haproxy_pair,
     "mesh": mesh_pair,
     "direct-h2": lambda topo: direct(topo, H2),
+    "haproxy-h2": lambda topo: haproxy_pair(topo, H2),
     "mesh-h2": lambda topo: mesh_pair(topo, H2),
+    "direct-grpc": lambda topo: direct(topo, GRPC),
+    "haproxy-grpc": lambda topo: haproxy_pair(topo, GRPC),
+    "mesh-grpc": lambda topo: mesh_pair(topo, GRPC),
     "direct-tcp": lambda topo: direct(topo, TCP),
+    "haproxy-tcp": lambda topo: haproxy_pair(topo, TCP),
     "mesh-tcp": lambda topo: mesh_pair(topo, TCP),
 }
+
+
+def kind_of(name: str) -> str:
+    """The family a scenario belongs to, from its name (``mesh-h2`` → h2, ``mesh`` → http1)."""
+    suffix = name.rsplit("-", 1)[-1]
+    return suffix if suffix in (H2, GRPC, TCP) else HTTP1
+
+
+def families(names: list[str]) -> list[tuple[str, list[str]]]:
+    """``names`` grouped by kind, in the order each kind first appears."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(kind_of(n), []).append(n)
+    return list(out.items())
 
 
 def fixed_rate_script(topo: Topology) -> Path:

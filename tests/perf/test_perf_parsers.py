@@ -85,7 +85,7 @@ def test_targets_met_and_missed() -> None:
         {"scenario": "mesh-h2", "error": "h2load failed"}]}
     got = [(t["target"].split(" ")[:3], t["met"]) for t in report.targets(results)]
     assert got == [(["p99", "added", "by"], True),  # +0.7 ms
-                   (["mesh", "max", "throughput"], False),  # 50% of HAProxy
+                   (["HTTP/1.1:", "mesh", "≥"], False),  # 50% of HAProxy
                    (["≤", "0.15", "vCPU"], True),
                    (["proxy", "RSS", "idle"], False),  # server side 31 MB
                    (["proxy", "RSS", "at"], False)]  # 51 MB under load
@@ -93,3 +93,31 @@ def test_targets_met_and_missed() -> None:
     assert "| ≤ 0.15 vCPU per 1,000 req/s per proxy | client: 0.100, server: 0.100 | ✅ |" in md
     assert "| mesh | 5,000 (5,000) | 0.50 ❌ |" in md
     assert "mesh-h2: failed: h2load failed" in md
+
+
+def test_pair_ratios_are_taken_repetition_by_repetition() -> None:
+    from perf.bench.runner import pair_ratios
+
+    reps = {"direct-h2": [{"rps": 100.0}, {"rps": 200.0}],
+            "haproxy-h2": [{"rps": 50.0}, {"rps": 80.0}],
+            "mesh-h2": [{"rps": 25.0}, {"rps": 60.0}]}
+    got = {r["ratio"]: r for r in pair_ratios("h2", reps)}
+    assert got["mesh/haproxy"]["pairs"] == [0.5, 0.75]
+    assert got["mesh/haproxy"]["median"] == 0.625
+    assert got["mesh/direct"]["pairs"] == [0.25, 0.3]
+    assert got["haproxy/direct"]["min"] == 0.4 and got["haproxy/direct"]["max"] == 0.5
+    tcp = pair_ratios("tcp", {"mesh-tcp": [{"mb_per_s": 300.0}], "haproxy-tcp": [{"mb_per_s": 600.0}]})
+    assert [(r["ratio"], r["median"]) for r in tcp] == [("mesh/haproxy", 0.5)]
+
+
+def test_issue_targets_from_pair_ratios() -> None:
+    def ratio(kind: str, median: float) -> dict:
+        return {"kind": kind, "ratio": "mesh/haproxy", "pairs": [median], "median": median,
+                "min": median, "max": median}
+
+    results = {"machine": {}, "params": {}, "scenarios": [],
+               "ratios": [ratio("h2", 0.45), ratio("grpc", 0.3), ratio("tcp", 0.7)]}
+    got = [(t["target"].split(":")[0], t["met"]) for t in report.targets(results)]
+    assert got == [("HTTP/2 GET 1 KB", True), ("gRPC unary", False), ("opaque TCP", True)]
+    md = report.markdown(results)
+    assert "| grpc | mesh/haproxy | 0.30 | 0.30–0.30 | 0.30 |" in md
