@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,9 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .http import replies
+from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
+from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
@@ -36,17 +38,8 @@ POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
 POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
-})
-REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
-           504: b"Gateway Timeout", 404: b"Not Found", 431: b"Request Header Fields Too Large"}
-
 # Request headers that need a look; every other header is copied as it came.
-_REQ_SPECIAL = HOP_BY_HOP | {b"content-length", b"host", b"x-request-id", b"x-forwarded-client-cert"}
-# Connection tokens that name no header to drop (or that must never be dropped).
-_CONN_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade", b"", b"host"})
+_REQ_SPECIAL = HOP_BY_HOP | MESH_OWNED | {b"content-length", b"host", b"x-request-id"}
 # Response headers that need a look (Content-Length is kept even if Connection names it).
 _RESP_SPECIAL = HOP_BY_HOP | {b"content-length", b""}
 
@@ -105,13 +98,6 @@ def _log_callback_bug(e: Exception) -> None:
 
 def _head_too_large() -> None:
     raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
-
-
-def _request_id(_bits=random.getrandbits) -> bytes:
-    # A random UUIDv4-shaped id; the Mersenne Twister, not os.urandom: no syscall per request,
-    # and a request id is not a secret.
-    b = b"%032x" % _bits(128)
-    return b"%s-%s-4%s-%s-%s" % (b[:8], b[8:12], b[13:16], b[16:20], b[20:32])
 
 
 def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
@@ -291,9 +277,9 @@ class H1Downstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         # Inbound over mTLS: who the client is, told to the app on every request.
-        self.xfcc = b"x-forwarded-client-cert: By=%s;URI=%s\r\n" % (
-            (ctx.local_identity or "").encode(), ctx.peer_identity.encode()
-        ) if ctx.direction == INBOUND and ctx.peer_identity else b""
+        xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity)
+        self.xfcc = (b"x-forwarded-client-cert: %s\r\n" % xfcc
+                     if ctx.direction == INBOUND and xfcc else b"")
         self.paused = 0
         self.closed = False
         self.backlog: list[tuple] | None = None
@@ -481,7 +467,7 @@ class H1Downstream(asyncio.Protocol):
         ctx = self.ctx
         cl = te = None
         hosts = 0
-        request_id = False
+        has_id = False
         out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
         conn_tokens: set[bytes] = set()
         for name, value in self.headers:
@@ -502,14 +488,14 @@ class H1Downstream(asyncio.Protocol):
             elif lname == b"upgrade":
                 if upgrade:
                     out.append(b"%s: %s\r\n" % (name, value))
-            elif lname == b"x-forwarded-client-cert":
+            elif lname in MESH_OWNED:
                 if ctx.direction != INBOUND:  # inbound: only this proxy may assert the client
                     out.append(b"%s: %s\r\n" % (name, value))
             elif lname not in HOP_BY_HOP:
                 if lname == b"host":
                     hosts += 1
                 else:
-                    request_id = True
+                    has_id = True
                 out.append(b"%s: %s\r\n" % (name, value))
         conn_tokens -= _CONN_KEYWORDS
         if conn_tokens:  # rare: headers named in Connection are hop-by-hop too
@@ -519,8 +505,8 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
-        if not request_id:
-            out.append(b"x-request-id: %s\r\n" % _request_id())
+        if not has_id:
+            out.append(b"x-request-id: %s\r\n" % request_id())
         if self.xfcc:
             out.append(self.xfcc)
         if te is not None:
@@ -657,7 +643,7 @@ class H1Downstream(asyncio.Protocol):
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
                 return
-            self._local_reply(502, "upstream connect error or disconnect/reset before headers")
+            self._local_reply(502, replies.UPSTREAM_RESET)
             return
         if self.resp_until_close:
             self._finish_response(reusable=False)
@@ -678,7 +664,7 @@ class H1Downstream(asyncio.Protocol):
             up.down = None
             up.transport.abort()
         if not self.resp_started:
-            self._local_reply(504, "upstream request timeout")
+            self._local_reply(504, replies.UPSTREAM_TIMEOUT)
         else:
             self.transport.abort()
 
@@ -852,12 +838,12 @@ class H1Downstream(asyncio.Protocol):
         self.transport.close()
 
     def _local_reply(self, status: int, message: str) -> None:
-        body = message.encode() + b"\n"
+        body = replies.body(message)
         self.resp_started = True
         close = not self.keep_alive or not self.req_done or self.ctx.draining()
         self.wbuf.append(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status, REASONS.get(status, b"Error"), len(body),
+                status, replies.reason(status), len(body),
                 b"connection: close\r\n" if close else b"", body))
         if close:
             self.keep_alive = False

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +34,9 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from control_plane.api.model import Endpoint
+
+from .http import replies
+from .http.headers import request_headers, response_headers, xfcc_value
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -53,13 +55,6 @@ CONNECT_TIMEOUT = 5.0  # when the cluster does not say (inbound hop to the app)
 IDLE_TIMEOUT = 60.0  # an upstream connection without streams is closed after this
 DRAIN_POLL = 0.5  # seconds between checks of ctx.draining() for idle downstream connections
 
-# Connection-specific headers (RFC 9113 8.2.2); "te" is kept only as "te: trailers".
-HOP_BY_HOP = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-     b"http2-settings")
-)
-GRPC_UNAVAILABLE = b"14"
-GRPC_DEADLINE_EXCEEDED = b"4"
 # (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
 # verified for the workload that had it before.
 PoolKey = tuple[str, int, str, str | None]
@@ -77,6 +72,11 @@ class H2Context:
     peer_identity: str | None  # downstream peer's SPIFFE ID (inbound mTLS), else None
     stats: Stats
     draining: Callable[[], bool]
+    local_identity: str | None = None  # inbound: this proxy's SPIFFE ID (the XFCC's By=)
+    # Outbound: the current router (a config push applies to the next request on an open
+    # connection too) and the original destination that selects the service port in it.
+    current_router: Callable[[], Router] | None = None
+    original_dst: tuple[str, int] | None = None
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -228,7 +228,7 @@ class _Side(asyncio.Protocol):
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            self.in_pipe(ex).trailers = _filter(ev.headers)
+            self.in_pipe(ex).trailers = response_headers(ev.headers)
 
     def _on_ended(self, ev: h2.events.StreamEnded) -> None:
         ex = self.streams.get(ev.stream_id)
@@ -277,16 +277,6 @@ class _Side(asyncio.Protocol):
         h2.events.WindowUpdated: _on_window,
         h2.events.RemoteSettingsChanged: _on_settings,
     }
-
-
-def _filter(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop connection-specific headers; keep ``te: trailers`` (gRPC needs it)."""
-    out = []
-    for name, value in headers:
-        if name in HOP_BY_HOP or (name == b"te" and value.strip().lower() != b"trailers"):
-            continue
-        out.append((name, value))
-    return out
 
 
 class _Pipe:
@@ -461,7 +451,7 @@ class _Exchange:
                 self.status = int(dict(headers).get(b":status", b"0"))
                 self.response_started = True
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
-            self.down.h2.send_headers(self.down_sid, _filter(headers), end_stream=ended)
+            self.down.h2.send_headers(self.down_sid, response_headers(headers), end_stream=ended)
         except STREAM_GONE:
             self.finish(self.status)
             return
@@ -516,7 +506,7 @@ class _Exchange:
         elif self.response_received():
             return
         elif not self.response_started:
-            self.local_reply(503, "upstream connect error or disconnect/reset before headers")
+            self.local_reply(503, replies.UPSTREAM_RESET)
         else:
             self.down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
             self.finish(self.status)
@@ -536,10 +526,10 @@ class _Exchange:
             self.down.reset(self.down_sid, ErrorCodes.CANCEL)
             self.finish(504)
         else:
-            self.local_reply(504, "upstream request timeout")
+            self.local_reply(504, replies.UPSTREAM_TIMEOUT)
 
     def local_reply(self, status: int, message: str) -> None:
-        """Answer the downstream stream ourselves (503/504); gRPC callers get a grpc-status."""
+        """Answer the downstream stream ourselves (see ``replies``: same as HTTP/1.1)."""
         if self.finished:
             return
         if self.up is not None:
@@ -548,17 +538,15 @@ class _Exchange:
         if self.response_started:
             down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
         else:
-            body = message.encode()
-            if self.grpc:
-                code = GRPC_DEADLINE_EXCEEDED if status == 504 else GRPC_UNAVAILABLE
-                headers = [(b":status", str(status).encode()), (b"content-type", b"application/grpc"),
-                           (b"grpc-status", code), (b"grpc-message", body)]
-            else:
-                headers = [(b":status", str(status).encode()), (b"content-type", b"text/plain"),
-                           (b"content-length", str(len(body)).encode())]
+            status_h = (b":status", b"%d" % status)
             try:
-                down.h2.send_headers(self.down_sid, headers, end_stream=self.grpc)
-                if not self.grpc:
+                if self.grpc:
+                    down.h2.send_headers(
+                        self.down_sid, [status_h, *replies.grpc_headers(status, message)],
+                        end_stream=True)
+                else:
+                    headers, body = replies.plain_headers(status, message)
+                    down.h2.send_headers(self.down_sid, [status_h, *headers])
                     down.h2.send_data(self.down_sid, body, end_stream=True)
                 if not self.req.ended:  # we answered: the rest of the request is not wanted
                     down.h2.reset_stream(self.down_sid, ErrorCodes.NO_ERROR)
@@ -793,6 +781,8 @@ class H2Downstream(_Side):
             if ctx.inbound_target else None
         )
         self.inbound_service = f"inbound|{ctx.inbound_target[1]}" if ctx.inbound_target else ""
+        # Inbound: what this proxy asserts about the verified peer (None: plaintext, no peer).
+        self.xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity) if ctx.inbound_target else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -836,9 +826,9 @@ class H2Downstream(_Side):
         if self.goaway_sent and sid > self.last_stream_id:
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
             return
-        headers = _filter(ev.headers)
+        inbound = self.inbound_endpoint is not None
+        headers = request_headers(ev.headers, inbound, self.xfcc)
         method = path = b""
-        has_id = False
         ex = _Exchange(self, sid, headers)
         for name, value in headers:
             if name == b":method":
@@ -847,12 +837,8 @@ class H2Downstream(_Side):
                 path = value
             elif name == b":authority":
                 ex.service = value.decode("ascii", "replace")
-            elif name == b"x-request-id":
-                has_id = True
-            elif name == b"content-type" and value.startswith(b"application/grpc"):
+            elif name == b"content-type" and replies.is_grpc(value):
                 ex.grpc = True
-        if not has_id:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
         self.streams[sid] = ex
         if ev.stream_ended:
             ex.req.ended = True
@@ -875,17 +861,23 @@ class H2Downstream(_Side):
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
         """Outbound: ask the router; answer 503 ourselves when it has no endpoint."""
-        router = self.ctx.router
+        ctx = self.ctx
+        if ctx.current_router is not None and ctx.original_dst is not None:
+            router = ctx.current_router()
+            if router is not ctx.router:  # a config push: the next request sees it
+                ctx.router = router
+                ctx.outbound_port = router.lookup(*ctx.original_dst)
+        router = ctx.router
         if router is None:
             ex.local_reply(503, "no route: this listener has no router")
             return None
-        decision = router.resolve(self.ctx.outbound_port, method, path, headers)
+        decision = router.resolve(ctx.outbound_port, method, path, headers)
         status, endpoint, cluster = decision.status, decision.endpoint, decision.cluster
         if cluster is not None:
             ex.service = cluster.service
             ex.connect_timeout = cluster.connect_timeout
         if status or endpoint is None:
-            ex.local_reply(status or 503, decision.message or "no healthy upstream")
+            ex.local_reply(status or 503, decision.message or replies.NO_HEALTHY_UPSTREAM)
             return None
         timeout = decision.timeout
         if timeout:

@@ -154,7 +154,8 @@ def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Co
 def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
-                           stats=rt.stats, draining=rt.is_draining)
+                           stats=rt.stats, draining=rt.is_draining,
+                           local_identity=rt.identity)
 
 
 class InboundTls(asyncio.Protocol):

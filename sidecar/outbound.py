@@ -71,7 +71,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     if kind == detect.H2 and rt.h2 is not None:
         ctx2 = rt.h2.H2Context(router=router, outbound_port=port, inbound_target=None,
                                connector=rt.outbound_connector, peer_identity=None,
-                               stats=rt.stats, draining=rt.is_draining)
+                               stats=rt.stats, draining=rt.is_draining,
+                               current_router=lambda: rt.router, original_dst=dst)
         await loop.connect_accepted_socket(
             lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, OUTBOUND), sock)
         return
