@@ -137,7 +137,6 @@ class H1ServerCodec(_Writer):
         # The response being written (one at a time, in request order).
         self.tx_method = b""
         self.tx_http10 = False
-        self.chunked = False
         self.keep_alive = True  # False: the owner closes after the current response
 
     # -- bytes in ---------------------------------------------------------------------

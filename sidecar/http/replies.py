@@ -8,10 +8,11 @@ HTTP status as Envoy does (504 is DEADLINE_EXCEEDED: the route timeout expired) 
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 Headers = list[tuple[bytes, bytes]]
 
-REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 431: b"Request Header Fields Too Large",
-           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}  # for status lines we write
 # HTTP status → gRPC status code (Envoy's httpToGrpcStatus, except 504 as above).
 GRPC_STATUS = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14",
                503: b"14", 504: b"4"}

@@ -29,6 +29,7 @@ import grpc
 SERVICE = "remora.test.Echo"
 CLIENT_ID = "spiffe://cluster.local/ns/a/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/b/sa/server"
+FORGED_XFCC = (("x-forwarded-client-cert", "By=spiffe://x;URI=spiffe://cluster.local/ns/kube-system/sa/admin"),)
 
 
 # -- the gRPC app (bytes in, bytes out: no generated code) --------------------------------------
@@ -41,7 +42,9 @@ class AppState:
 def app_handler(state: AppState) -> grpc.GenericRpcHandler:
     def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
         md = dict(ctx.invocation_metadata())
-        ctx.send_initial_metadata((("x-seen-request-id", md.get("x-request-id", "")),))
+        xfcc = [v for k, v in ctx.invocation_metadata() if k == "x-forwarded-client-cert"]
+        ctx.send_initial_metadata((("x-seen-request-id", md.get("x-request-id", "")),
+                                   ("x-seen-xfcc", " | ".join(xfcc))))
         ctx.set_trailing_metadata((("x-trailer", "yes"),))
         return req
 
@@ -125,6 +128,11 @@ def main(argv: list[str]) -> int:
     if argv[0] == "call":
         print(json.dumps(must_show_calls(argv[1])), flush=True)
         return 0
+    if argv[0] == "xfcc":  # a Unary call carrying a forged identity header: what the app saw
+        with grpc.insecure_channel(argv[1]) as ch:
+            _, c = method(ch, "Unary").with_call(b"x", timeout=10, metadata=FORGED_XFCC)
+            print(json.dumps(dict(c.initial_metadata())), flush=True)
+        return 0
     if argv[0] == "stream":  # a line per message as it arrives, then the final status
         with grpc.insecure_channel(argv[1]) as ch:
             code = "OK"
@@ -172,6 +180,9 @@ class StubRouter:
     def resolve(self, outbound_port, method, path, headers):
         return self.decision
 
+    def lookup(self, address, port):
+        return None
+
 
 class StubConnector:
     """Plaintext TCP in place of the core's mTLS connector; counts connections per ALPN."""
@@ -198,6 +209,7 @@ class Relay:
     in_connector: StubConnector
     draining: list[bool]
     downstreams: list[H2Downstream]
+    routers: list[StubRouter]
 
     async def run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -225,17 +237,19 @@ async def running_relay(app_options: list | None = None):
 
     in_ctx = H2Context(router=None, outbound_port=None, inbound_target=("127.0.0.1", app_port),
                        connector=in_conn, peer_identity=CLIENT_ID, stats=stats,
-                       draining=lambda: False)
+                       draining=lambda: False, local_identity=SERVER_ID)
     inbound = await loop.create_server(factory(in_ctx), "127.0.0.1", 0)
     in_port = inbound.sockets[0].getsockname()[1]
     router = StubRouter(Endpoint(address="127.0.0.1", port=in_port, identity=SERVER_ID))
+    routers = [router]  # the proxy's current router: a config push appends one
     out_ctx = H2Context(router=router, outbound_port=None, inbound_target=None,
                         connector=out_conn, peer_identity=None, stats=stats,
-                        draining=lambda: draining[0])
+                        draining=lambda: draining[0], current_router=lambda: routers[-1],
+                        original_dst=("198.18.0.10", 80))
     outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
     try:
         yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
-                    out_conn, in_conn, draining, downstreams)
+                    out_conn, in_conn, draining, downstreams, routers)
     finally:
         for srv in (outbound, inbound):
             srv.close()
@@ -277,6 +291,34 @@ async def test_existing_request_id_is_kept(relay):
             _, c = method(ch, "Unary").with_call(b"x", metadata=(("x-request-id", "abc"),))
             return dict(c.initial_metadata())["x-seen-request-id"]
     assert await relay.run(call) == "abc"
+
+
+async def test_forged_xfcc_never_reaches_the_app_over_http2(relay):
+    """The inbound relay removes the client's copy and asserts the verified peer, as on
+    HTTP/1.1; without a forged header the app still gets the proxy's one."""
+    def call(metadata):
+        with relay.channel() as ch:
+            _, c = method(ch, "Unary").with_call(b"x", timeout=5, metadata=metadata)
+            return dict(c.initial_metadata())["x-seen-xfcc"]
+    want = f"By={SERVER_ID};URI={CLIENT_ID}"
+    assert await relay.run(call, FORGED_XFCC) == want
+    assert await relay.run(call, ()) == want
+
+
+async def test_config_push_applies_to_the_next_request_on_an_open_http2_connection(relay):
+    def calls():
+        with relay.channel() as ch:  # one connection for both calls
+            first = method(ch, "Unary")(b"x", timeout=5)
+            relay.routers.append(StubRouter(relay.router.decision.endpoint))
+            relay.routers[-1].decision = SimpleNamespace(
+                cluster=None, endpoint=None, timeout=None, status=503,
+                message="no healthy upstream")
+            with pytest.raises(grpc.RpcError) as err:
+                method(ch, "Unary")(b"x", timeout=5)
+            return first, err.value.code()
+    assert await relay.run(calls) == (b"x", grpc.StatusCode.UNAVAILABLE)
+    outbound = [d for d in relay.downstreams if d.ctx.inbound_target is None]
+    assert len(outbound) == 1  # the push reached the connection that was already open
 
 
 async def test_pooled_connections_are_not_shared_across_expected_identities(relay):
