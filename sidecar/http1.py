@@ -24,6 +24,7 @@ import httptools
 from control_plane.api.model import Endpoint, OutboundPort
 
 from .http import replies
+from .http.exchange import Authorizer, Exchange, authorize, current_router, decide_outbound
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
@@ -67,6 +68,7 @@ class H1Context:
     # connection too) and the original destination that selects the service port in it.
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
+    authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
 
 
 class BadRequest(Exception):
@@ -287,6 +289,7 @@ class H1Downstream(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.host = b""
         # The exchange in flight.
         self.busy = False
         self.pending_dispatch = False
@@ -305,15 +308,13 @@ class H1Downstream(asyncio.Protocol):
         # outbound while the router is current and the port is fixed (Router.is_fixed).
         self.target: _Target | None = None
         self.target_router: Router | None = None
-        # The peer_identity label of the exchange: the downstream's SPIFFE ID inbound, the
-        # upstream's (set when it is attached) outbound.
-        self.peer = ctx.peer_identity
+        # The exchange in flight: its accounting (one object per connection, reused).
+        self.ex = Exchange(ctx)
         self.resp_chunked = False
         self.resp_started = False
         self.resp_until_close = False
         self.resp_status = 0
         self.http10 = False
-        self.started_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel = False
         self.eof = False  # the client half-closed
@@ -467,6 +468,7 @@ class H1Downstream(asyncio.Protocol):
         ctx = self.ctx
         cl = te = None
         hosts = 0
+        self.host = b""
         has_id = False
         out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
         conn_tokens: set[bytes] = set()
@@ -494,6 +496,7 @@ class H1Downstream(asyncio.Protocol):
             elif lname not in HOP_BY_HOP:
                 if lname == b"host":
                     hosts += 1
+                    self.host = value
                 else:
                     has_id = True
                 out.append(b"%s: %s\r\n" % (name, value))
@@ -527,8 +530,7 @@ class H1Downstream(asyncio.Protocol):
         self.http10 = version == "1.0"
         self.upgrade = upgrade
         self.resp_started = False
-        self.started_at = time.monotonic()
-        self.peer = ctx.peer_identity
+        self.ex.restart(ctx.service)
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
@@ -555,21 +557,21 @@ class H1Downstream(asyncio.Protocol):
             if self.target is None:
                 self.target = _Target(Endpoint(*ctx.inbound_target), None, 5.0, "http/1.1",
                                       INBOUND)
+            if ctx.authorizer is not None:
+                denied = authorize(ctx, self.method, self.url, self.host, self.headers)
+                if denied is not None:
+                    self._local_reply(denied.status, denied.message)
+                    return None
             return self.target
-        if ctx.current_router is not None:
-            router = ctx.current_router()
-            if router is not ctx.router:
-                ctx.router = router
-                ctx.outbound_port = router.lookup(*ctx.original_dst)
-        router = ctx.router
+        router = current_router(ctx)
         if self.target is not None and self.target_router is router:
             return self.target
-        d = router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
-        if d.status:
+        d = decide_outbound(ctx, self.method, self.url, self.headers)
+        if d.endpoint is None:
             self._local_reply(d.status, d.message)
             return None
-        target = _Target(d.endpoint, d.timeout, d.cluster.connect_timeout, ALPN_H1, OUTBOUND)
-        if router.is_fixed(ctx.outbound_port):
+        target = _Target(d.endpoint, d.timeout, d.connect_timeout, ALPN_H1, OUTBOUND)
+        if router is not None and router.is_fixed(ctx.outbound_port):
             self.target, self.target_router = target, router
         return target
 
@@ -612,7 +614,7 @@ class H1Downstream(asyncio.Protocol):
     def _attach(self, up: H1Upstream) -> None:
         self.up = up
         if self.ctx.direction == OUTBOUND:  # the metric names who answered: the upstream
-            self.peer = up.peer_identity
+            self.ex.peer = up.peer_identity
         up.down = self
         up.started = False
         up.tunnel = False
@@ -759,9 +761,7 @@ class H1Downstream(asyncio.Protocol):
         self._exchange_done(self.resp_status)
 
     def _exchange_done(self, status: int) -> None:
-        ctx = self.ctx
-        ctx.stats.request_done(ctx.direction, ctx.service, status,
-                               time.monotonic() - self.started_at, self.peer)
+        self.ex.done(status)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
@@ -813,8 +813,7 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel = True
         up.tunnel = True
         self._cancel_timer()
-        self.ctx.stats.request_done(self.ctx.direction, self.ctx.service, 101,
-                                    time.monotonic() - self.started_at, self.peer)
+        self.ex.done(101)
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
             self.tunnel_bytes = b""

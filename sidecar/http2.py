@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from h2.errors import ErrorCodes
 from control_plane.api.model import Endpoint
 
 from .http import replies
+from .http.exchange import Authorizer, Exchange, authorize, decide_outbound
 from .http.headers import request_headers, response_headers, xfcc_value
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class H2Context:
     # connection too) and the original destination that selects the service port in it.
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
+    authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -372,14 +373,14 @@ class _Pipe:
             self.src.ack(pending, self.src_sid)
 
 
-class _Exchange:
+class _Exchange(Exchange):
     """One request/response: a downstream stream paired with an upstream stream."""
 
-    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers", "started",
-                 "status", "response_started", "finished", "timer", "service", "peer", "grpc",
-                 "task", "connect_timeout")
+    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers",
+                 "status", "response_started", "timer", "grpc", "task", "connect_timeout")
 
     def __init__(self, down: H2Downstream, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(down.ctx)
         self.down = down
         self.down_sid = sid
         self.up: H2Upstream | None = None
@@ -389,13 +390,9 @@ class _Exchange:
         self.resp.dst = down
         self.resp.dst_sid = sid
         self.headers = headers
-        self.started = time.monotonic()
         self.status = 0
         self.response_started = False
-        self.finished = False
         self.timer: asyncio.TimerHandle | None = None
-        self.service = ""
-        self.peer: str | None = None
         self.grpc = False
         self.task: asyncio.Task | None = None
         self.connect_timeout = CONNECT_TIMEOUT
@@ -557,9 +554,8 @@ class _Exchange:
 
     def finish(self, status: int) -> None:
         """Count the exchange once and release both streams."""
-        if self.finished:
+        if not self.done(status):
             return
-        self.finished = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -568,13 +564,9 @@ class _Exchange:
             self.task = None
         self.req.close()
         self.resp.close()
-        down = self.down
-        direction = "inbound" if down.ctx.inbound_target else "outbound"
-        down.ctx.stats.request_done(direction, self.service, status,
-                                    time.monotonic() - self.started, self.peer)
         if self.up is not None:
             self.up.drop(self.up_sid)
-        down.drop(self.down_sid)
+        self.down.drop(self.down_sid)
 
 
 class H2Upstream(_Side):
@@ -828,7 +820,7 @@ class H2Downstream(_Side):
             return
         inbound = self.inbound_endpoint is not None
         headers = request_headers(ev.headers, inbound, self.xfcc)
-        method = path = b""
+        method = path = authority = b""
         ex = _Exchange(self, sid, headers)
         for name, value in headers:
             if name == b":method":
@@ -836,6 +828,7 @@ class H2Downstream(_Side):
             elif name == b":path":
                 path = value
             elif name == b":authority":
+                authority = value
                 ex.service = value.decode("ascii", "replace")
             elif name == b"content-type" and replies.is_grpc(value):
                 ex.grpc = True
@@ -844,8 +837,11 @@ class H2Downstream(_Side):
             ex.req.ended = True
         ctx = self.ctx
         if self.inbound_endpoint is not None:
-            ex.peer = ctx.peer_identity
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
+            denied = authorize(ctx, method, path, authority, headers)
+            if denied is not None:
+                ex.local_reply(denied.status, denied.message)
+                return
             endpoint, alpn = self.inbound_endpoint, "h2"
         else:
             endpoint = self._route(ex, method, path, headers)
@@ -860,29 +856,17 @@ class H2Downstream(_Side):
 
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
-        """Outbound: ask the router; answer 503 ourselves when it has no endpoint."""
-        ctx = self.ctx
-        if ctx.current_router is not None and ctx.original_dst is not None:
-            router = ctx.current_router()
-            if router is not ctx.router:  # a config push: the next request sees it
-                ctx.router = router
-                ctx.outbound_port = router.lookup(*ctx.original_dst)
-        router = ctx.router
-        if router is None:
-            ex.local_reply(503, "no route: this listener has no router")
+        """Outbound: the exchange's decision; answered locally when it has no endpoint."""
+        d = decide_outbound(self.ctx, method, path, headers)
+        if d.service:
+            ex.service = d.service
+            ex.connect_timeout = d.connect_timeout
+        if d.endpoint is None:
+            ex.local_reply(d.status, d.message)
             return None
-        decision = router.resolve(ctx.outbound_port, method, path, headers)
-        status, endpoint, cluster = decision.status, decision.endpoint, decision.cluster
-        if cluster is not None:
-            ex.service = cluster.service
-            ex.connect_timeout = cluster.connect_timeout
-        if status or endpoint is None:
-            ex.local_reply(status or 503, decision.message or replies.NO_HEALTHY_UPSTREAM)
-            return None
-        timeout = decision.timeout
-        if timeout:
-            ex.timer = asyncio.get_running_loop().call_later(timeout, ex.on_timeout)
-        return endpoint
+        if d.timeout:
+            ex.timer = asyncio.get_running_loop().call_later(d.timeout, ex.on_timeout)
+        return d.endpoint
 
     def _on_client_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
         """The app/peer will open no more streams; let the open ones finish, then close."""

@@ -22,7 +22,6 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 
@@ -157,6 +156,7 @@ import pytest  # noqa: E402
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
+from sidecar.routing import RouteDecision  # noqa: E402
 
 
 class StubStats:
@@ -174,8 +174,8 @@ class StubRouter:
     def __init__(self, endpoint: Endpoint) -> None:
         cluster = Cluster(name="echo.b.svc.cluster.local|80", service="echo.b.svc.cluster.local",
                           port=80, protocol="grpc", endpoints=(endpoint,))
-        self.decision = SimpleNamespace(cluster=cluster, endpoint=endpoint, timeout=None,
-                                        route="default", status=0, message="")
+        self.decision = RouteDecision(cluster=cluster, endpoint=endpoint, timeout=None,
+                                      route="default", status=0, message="")
 
     def resolve(self, outbound_port, method, path, headers):
         return self.decision
@@ -210,6 +210,7 @@ class Relay:
     draining: list[bool]
     downstreams: list[H2Downstream]
     routers: list[StubRouter]
+    in_ctx: H2Context
 
     async def run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -249,7 +250,7 @@ async def running_relay(app_options: list | None = None):
     outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
     try:
         yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
-                    out_conn, in_conn, draining, downstreams, routers)
+                    out_conn, in_conn, draining, downstreams, routers, in_ctx)
     finally:
         for srv in (outbound, inbound):
             srv.close()
@@ -305,14 +306,32 @@ async def test_forged_xfcc_never_reaches_the_app_over_http2(relay):
     assert await relay.run(call, ()) == want
 
 
+async def test_inbound_authorizer_denies_with_403_before_dispatch(relay):
+    seen = []
+
+    def authorizer(attrs):
+        seen.append((attrs.method, attrs.path, attrs.principal))
+        return (403, "RBAC: access denied") if attrs.path.endswith(b"/Fail") else None
+    relay.in_ctx.authorizer = authorizer
+
+    def calls():
+        with relay.channel() as ch:
+            ok = method(ch, "Unary")(b"x", timeout=5)
+            with pytest.raises(grpc.RpcError) as err:
+                method(ch, "Fail")(b"x", timeout=5)
+            return ok, err.value.code(), err.value.details()
+    assert await relay.run(calls) == (b"x", grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
+    assert seen == [(b"POST", f"/{SERVICE}/Unary".encode(), CLIENT_ID),
+                    (b"POST", f"/{SERVICE}/Fail".encode(), CLIENT_ID)]
+    assert ("inbound", f"inbound|{relay.app_port}", 403, CLIENT_ID) in relay.stats.done
+
+
 async def test_config_push_applies_to_the_next_request_on_an_open_http2_connection(relay):
     def calls():
         with relay.channel() as ch:  # one connection for both calls
             first = method(ch, "Unary")(b"x", timeout=5)
             relay.routers.append(StubRouter(relay.router.decision.endpoint))
-            relay.routers[-1].decision = SimpleNamespace(
-                cluster=None, endpoint=None, timeout=None, status=503,
-                message="no healthy upstream")
+            relay.routers[-1].decision = RouteDecision(status=503, message="no healthy upstream")
             with pytest.raises(grpc.RpcError) as err:
                 method(ch, "Unary")(b"x", timeout=5)
             return first, err.value.code()
@@ -346,8 +365,7 @@ async def test_client_cancel_resets_the_server_stream(relay):
 
 
 async def test_no_endpoint_is_unavailable(relay):
-    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
-                                            status=503, message="no healthy upstream")
+    relay.router.decision = RouteDecision(status=503, message="no healthy upstream")
 
     def call():
         with relay.channel() as ch, pytest.raises(grpc.RpcError) as err:
@@ -385,8 +403,7 @@ async def test_route_timeout_is_504_and_cancels_upstream(relay):
 
 
 async def test_plain_http2_error_reply_has_a_body(relay):
-    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
-                                            status=503, message="no healthy upstream")
+    relay.router.decision = RouteDecision(status=503, message="no healthy upstream")
     client = await RawClient.open(relay.port)
     try:
         sid = client.request(b"/x", grpc=False)
