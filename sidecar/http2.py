@@ -1,4 +1,7 @@
-"""HTTP/2 relay of the sidecar: one h2 server per downstream connection, pooled h2 clients upstream.
+"""HTTP/2 relay of the sidecar: one server codec per downstream connection, pooled client
+codecs upstream. The relay sees only the codec interface (``sidecar/http/events.py``):
+``H2Codec`` on h2 today, a libnghttp2 codec later; the request policy is the exchange's
+(``sidecar/http/exchange.py``, ``headers.py``, ``replies.py``), shared with HTTP/1.1.
 
 Each downstream stream is paired with one stream on a pooled upstream connection (an
 ``_Exchange``). Bytes move through two ``_Pipe`` objects (request: downstream → upstream,
@@ -9,15 +12,13 @@ buffer here. What a pipe holds is therefore bounded by the window we advertised 
 When a transport's write buffer passes its high-water mark the side stops reading from that
 peer and stops moving DATA into it until the buffer drains (pause_reading/resume_reading).
 
-h2's connection state machine refuses every frame after a GOAWAY was sent or received; a
-graceful GOAWAY (in-flight streams finish) needs the state kept open, see ``_Connection``.
-See docs/http2.md.
+Graceful GOAWAY both ways is the codec's (``h2codec.GracefulH2Connection``). See
+docs/http2.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections import deque
@@ -25,17 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-
 from control_plane.api.model import Endpoint
 
+from .http import events as ev_
 from .http import replies
+from .http.events import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    NoStreamAvailable,
+    StreamGone,
+)
 from .http.exchange import Authorizer, Exchange, authorize, decide_outbound
+from .http.h2codec import H2Codec
 from .http.headers import request_headers, response_headers, xfcc_value
 
 if TYPE_CHECKING:
@@ -46,9 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remora.http2")
 
-STREAM_WINDOW = 65_535  # per-stream receive window we advertise (the HTTP/2 default)
-CONN_WINDOW = 1 << 21  # connection receive window: a few stalled streams do not block the rest
-MAX_STREAMS = 128  # concurrent streams we accept per downstream connection
 HIGH_WATER = 256 * 1024  # transport write buffer: stop reading that peer above this
 LOW_WATER = 64 * 1024
 CONNECT_TIMEOUT = 5.0  # when the cluster does not say (inbound hop to the app)
@@ -58,7 +59,6 @@ DRAIN_POLL = 0.5  # seconds between checks of ctx.draining() for idle downstream
 # (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
 # verified for the workload that had it before.
 PoolKey = tuple[str, int, str, str | None]
-STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError)
 
 
 @dataclass
@@ -80,56 +80,13 @@ class H2Context:
     authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
 
 
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    # Headers stay bytes end to end; inbound validation guards us, outbound would re-check
-    # what we just validated (or copied from a validated peer) at a CPU cost.
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-
-
-def _settings(client_side: bool) -> h2.settings.Settings:
-    values = {
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-    }
-    if client_side:
-        values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-    return h2.settings.Settings(client=client_side, initial_values=values)
-
-
-class _Connection(h2.connection.H2Connection):
-    """h2 with graceful GOAWAY both ways (RFC 9113 6.8: streams up to last-stream-id finish).
-
-    Stock h2 (4.x) moves to CLOSED on any GOAWAY, rejects every later frame (even a PING in
-    the same read) and drops its unsent output. Here the state and the output survive a
-    NO_ERROR GOAWAY; new streams are refused by the relay's own bookkeeping instead.
-    """
-
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        state, unsent = self.state_machine.state, self._data_to_send
-        result = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR:
-            self.state_machine.state, self._data_to_send = state, unsent
-        return result
-
-    def send_goaway(self, last_stream_id: int) -> None:
-        state = self.state_machine.state
-        self.close_connection(ErrorCodes.NO_ERROR, last_stream_id=last_stream_id)
-        self.state_machine.state = state
-
-
 class _Side(asyncio.Protocol):
     """One h2 connection (either end) and the streams of it that are paired with the other end."""
 
     client_side = False
 
     def __init__(self) -> None:
-        self.h2 = _Connection(_config(self.client_side))
-        self.h2.local_settings = _settings(self.client_side)
+        self.codec = H2Codec(self.client_side)  # queues the preface and our SETTINGS
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Exchange] = {}
         self.blocked: set[_Pipe] = set()  # pipes into this side waiting for window/writability
@@ -142,12 +99,10 @@ class _Side(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONN_WINDOW - 65_535)
         self.send_now()
 
     def want_send(self) -> None:
-        """Write h2's output soon: one write per event-loop turn instead of one per frame."""
+        """Write the codec's output soon: one write per event-loop turn, not one per frame."""
         if not self._send_scheduled and not self.closed:
             self._send_scheduled = True
             asyncio.get_running_loop().call_soon(self.send_now)
@@ -156,7 +111,7 @@ class _Side(asyncio.Protocol):
         self._send_scheduled = False
         if self.closed or self.transport is None or self.transport.is_closing():
             return
-        data = self.h2.data_to_send()
+        data = self.codec.data_to_send()
         if data:
             self.transport.write(data)
 
@@ -183,11 +138,7 @@ class _Side(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self.protocol_error(e)
-            return
+        events = self.codec.feed(data)
         try:
             for ev in events:
                 handler = self._handlers.get(type(ev))
@@ -199,10 +150,9 @@ class _Side(asyncio.Protocol):
             return
         self.want_send()
 
-    def protocol_error(self, err: Exception) -> None:
-        log.info("%s: HTTP/2 protocol error: %s", type(self).__name__, err)
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+    def _on_protocol_error(self, ev: ev_.ProtocolError) -> None:
+        """The codec queued GOAWAY(PROTOCOL_ERROR): write it and close."""
+        log.info("%s: %s", type(self).__name__, ev.message)
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -219,50 +169,47 @@ class _Side(asyncio.Protocol):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         raise NotImplementedError
 
-    def _on_data(self, ev: h2.events.DataReceived) -> None:
+    def _on_data(self, ev: ev_.Data) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is None:  # stream already torn down: give the window back and drop the bytes
-            self.ack(ev.flow_controlled_length, ev.stream_id)
+            self.ack(ev.flow, ev.stream_id)
             return
-        self.in_pipe(ex).push(ev.data, ev.flow_controlled_length)
+        self.in_pipe(ex).push(ev.data, ev.flow)
 
-    def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
+    def _on_trailers(self, ev: ev_.Trailers) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            self.in_pipe(ex).trailers = response_headers(ev.headers)
+            pipe = self.in_pipe(ex)
+            pipe.trailers = response_headers(ev.headers)
+            pipe.finish()  # trailers end the message
 
-    def _on_ended(self, ev: h2.events.StreamEnded) -> None:
+    def _on_ended(self, ev: ev_.EndOfMessage) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
             self.in_pipe(ex).finish()
 
-    def _on_reset(self, ev: h2.events.StreamReset) -> None:
+    def _on_reset(self, ev: ev_.StreamReset) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            ex.reset_from(self, ev.error_code)
+            ex.reset_from(self, ev.code)
 
-    def _on_window(self, ev: h2.events.WindowUpdated) -> None:
-        if ev.stream_id == 0:
+    def _on_window(self, ev: ev_.WindowOpen) -> None:
+        if ev.stream_id == 0:  # the connection window, or SETTINGS grew every stream's
             self.flush_blocked()
             return
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
             self.out_pipe(ex).flush()
 
-    def _on_settings(self, ev: h2.events.RemoteSettingsChanged) -> None:
-        self.flush_blocked()  # INITIAL_WINDOW_SIZE may have grown every stream's window
-
     def ack(self, n: int, stream_id: int) -> None:
         if n and not self.closed:
-            with contextlib.suppress(*STREAM_GONE):
-                self.h2.acknowledge_received_data(n, stream_id)
+            self.codec.ack(stream_id, n)
             self.want_send()
 
     def reset(self, stream_id: int | None, code: int) -> None:
         if stream_id is None or self.closed:
             return
-        with contextlib.suppress(*STREAM_GONE):
-            self.h2.reset_stream(stream_id, code)
+        self.codec.send_reset(stream_id, code)
         self.want_send()
 
     def drop(self, stream_id: int | None) -> None:
@@ -271,12 +218,12 @@ class _Side(asyncio.Protocol):
             self.streams.pop(stream_id, None)
 
     _handlers: dict[type, Callable[[Any, Any], None]] = {
-        h2.events.DataReceived: _on_data,
-        h2.events.TrailersReceived: _on_trailers,
-        h2.events.StreamEnded: _on_ended,
-        h2.events.StreamReset: _on_reset,
-        h2.events.WindowUpdated: _on_window,
-        h2.events.RemoteSettingsChanged: _on_settings,
+        ev_.Data: _on_data,
+        ev_.Trailers: _on_trailers,
+        ev_.EndOfMessage: _on_ended,
+        ev_.StreamReset: _on_reset,
+        ev_.WindowOpen: _on_window,
+        ev_.ProtocolError: _on_protocol_error,
     }
 
 
@@ -317,7 +264,7 @@ class _Pipe:
         if dst.write_paused or dst.closed:
             dst.blocked.add(self)
             return
-        conn = dst.h2
+        codec = dst.codec
         sid = self.dst_sid
         queue = self.queue
         acked = 0
@@ -326,17 +273,16 @@ class _Pipe:
                 item = queue[0]
                 data = item[0]
                 if data:
-                    window = conn.local_flow_control_window(sid)
+                    window = codec.send_window(sid)
                     if window <= 0:
                         break
-                    n = min(len(data), window, conn.max_outbound_frame_size)
-                    if n < len(data):
-                        conn.send_data(sid, data[:n])
-                        item[0] = data[n:]
-                        item[1] -= n
-                        acked += n
+                    if window < len(data):
+                        codec.send_data(sid, data[:window])
+                        item[0] = data[window:]
+                        item[1] -= window
+                        acked += window
                         continue
-                    conn.send_data(sid, data)
+                    codec.send_data(sid, data)
                 queue.popleft()
                 acked += item[1]
             if queue:
@@ -345,14 +291,14 @@ class _Pipe:
                 dst.blocked.discard(self)
                 if self.ended:
                     if self.trailers:
-                        conn.send_headers(sid, self.trailers, end_stream=True)
+                        codec.send_trailers(sid, self.trailers)
                     else:
-                        conn.end_stream(sid)
+                        codec.send_end(sid)
                     self.sent_end = True
-        except STREAM_GONE:
+        except StreamGone:
             # The destination stream is gone (reset or closed by its peer): nothing more moves.
             self.close()
-            self.ex.reset_from(dst, ErrorCodes.CANCEL)
+            self.ex.reset_from(dst, CANCEL)
         finally:
             dst.want_send()
             if acked:
@@ -376,10 +322,10 @@ class _Pipe:
 class _Exchange(Exchange):
     """One request/response: a downstream stream paired with an upstream stream."""
 
-    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers",
+    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "head",
                  "status", "response_started", "timer", "grpc", "task", "connect_timeout")
 
-    def __init__(self, down: H2Downstream, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, down: H2Downstream, sid: int, head: ev_.RequestHead) -> None:
         super().__init__(down.ctx)
         self.down = down
         self.down_sid = sid
@@ -389,7 +335,7 @@ class _Exchange(Exchange):
         self.resp = _Pipe(self, None, None)
         self.resp.dst = down
         self.resp.dst_sid = sid
-        self.headers = headers
+        self.head: ev_.RequestHead | None = head  # until it is sent upstream
         self.status = 0
         self.response_started = False
         self.timer: asyncio.TimerHandle | None = None
@@ -399,20 +345,20 @@ class _Exchange(Exchange):
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream and send the request headers, then whatever DATA waits."""
-        if self.finished:
+        head = self.head
+        if self.finished or head is None:
             return
-        conn = up.h2
-        sid = conn.get_next_available_stream_id()
         req = self.req
         empty = req.ended and not req.queue and not req.trailers
+        head.end_stream = empty
         try:
-            conn.send_headers(sid, self.headers, end_stream=empty)
-        except h2.exceptions.TooManyStreamsError:
-            # Streams we reset but h2 still counts: let the client retry (safe, never sent).
-            self.down.reset(self.down_sid, ErrorCodes.REFUSED_STREAM)
+            sid = up.codec.send_request_head(head)
+        except NoStreamAvailable:
+            # Streams we reset but the codec still counts: let the client retry (never sent).
+            self.down.reset(self.down_sid, REFUSED_STREAM)
             self.finish(0)
             return
-        self.headers = None  # type: ignore[assignment]
+        self.head = None
         self.up = up
         self.up_sid = sid
         self.peer = self.peer if self.down.ctx.inbound_target else up.peer_identity
@@ -439,17 +385,19 @@ class _Exchange(Exchange):
         self.attach(up)
 
     # -- upstream → downstream ----------------------------------------------------------
-    def on_response(self, headers: list[tuple[bytes, bytes]], informational: bool,
-                    ended: bool = False) -> None:
+    def on_response(self, head: ev_.ResponseHead) -> None:
         if self.finished:
             return
+        status = head.status
+        ended = head.end_stream
         try:
-            if not informational:
-                self.status = int(dict(headers).get(b":status", b"0"))
+            if status >= 200:
+                self.status = status
                 self.response_started = True
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
-            self.down.h2.send_headers(self.down_sid, response_headers(headers), end_stream=ended)
-        except STREAM_GONE:
+            self.down.codec.send_response_head(self.down_sid, status,
+                                               response_headers(head.headers), ended)
+        except StreamGone:
             self.finish(self.status)
             return
         self.down.want_send()
@@ -463,9 +411,9 @@ class _Exchange(Exchange):
             if not self.req.sent_end:
                 self.req.close()
                 if self.up is not None:
-                    self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+                    self.up.reset(self.up_sid, CANCEL)
                 if not self.req.ended:
-                    self.down.reset(self.down_sid, ErrorCodes.NO_ERROR)
+                    self.down.reset(self.down_sid, NO_ERROR)
             self.finish(self.status)
 
     # -- failures -----------------------------------------------------------------------
@@ -498,19 +446,19 @@ class _Exchange(Exchange):
             return
         if side is self.down:
             if self.up is not None:
-                self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+                self.up.reset(self.up_sid, CANCEL)
             self.finish(self.status)
         elif self.response_received():
             return
         elif not self.response_started:
             self.local_reply(503, replies.UPSTREAM_RESET)
         else:
-            self.down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+            self.down.reset(self.down_sid, INTERNAL_ERROR)
             self.finish(self.status)
 
     def refused(self) -> None:
         """The upstream GOAWAY says this stream was never processed: the client may retry."""
-        self.down.reset(self.down_sid, ErrorCodes.REFUSED_STREAM)
+        self.down.reset(self.down_sid, REFUSED_STREAM)
         self.finish(self.status)
 
     def on_timeout(self) -> None:
@@ -518,9 +466,9 @@ class _Exchange(Exchange):
         if self.finished:
             return
         if self.up is not None:
-            self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+            self.up.reset(self.up_sid, CANCEL)
         if self.response_started:
-            self.down.reset(self.down_sid, ErrorCodes.CANCEL)
+            self.down.reset(self.down_sid, CANCEL)
             self.finish(504)
         else:
             self.local_reply(504, replies.UPSTREAM_TIMEOUT)
@@ -530,25 +478,24 @@ class _Exchange(Exchange):
         if self.finished:
             return
         if self.up is not None:
-            self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+            self.up.reset(self.up_sid, CANCEL)
         down = self.down
         if self.response_started:
-            down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+            down.reset(self.down_sid, INTERNAL_ERROR)
         else:
-            status_h = (b":status", b"%d" % status)
+            codec, sid = down.codec, self.down_sid
             try:
                 if self.grpc:
-                    down.h2.send_headers(
-                        self.down_sid, [status_h, *replies.grpc_headers(status, message)],
-                        end_stream=True)
+                    codec.send_response_head(sid, status, replies.grpc_headers(status, message),
+                                             end_stream=True)
                 else:
                     headers, body = replies.plain_headers(status, message)
-                    down.h2.send_headers(self.down_sid, [status_h, *headers])
-                    down.h2.send_data(self.down_sid, body, end_stream=True)
+                    codec.send_response_head(sid, status, headers)
+                    codec.send_data(sid, body, end_stream=True)
                 if not self.req.ended:  # we answered: the rest of the request is not wanted
-                    down.h2.reset_stream(self.down_sid, ErrorCodes.NO_ERROR)
-            except (*STREAM_GONE, h2.exceptions.FlowControlError):
-                down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+                    codec.send_reset(sid, NO_ERROR)
+            except StreamGone:
+                down.reset(sid, INTERNAL_ERROR)
             down.want_send()
         self.finish(status)
 
@@ -586,7 +533,7 @@ class H2Upstream(_Side):
         if self.closed or self.goaway_received:
             return False
         # Our own count: h2's open_outbound_streams walks every stream on each call.
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        return len(self.streams) < self.codec.peer_max_streams()
 
     def touch(self) -> None:
         if self.idle_timer is not None:
@@ -615,34 +562,28 @@ class H2Upstream(_Side):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.req
 
-    def _on_response(self, ev: h2.events.ResponseReceived) -> None:
+    def _on_response(self, ev: ev_.ResponseHead) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            ex.on_response(ev.headers, informational=False, ended=ev.stream_ended is not None)
+            ex.on_response(ev)
 
-    def _on_informational(self, ev: h2.events.InformationalResponseReceived) -> None:
-        ex = self.streams.get(ev.stream_id)
-        if ex is not None:
-            ex.on_response(ev.headers, informational=True)
-
-    def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+    def _on_goaway(self, ev: ev_.GoAway) -> None:
         """Upstream GOAWAY: no new streams here; streams above last_stream_id were refused."""
         self.goaway_received = True
         self.pool.forget(self)
-        last = ev.last_stream_id if ev.last_stream_id is not None else 0
+        last = ev.last_stream_id
         for sid, ex in list(self.streams.items()):
             if sid > last:
                 ex.refused()
-            elif ev.error_code != ErrorCodes.NO_ERROR:
+            elif ev.code != NO_ERROR:
                 ex.side_lost(self)
         if not self.streams:
             self.close()
 
     _handlers = {
         **_Side._handlers,
-        h2.events.ResponseReceived: _on_response,
-        h2.events.InformationalResponseReceived: _on_informational,
-        h2.events.ConnectionTerminated: _on_goaway,
+        ev_.ResponseHead: _on_response,
+        ev_.GoAway: _on_goaway,
     }
 
 
@@ -791,17 +732,17 @@ class H2Downstream(_Side):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.resp
 
-    def protocol_error(self, err: Exception) -> None:
+    def _on_downstream_protocol_error(self, ev: ev_.ProtocolError) -> None:
         self.ctx.stats.protocol_error()  # remora_downstream_protocol_errors_total
-        super().protocol_error(err)
+        self._on_protocol_error(ev)
 
     def drain(self) -> None:
         """Graceful GOAWAY: streams opened so far finish, new ones are refused."""
         if self.goaway_sent or self.closed:
             return
         self.goaway_sent = True
-        self.last_stream_id = self.h2.highest_inbound_stream_id
-        self.h2.send_goaway(self.last_stream_id)
+        self.codec.send_goaway()
+        self.last_stream_id = self.codec.last_stream_id
         self.want_send()
         if not self.streams:
             self.close()
@@ -811,29 +752,24 @@ class H2Downstream(_Side):
         if not self.streams and (self.goaway_sent or self.goaway_received):
             self.close()
 
-    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+    def _on_request(self, ev: ev_.RequestHead) -> None:
         sid = ev.stream_id
         if not self.goaway_sent and self.ctx.draining():
             self.drain()
         if self.goaway_sent and sid > self.last_stream_id:
-            self.reset(sid, ErrorCodes.REFUSED_STREAM)
+            self.reset(sid, REFUSED_STREAM)
             return
         inbound = self.inbound_endpoint is not None
-        headers = request_headers(ev.headers, inbound, self.xfcc)
-        method = path = authority = b""
-        ex = _Exchange(self, sid, headers)
+        headers = ev.headers = request_headers(ev.headers, inbound, self.xfcc)
+        method, path, authority = ev.method, ev.path, ev.authority
+        ex = _Exchange(self, sid, ev)
+        ex.service = authority.decode("ascii", "replace")
         for name, value in headers:
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-                ex.service = value.decode("ascii", "replace")
-            elif name == b"content-type" and replies.is_grpc(value):
-                ex.grpc = True
+            if name == b"content-type":
+                ex.grpc = replies.is_grpc(value)
+                break
         self.streams[sid] = ex
-        if ev.stream_ended:
+        if ev.end_stream:
             ex.req.ended = True
         ctx = self.ctx
         if self.inbound_endpoint is not None:
@@ -868,14 +804,15 @@ class H2Downstream(_Side):
             ex.timer = asyncio.get_running_loop().call_later(d.timeout, ex.on_timeout)
         return d.endpoint
 
-    def _on_client_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+    def _on_client_goaway(self, ev: ev_.GoAway) -> None:
         """The app/peer will open no more streams; let the open ones finish, then close."""
         self.goaway_received = True
-        if not self.streams or ev.error_code != ErrorCodes.NO_ERROR:
+        if not self.streams or ev.code != NO_ERROR:
             self.close()
 
     _handlers = {
         **_Side._handlers,
-        h2.events.RequestReceived: _on_request,
-        h2.events.ConnectionTerminated: _on_client_goaway,
+        ev_.RequestHead: _on_request,
+        ev_.GoAway: _on_client_goaway,
+        ev_.ProtocolError: _on_downstream_protocol_error,
     }

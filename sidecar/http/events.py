@@ -29,6 +29,17 @@ from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]
 
+# HTTP/2 error codes (RFC 9113 7), used by StreamReset, GoAway and send_reset on every codec.
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x1, 0x2, 0x7, 0x8
+
+
+class StreamGone(Exception):
+    """Raised by a codec's ``send_*`` when the stream was reset or closed by the peer."""
+
+
+class NoStreamAvailable(Exception):
+    """Raised by ``send_request_head`` when the peer's stream limit is reached."""
+
 
 class Event:
     """Base of every codec event (for isinstance checks and typing only)."""
@@ -187,7 +198,10 @@ class TunnelData(Event):
 
 
 class ServerCodec(Protocol):
-    """The server end of a connection (downstream): requests in, responses out."""
+    """The server end of a connection (downstream): requests in, responses out.
+
+    ``send_*`` raise ``StreamGone`` for a stream the peer reset or closed.
+    """
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse bytes from the client; the events they complete, in order."""
@@ -220,9 +234,16 @@ class ServerCodec(Protocol):
     def data_to_send(self) -> bytes:
         """Everything queued since the last call (one transport write)."""
 
+    def peer_max_streams(self) -> int:
+        """How many concurrent streams the peer accepts (HTTP/1.1: 1)."""
+
 
 class ClientCodec(Protocol):
-    """The client end of a connection (upstream): requests out, responses in."""
+    """The client end of a connection (upstream): requests out, responses in.
+
+    ``send_*`` raise ``StreamGone`` for a stream the peer reset or closed, and
+    ``send_request_head`` raises ``NoStreamAvailable`` at the peer's stream limit.
+    """
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse bytes from the server; the events they complete, in order."""
@@ -250,3 +271,6 @@ class ClientCodec(Protocol):
 
     def data_to_send(self) -> bytes:
         """Everything queued since the last call (one transport write)."""
+
+    def peer_max_streams(self) -> int:
+        """How many concurrent streams the peer accepts (HTTP/1.1: 1)."""

@@ -103,6 +103,9 @@ class _Writer:
     def ack(self, stream_id: int, flow: int) -> None:
         pass
 
+    def peer_max_streams(self) -> int:
+        return 1  # one exchange at a time per connection
+
     def data_to_send(self) -> bytes:
         out = self.out
         if not out:

@@ -26,9 +26,11 @@ from .events import (
     Event,
     GoAway,
     Headers,
+    NoStreamAvailable,
     ProtocolError,
     RequestHead,
     ResponseHead,
+    StreamGone,
     StreamReset,
     Trailers,
     WindowOpen,
@@ -37,8 +39,9 @@ from .events import (
 STREAM_WINDOW = 65_535  # per-stream receive window we advertise (the HTTP/2 default)
 CONN_WINDOW = 1 << 21  # connection receive window: a few stalled streams do not block the rest
 MAX_STREAMS = 128  # concurrent streams we accept per connection
-# A stream that is gone (reset or closed by its peer): what touching it raises.
-STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError)
+# A stream that is gone (reset or closed by its peer): what touching it raises in h2.
+STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
+               h2.exceptions.FlowControlError, KeyError)
 
 
 def h2_config(client_side: bool) -> h2.config.H2Configuration:
@@ -166,41 +169,59 @@ class H2Codec:
                 out.append(GoAway(last, int(ev.error_code)))
         return out
 
-    # -- bytes out --------------------------------------------------------------------
+    # -- bytes out (h2's exceptions become the codec interface's StreamGone) ------------
     def send_request_head(self, head: RequestHead) -> int:
-        """Open a stream for ``head``; raises h2's TooManyStreamsError when at the limit."""
+        """Open a stream for ``head``; ``NoStreamAvailable`` at the peer's stream limit."""
         conn = self.conn
-        sid: int = conn.get_next_available_stream_id()
         headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
                    (b":authority", head.authority), (b":path", head.path), *head.headers]
-        conn.send_headers(sid, headers, end_stream=head.end_stream)
+        try:
+            sid: int = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers, end_stream=head.end_stream)
+        except h2.exceptions.TooManyStreamsError as e:
+            raise NoStreamAvailable(str(e)) from e
         return sid
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:
-        self.conn.send_headers(stream_id, [(b":status", b"%d" % status), *headers],
-                               end_stream=end_stream)
+        try:
+            self.conn.send_headers(stream_id, [(b":status", b"%d" % status), *headers],
+                                   end_stream=end_stream)
+        except STREAM_GONE as e:
+            raise StreamGone(stream_id) from e
 
     def send_window(self, stream_id: int) -> int:
-        return int(self.conn.local_flow_control_window(stream_id))
+        try:
+            return int(self.conn.local_flow_control_window(stream_id))
+        except STREAM_GONE as e:
+            raise StreamGone(stream_id) from e
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Send ``data`` (at most ``send_window``), split into frames of the peer's size."""
         conn = self.conn
         size = conn.max_outbound_frame_size
-        if len(data) <= size:
-            conn.send_data(stream_id, data, end_stream=end_stream)
-            return
-        view = memoryview(data)
-        for i in range(0, len(data), size):
-            last = i + size >= len(data)
-            conn.send_data(stream_id, bytes(view[i:i + size]), end_stream=end_stream and last)
+        try:
+            if len(data) <= size:
+                conn.send_data(stream_id, data, end_stream=end_stream)
+                return
+            view = memoryview(data)
+            for i in range(0, len(data), size):
+                last = i + size >= len(data)
+                conn.send_data(stream_id, bytes(view[i:i + size]), end_stream=end_stream and last)
+        except STREAM_GONE as e:
+            raise StreamGone(stream_id) from e
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
-        self.conn.send_headers(stream_id, headers, end_stream=True)
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=True)
+        except STREAM_GONE as e:
+            raise StreamGone(stream_id) from e
 
     def send_end(self, stream_id: int) -> None:
-        self.conn.end_stream(stream_id)
+        try:
+            self.conn.end_stream(stream_id)
+        except STREAM_GONE as e:
+            raise StreamGone(stream_id) from e
 
     def send_reset(self, stream_id: int, code: int) -> None:
         with contextlib.suppress(*STREAM_GONE):
@@ -218,6 +239,9 @@ class H2Codec:
         if flow:
             with contextlib.suppress(*STREAM_GONE):
                 self.conn.acknowledge_received_data(flow, stream_id)
+
+    def peer_max_streams(self) -> int:
+        return int(self.conn.remote_settings.max_concurrent_streams)
 
     def data_to_send(self) -> bytes:
         return bytes(self.conn.data_to_send())

@@ -155,6 +155,7 @@ import pytest  # noqa: E402
 
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
+from sidecar.http import h2codec  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
 from sidecar.routing import RouteDecision  # noqa: E402
 
@@ -513,7 +514,7 @@ async def test_slow_reader_stalls_the_server_instead_of_growing_buffers(relay):
             await client.pump(0.1)
         held = relay_buffered()
         # Bounded by the windows (64 KiB per stream, 2 MiB per connection), not by the stream.
-        assert held < 2 * http2.CONN_WINDOW, held
+        assert held < 2 * h2codec.CONN_WINDOW, held
         assert relay.app.yielded < count  # the server is held back by flow control
         _, body, trailers = await client.read_stream(sid, ack=True, limit=30)
         assert len(body) == count * (size + 5)  # then everything arrives once we read
@@ -533,7 +534,7 @@ async def test_client_that_stops_reading_its_socket_fills_no_more_than_the_high_
         client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
         await asyncio.sleep(1.5)  # and never read the socket
         held = relay_buffered()
-        assert held < 2 * http2.CONN_WINDOW + http2.HIGH_WATER, held
+        assert held < 2 * h2codec.CONN_WINDOW + http2.HIGH_WATER, held
         assert relay.app.yielded < count
         assert any(d.write_paused for d in relay.downstreams)  # reading from it was paused
     finally:
