@@ -530,7 +530,9 @@ class H1Downstream(asyncio.Protocol):
         self.http10 = version == "1.0"
         self.upgrade = upgrade
         self.resp_started = False
-        self.ex.restart(ctx.service)
+        ex = self.ex  # Exchange.restart, inlined: this is the per-request hot path
+        ex.service, ex.peer, ex.started, ex.finished = (ctx.service, ctx.peer_identity,
+                                                         time.monotonic(), False)
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
@@ -563,7 +565,9 @@ class H1Downstream(asyncio.Protocol):
                     self._local_reply(denied.status, denied.message)
                     return None
             return self.target
-        router = current_router(ctx)
+        router = ctx.router
+        if ctx.current_router is not None and ctx.current_router() is not router:
+            router = current_router(ctx)  # a config push: the port is looked up again
         if self.target is not None and self.target_router is router:
             return self.target
         d = decide_outbound(ctx, self.method, self.url, self.headers)
@@ -629,7 +633,8 @@ class H1Downstream(asyncio.Protocol):
         if self.req_done and self.req_chunked:
             buf.append(b"0\r\n\r\n")
         self.flush()
-        self._resume(_P_WAIT)
+        if self.paused & _P_WAIT:
+            self._resume(_P_WAIT)
 
     def upstream_lost(self, up: H1Upstream) -> None:
         """The upstream connection closed during our exchange."""
