@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +53,6 @@ HIGH_WATER = 256 * 1024  # transport write buffer: stop reading that peer above 
 LOW_WATER = 64 * 1024
 CONNECT_TIMEOUT = 5.0  # when the cluster does not say (inbound hop to the app)
 IDLE_TIMEOUT = 60.0  # an upstream connection without streams is closed after this
-DRAIN_POLL = 0.5  # seconds between checks of ctx.draining() for idle downstream connections
 
 # (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
 # verified for the workload that had it before.
@@ -72,6 +70,9 @@ class H2Context:
     peer_identity: str | None  # downstream peer's SPIFFE ID (inbound mTLS), else None
     stats: Stats
     draining: Callable[[], bool]
+    pool: H2Pool  # the runtime's upstream pool for this direction
+    registry: set[Any] | None = None  # open downstream connections, drained by the runtime
+    closed: Callable[[], None] | None = None  # counts this connection's close (once)
     local_identity: str | None = None  # inbound: this proxy's SPIFFE ID (the XFCC's By=)
     # Outbound: the current router (a config push applies to the next request on an open
     # connection too) and the original destination that selects the service port in it.
@@ -599,25 +600,12 @@ class H2Pool:
     connect attempt.
     """
 
-    _by_connector: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
-
     def __init__(self, connector: Connector) -> None:
-        # Weak: the pool lives in a WeakKeyDictionary keyed by this connector.
-        self._connector = weakref.ref(connector)
+        # One pool per connector, owned by the runtime (outbound and inbound) and handed to
+        # every downstream connection in its context.
+        self.connector = connector
         self.conns: dict[PoolKey, list[H2Upstream]] = {}
         self.connecting: dict[PoolKey, asyncio.Task[H2Upstream]] = {}
-
-    @classmethod
-    def for_connector(cls, connector: Connector) -> H2Pool:
-        """The pool shared by every downstream connection that uses this connector.
-
-        A new Connector (new certificates or source binding) gets a new pool; connections
-        of the old pool live on until their streams finish or they idle out.
-        """
-        pool = cls._by_connector.get(connector)
-        if pool is None:
-            pool = cls._by_connector[connector] = cls(connector)
-        return pool
 
     def pick(self, key: PoolKey) -> H2Upstream | None:
         for conn in self.conns.get(key, ()):
@@ -650,10 +638,7 @@ class H2Pool:
 
     async def _connect(self, endpoint: Endpoint, alpn: str, key: PoolKey,
                        timeout: float) -> H2Upstream:
-        connector = self._connector()
-        if connector is None:
-            raise ConnectionError("the proxy replaced this connector")
-        _, proto, peer = await connector.connect(endpoint, alpn, lambda: H2Upstream(self, key),
+        _, proto, peer = await self.connector.connect(endpoint, alpn, lambda: H2Upstream(self, key),
                                                  timeout)
         proto.peer_identity = peer
         if proto.closed:
@@ -674,30 +659,6 @@ class H2Pool:
                 conn.close()
 
 
-# One poll per event loop for all downstream connections, rather than a timer per connection.
-_live_downstreams: weakref.WeakSet[H2Downstream] = weakref.WeakSet()
-_drain_polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.TimerHandle] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _watch_draining() -> None:
-    loop = asyncio.get_running_loop()
-    if loop not in _drain_polls:
-        _drain_polls[loop] = loop.call_later(DRAIN_POLL, _check_draining)
-
-
-def _check_draining() -> None:
-    """Send GOAWAY on every downstream connection whose proxy started draining (even idle ones)."""
-    loop = asyncio.get_running_loop()
-    _drain_polls.pop(loop, None)
-    for down in list(_live_downstreams):
-        if not down.closed and not down.goaway_sent and down.ctx.draining():
-            down.drain()
-    if _live_downstreams:
-        _watch_draining()
-
-
 class H2Downstream(_Side):
     """Server end of one downstream connection: app → outbound proxy, or peer → inbound proxy."""
 
@@ -706,7 +667,7 @@ class H2Downstream(_Side):
     def __init__(self, ctx: H2Context) -> None:
         super().__init__()
         self.ctx = ctx
-        self.pool = H2Pool.for_connector(ctx.connector)
+        self.pool = ctx.pool
         self.goaway_sent = False
         self.last_stream_id = 0
         self.inbound_endpoint = (
@@ -719,12 +680,19 @@ class H2Downstream(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        _live_downstreams.add(self)
-        _watch_draining()
+        if self.ctx.registry is not None:
+            self.ctx.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        _live_downstreams.discard(self)
+        if self.ctx.registry is not None:
+            self.ctx.registry.discard(self)
+        if self.ctx.closed is not None:  # the connection's one close count
+            self.ctx.closed()
         super().connection_lost(exc)
+
+    def close_if_idle(self) -> None:
+        """Draining (the runtime calls this on every open downstream): graceful GOAWAY."""
+        self.drain()
 
     def in_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.req

@@ -212,6 +212,7 @@ class Relay:
     downstreams: list[H2Downstream]
     routers: list[StubRouter]
     in_ctx: H2Context
+    registry: set
 
     async def run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -237,28 +238,32 @@ async def running_relay(app_options: list | None = None):
             return d
         return make
 
+    in_pool, out_pool = H2Pool(in_conn), H2Pool(out_conn)
+    registry: set = set()  # open downstream connections, as the runtime keeps them
     in_ctx = H2Context(router=None, outbound_port=None, inbound_target=("127.0.0.1", app_port),
                        connector=in_conn, peer_identity=CLIENT_ID, stats=stats,
-                       draining=lambda: False, local_identity=SERVER_ID)
+                       draining=lambda: False, pool=in_pool, registry=registry,
+                       local_identity=SERVER_ID)
     inbound = await loop.create_server(factory(in_ctx), "127.0.0.1", 0)
     in_port = inbound.sockets[0].getsockname()[1]
     router = StubRouter(Endpoint(address="127.0.0.1", port=in_port, identity=SERVER_ID))
     routers = [router]  # the proxy's current router: a config push appends one
     out_ctx = H2Context(router=router, outbound_port=None, inbound_target=None,
                         connector=out_conn, peer_identity=None, stats=stats,
-                        draining=lambda: draining[0], current_router=lambda: routers[-1],
+                        draining=lambda: draining[0], pool=out_pool, registry=registry,
+                        current_router=lambda: routers[-1],
                         original_dst=("198.18.0.10", 80))
     outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
     try:
         yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
-                    out_conn, in_conn, draining, downstreams, routers, in_ctx)
+                    out_conn, in_conn, draining, downstreams, routers, in_ctx, registry)
     finally:
         for srv in (outbound, inbound):
             srv.close()
         for d in downstreams:
             d.close()
-        H2Pool.for_connector(out_conn).close()
-        H2Pool.for_connector(in_conn).close()
+        out_pool.close()
+        in_pool.close()
         await asyncio.to_thread(server.stop, None)
 
 
@@ -490,11 +495,11 @@ class RawClient:
         self.writer.close()
 
 
-def relay_buffered() -> int:
+def relay_buffered(relay: Relay) -> int:
     """Bytes the relays hold right now: queued in pipes plus unsent in transports."""
     total = 0
     seen = set()
-    for down in list(http2._live_downstreams):
+    for down in list(relay.registry):  # the open downstream connections
         for ex in down.streams.values():
             total += sum(len(item[0]) for item in ex.req.queue)
             total += sum(len(item[0]) for item in ex.resp.queue)
@@ -512,7 +517,7 @@ async def test_slow_reader_stalls_the_server_instead_of_growing_buffers(relay):
         sid = client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
         for _ in range(10):  # a second of not acknowledging anything
             await client.pump(0.1)
-        held = relay_buffered()
+        held = relay_buffered(relay)
         # Bounded by the windows (64 KiB per stream, 2 MiB per connection), not by the stream.
         assert held < 2 * h2codec.CONN_WINDOW, held
         assert relay.app.yielded < count  # the server is held back by flow control
@@ -533,7 +538,7 @@ async def test_client_that_stops_reading_its_socket_fills_no_more_than_the_high_
         client.h2.increment_flow_control_window(2**31 - 1 - 65_535)
         client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
         await asyncio.sleep(1.5)  # and never read the socket
-        held = relay_buffered()
+        held = relay_buffered(relay)
         assert held < 2 * h2codec.CONN_WINDOW + http2.HIGH_WATER, held
         assert relay.app.yielded < count
         assert any(d.write_paused for d in relay.downstreams)  # reading from it was paused
@@ -625,6 +630,8 @@ async def test_drain_sends_goaway_and_lets_inflight_streams_finish(relay):
     inflight = asyncio.ensure_future(relay.run(call))
     await asyncio.sleep(0.3)
     relay.draining[0] = True
+    for d in list(relay.registry):  # what the runtime's drain does with its open connections
+        d.close_if_idle()
     assert await inflight == 10  # started before the GOAWAY: completes
     outbound = [d for d in relay.downstreams if d.ctx.router is not None]
     assert outbound and all(d.goaway_sent for d in outbound)
