@@ -173,8 +173,12 @@ class H2Codec:
     def send_request_head(self, head: RequestHead) -> int:
         """Open a stream for ``head``; ``NoStreamAvailable`` at the peer's stream limit."""
         conn = self.conn
-        headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                   (b":authority", head.authority), (b":path", head.path), *head.headers]
+        if head.authority:
+            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
+                       (b":authority", head.authority), (b":path", head.path), *head.headers]
+        else:  # HTTP/2 allows Host instead; an empty :authority would contradict it
+            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
+                       (b":path", head.path), *head.headers]
         try:
             sid: int = conn.get_next_available_stream_id()
             conn.send_headers(sid, headers, end_stream=head.end_stream)

@@ -202,6 +202,15 @@ def test_h2_request_and_response_round_trip() -> None:
     assert at_client[-1].status == 200 and at_client[-1].end_stream  # type: ignore[attr-defined]
 
 
+def test_h2_request_with_host_instead_of_authority_is_relayed_as_it_came() -> None:
+    p = H2Pair()
+    p.client.send_request_head(ev.RequestHead(0, b"GET", b"http", b"", b"/", [(b"host", b"w")], True))
+    at_server, _ = p.pump()
+    head = content(at_server)[0]
+    assert isinstance(head, ev.RequestHead)
+    assert (head.authority, head.headers) == (b"", [(b"host", b"w")])
+
+
 def test_h2_flow_control_waits_for_ack() -> None:
     p = H2Pair()
     sid = p.client.send_request_head(ev.RequestHead(0, b"POST", b"http", b"s", b"/", []))
