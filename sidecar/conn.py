@@ -2,7 +2,9 @@
 
 Every accepted connection is counted opened at accept and closed exactly once, whatever it
 became (refused, spliced, HTTP/1.1, or handed to the HTTP/2 relay), so that the active
-connection gauge is right and a drain can tell when the last connection has gone.
+connection gauge is right and a drain can tell when the last connection has gone. An HTTP
+connection's protocol counts its own close in ``connection_lost`` (H1Downstream through
+its context's stats, H2Downstream through its context's ``closed`` hook).
 """
 
 from __future__ import annotations
@@ -35,16 +37,3 @@ def serve_guarded(stats: Stats, direction: str, sock: socket.socket, dst: tuple[
                 close_counted(stats, direction, sock)
 
     asyncio.get_running_loop().create_task(guarded())
-
-
-def count_close(protocol: asyncio.BaseProtocol, stats: Stats, direction: str) -> asyncio.BaseProtocol:
-    """Count the close of a protocol we do not own (the HTTP/2 relay) when it loses its
-    connection: wraps ``connection_lost`` on the instance."""
-    lost = protocol.connection_lost
-
-    def connection_lost(exc: Exception | None) -> None:
-        stats.conn_closed(direction)
-        lost(exc)
-
-    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-    return protocol

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,10 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .http import replies
+from .http.exchange import Authorizer, Exchange, authorize, current_router, decide_outbound
+from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
+from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
@@ -36,17 +39,8 @@ POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
 POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
-})
-REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
-           504: b"Gateway Timeout", 404: b"Not Found", 431: b"Request Header Fields Too Large"}
-
 # Request headers that need a look; every other header is copied as it came.
-_REQ_SPECIAL = HOP_BY_HOP | {b"content-length", b"host", b"x-request-id", b"x-forwarded-client-cert"}
-# Connection tokens that name no header to drop (or that must never be dropped).
-_CONN_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade", b"", b"host"})
+_REQ_SPECIAL = HOP_BY_HOP | MESH_OWNED | {b"content-length", b"host", b"x-request-id"}
 # Response headers that need a look (Content-Length is kept even if Connection names it).
 _RESP_SPECIAL = HOP_BY_HOP | {b"content-length", b""}
 
@@ -74,6 +68,7 @@ class H1Context:
     # connection too) and the original destination that selects the service port in it.
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
+    authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
 
 
 class BadRequest(Exception):
@@ -105,13 +100,6 @@ def _log_callback_bug(e: Exception) -> None:
 
 def _head_too_large() -> None:
     raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
-
-
-def _request_id(_bits=random.getrandbits) -> bytes:
-    # A random UUIDv4-shaped id; the Mersenne Twister, not os.urandom: no syscall per request,
-    # and a request id is not a secret.
-    b = b"%032x" % _bits(128)
-    return b"%s-%s-4%s-%s-%s" % (b[:8], b[8:12], b[13:16], b[16:20], b[20:32])
 
 
 def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
@@ -291,9 +279,9 @@ class H1Downstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         # Inbound over mTLS: who the client is, told to the app on every request.
-        self.xfcc = b"x-forwarded-client-cert: By=%s;URI=%s\r\n" % (
-            (ctx.local_identity or "").encode(), ctx.peer_identity.encode()
-        ) if ctx.direction == INBOUND and ctx.peer_identity else b""
+        xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity)
+        self.xfcc = (b"x-forwarded-client-cert: %s\r\n" % xfcc
+                     if ctx.direction == INBOUND and xfcc else b"")
         self.paused = 0
         self.closed = False
         self.backlog: list[tuple] | None = None
@@ -301,6 +289,7 @@ class H1Downstream(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.host = b""
         # The exchange in flight.
         self.busy = False
         self.pending_dispatch = False
@@ -319,15 +308,13 @@ class H1Downstream(asyncio.Protocol):
         # outbound while the router is current and the port is fixed (Router.is_fixed).
         self.target: _Target | None = None
         self.target_router: Router | None = None
-        # The peer_identity label of the exchange: the downstream's SPIFFE ID inbound, the
-        # upstream's (set when it is attached) outbound.
-        self.peer = ctx.peer_identity
+        # The exchange in flight: its accounting (one object per connection, reused).
+        self.ex = Exchange(ctx)
         self.resp_chunked = False
         self.resp_started = False
         self.resp_until_close = False
         self.resp_status = 0
         self.http10 = False
-        self.started_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel = False
         self.eof = False  # the client half-closed
@@ -481,7 +468,8 @@ class H1Downstream(asyncio.Protocol):
         ctx = self.ctx
         cl = te = None
         hosts = 0
-        request_id = False
+        self.host = b""
+        has_id = False
         out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
         conn_tokens: set[bytes] = set()
         for name, value in self.headers:
@@ -502,14 +490,15 @@ class H1Downstream(asyncio.Protocol):
             elif lname == b"upgrade":
                 if upgrade:
                     out.append(b"%s: %s\r\n" % (name, value))
-            elif lname == b"x-forwarded-client-cert":
+            elif lname in MESH_OWNED:
                 if ctx.direction != INBOUND:  # inbound: only this proxy may assert the client
                     out.append(b"%s: %s\r\n" % (name, value))
             elif lname not in HOP_BY_HOP:
                 if lname == b"host":
                     hosts += 1
+                    self.host = value
                 else:
-                    request_id = True
+                    has_id = True
                 out.append(b"%s: %s\r\n" % (name, value))
         conn_tokens -= _CONN_KEYWORDS
         if conn_tokens:  # rare: headers named in Connection are hop-by-hop too
@@ -519,8 +508,8 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
-        if not request_id:
-            out.append(b"x-request-id: %s\r\n" % _request_id())
+        if not has_id:
+            out.append(b"x-request-id: %s\r\n" % request_id())
         if self.xfcc:
             out.append(self.xfcc)
         if te is not None:
@@ -541,8 +530,9 @@ class H1Downstream(asyncio.Protocol):
         self.http10 = version == "1.0"
         self.upgrade = upgrade
         self.resp_started = False
-        self.started_at = time.monotonic()
-        self.peer = ctx.peer_identity
+        ex = self.ex  # Exchange.restart, inlined: this is the per-request hot path
+        ex.service, ex.peer, ex.started, ex.finished = (ctx.service, ctx.peer_identity,
+                                                         time.monotonic(), False)
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
@@ -569,21 +559,23 @@ class H1Downstream(asyncio.Protocol):
             if self.target is None:
                 self.target = _Target(Endpoint(*ctx.inbound_target), None, 5.0, "http/1.1",
                                       INBOUND)
+            if ctx.authorizer is not None:
+                denied = authorize(ctx, self.method, self.url, self.host, self.headers)
+                if denied is not None:
+                    self._local_reply(denied.status, denied.message)
+                    return None
             return self.target
-        if ctx.current_router is not None:
-            router = ctx.current_router()
-            if router is not ctx.router:
-                ctx.router = router
-                ctx.outbound_port = router.lookup(*ctx.original_dst)
         router = ctx.router
+        if ctx.current_router is not None and ctx.current_router() is not router:
+            router = current_router(ctx)  # a config push: the port is looked up again
         if self.target is not None and self.target_router is router:
             return self.target
-        d = router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
-        if d.status:
+        d = decide_outbound(ctx, self.method, self.url, self.headers)
+        if d.endpoint is None:
             self._local_reply(d.status, d.message)
             return None
-        target = _Target(d.endpoint, d.timeout, d.cluster.connect_timeout, ALPN_H1, OUTBOUND)
-        if router.is_fixed(ctx.outbound_port):
+        target = _Target(d.endpoint, d.timeout, d.connect_timeout, ALPN_H1, OUTBOUND)
+        if router is not None and router.is_fixed(ctx.outbound_port):
             self.target, self.target_router = target, router
         return target
 
@@ -626,7 +618,7 @@ class H1Downstream(asyncio.Protocol):
     def _attach(self, up: H1Upstream) -> None:
         self.up = up
         if self.ctx.direction == OUTBOUND:  # the metric names who answered: the upstream
-            self.peer = up.peer_identity
+            self.ex.peer = up.peer_identity
         up.down = self
         up.started = False
         up.tunnel = False
@@ -641,7 +633,8 @@ class H1Downstream(asyncio.Protocol):
         if self.req_done and self.req_chunked:
             buf.append(b"0\r\n\r\n")
         self.flush()
-        self._resume(_P_WAIT)
+        if self.paused & _P_WAIT:
+            self._resume(_P_WAIT)
 
     def upstream_lost(self, up: H1Upstream) -> None:
         """The upstream connection closed during our exchange."""
@@ -657,7 +650,7 @@ class H1Downstream(asyncio.Protocol):
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
                 return
-            self._local_reply(502, "upstream connect error or disconnect/reset before headers")
+            self._local_reply(502, replies.UPSTREAM_RESET)
             return
         if self.resp_until_close:
             self._finish_response(reusable=False)
@@ -678,7 +671,7 @@ class H1Downstream(asyncio.Protocol):
             up.down = None
             up.transport.abort()
         if not self.resp_started:
-            self._local_reply(504, "upstream request timeout")
+            self._local_reply(504, replies.UPSTREAM_TIMEOUT)
         else:
             self.transport.abort()
 
@@ -773,9 +766,7 @@ class H1Downstream(asyncio.Protocol):
         self._exchange_done(self.resp_status)
 
     def _exchange_done(self, status: int) -> None:
-        ctx = self.ctx
-        ctx.stats.request_done(ctx.direction, ctx.service, status,
-                               time.monotonic() - self.started_at, self.peer)
+        self.ex.done(status)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
@@ -827,8 +818,7 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel = True
         up.tunnel = True
         self._cancel_timer()
-        self.ctx.stats.request_done(self.ctx.direction, self.ctx.service, 101,
-                                    time.monotonic() - self.started_at, self.peer)
+        self.ex.done(101)
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
             self.tunnel_bytes = b""
@@ -852,12 +842,12 @@ class H1Downstream(asyncio.Protocol):
         self.transport.close()
 
     def _local_reply(self, status: int, message: str) -> None:
-        body = message.encode() + b"\n"
+        body = replies.body(message)
         self.resp_started = True
         close = not self.keep_alive or not self.req_done or self.ctx.draining()
         self.wbuf.append(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status, REASONS.get(status, b"Error"), len(body),
+                status, replies.reason(status), len(body),
                 b"connection: close\r\n" if close else b"", body))
         if close:
             self.keep_alive = False

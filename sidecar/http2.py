@@ -1,4 +1,7 @@
-"""HTTP/2 relay of the sidecar: one h2 server per downstream connection, pooled h2 clients upstream.
+"""HTTP/2 relay of the sidecar: one server codec per downstream connection, pooled client
+codecs upstream. The relay sees only the codec interface (``sidecar/http/events.py``):
+``H2Codec`` on h2 today, a libnghttp2 codec later; the request policy is the exchange's
+(``sidecar/http/exchange.py``, ``headers.py``, ``replies.py``), shared with HTTP/1.1.
 
 Each downstream stream is paired with one stream on a pooled upstream connection (an
 ``_Exchange``). Bytes move through two ``_Pipe`` objects (request: downstream → upstream,
@@ -9,32 +12,34 @@ buffer here. What a pipe holds is therefore bounded by the window we advertised 
 When a transport's write buffer passes its high-water mark the side stops reading from that
 peer and stops moving DATA into it until the buffer drains (pause_reading/resume_reading).
 
-h2's connection state machine refuses every frame after a GOAWAY was sent or received; a
-graceful GOAWAY (in-flight streams finish) needs the state kept open, see ``_Connection``.
-See docs/http2.md.
+Graceful GOAWAY both ways is the codec's (``h2codec.GracefulH2Connection``). See
+docs/http2.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-
 from control_plane.api.model import Endpoint
+
+from .http import events as ev_
+from .http import replies
+from .http.events import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    NoStreamAvailable,
+    StreamGone,
+)
+from .http.exchange import Authorizer, Exchange, authorize, decide_outbound
+from .http.h2codec import H2Codec
+from .http.headers import request_headers, response_headers, xfcc_value
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -44,26 +49,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remora.http2")
 
-STREAM_WINDOW = 65_535  # per-stream receive window we advertise (the HTTP/2 default)
-CONN_WINDOW = 1 << 21  # connection receive window: a few stalled streams do not block the rest
-MAX_STREAMS = 128  # concurrent streams we accept per downstream connection
 HIGH_WATER = 256 * 1024  # transport write buffer: stop reading that peer above this
 LOW_WATER = 64 * 1024
 CONNECT_TIMEOUT = 5.0  # when the cluster does not say (inbound hop to the app)
 IDLE_TIMEOUT = 60.0  # an upstream connection without streams is closed after this
-DRAIN_POLL = 0.5  # seconds between checks of ctx.draining() for idle downstream connections
 
-# Connection-specific headers (RFC 9113 8.2.2); "te" is kept only as "te: trailers".
-HOP_BY_HOP = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
-     b"http2-settings")
-)
-GRPC_UNAVAILABLE = b"14"
-GRPC_DEADLINE_EXCEEDED = b"4"
 # (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
 # verified for the workload that had it before.
 PoolKey = tuple[str, int, str, str | None]
-STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError)
 
 
 @dataclass
@@ -77,48 +70,15 @@ class H2Context:
     peer_identity: str | None  # downstream peer's SPIFFE ID (inbound mTLS), else None
     stats: Stats
     draining: Callable[[], bool]
-
-
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    # Headers stay bytes end to end; inbound validation guards us, outbound would re-check
-    # what we just validated (or copied from a validated peer) at a CPU cost.
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-
-
-def _settings(client_side: bool) -> h2.settings.Settings:
-    values = {
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-    }
-    if client_side:
-        values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-    return h2.settings.Settings(client=client_side, initial_values=values)
-
-
-class _Connection(h2.connection.H2Connection):
-    """h2 with graceful GOAWAY both ways (RFC 9113 6.8: streams up to last-stream-id finish).
-
-    Stock h2 (4.x) moves to CLOSED on any GOAWAY, rejects every later frame (even a PING in
-    the same read) and drops its unsent output. Here the state and the output survive a
-    NO_ERROR GOAWAY; new streams are refused by the relay's own bookkeeping instead.
-    """
-
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        state, unsent = self.state_machine.state, self._data_to_send
-        result = super()._receive_goaway_frame(frame)
-        if frame.error_code == ErrorCodes.NO_ERROR:
-            self.state_machine.state, self._data_to_send = state, unsent
-        return result
-
-    def send_goaway(self, last_stream_id: int) -> None:
-        state = self.state_machine.state
-        self.close_connection(ErrorCodes.NO_ERROR, last_stream_id=last_stream_id)
-        self.state_machine.state = state
+    pool: H2Pool  # the runtime's upstream pool for this direction
+    registry: set[Any] | None = None  # open downstream connections, drained by the runtime
+    closed: Callable[[], None] | None = None  # counts this connection's close (once)
+    local_identity: str | None = None  # inbound: this proxy's SPIFFE ID (the XFCC's By=)
+    # Outbound: the current router (a config push applies to the next request on an open
+    # connection too) and the original destination that selects the service port in it.
+    current_router: Callable[[], Router] | None = None
+    original_dst: tuple[str, int] | None = None
+    authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
 
 
 class _Side(asyncio.Protocol):
@@ -127,8 +87,7 @@ class _Side(asyncio.Protocol):
     client_side = False
 
     def __init__(self) -> None:
-        self.h2 = _Connection(_config(self.client_side))
-        self.h2.local_settings = _settings(self.client_side)
+        self.codec = H2Codec(self.client_side)  # queues the preface and our SETTINGS
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Exchange] = {}
         self.blocked: set[_Pipe] = set()  # pipes into this side waiting for window/writability
@@ -141,12 +100,10 @@ class _Side(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONN_WINDOW - 65_535)
         self.send_now()
 
     def want_send(self) -> None:
-        """Write h2's output soon: one write per event-loop turn instead of one per frame."""
+        """Write the codec's output soon: one write per event-loop turn, not one per frame."""
         if not self._send_scheduled and not self.closed:
             self._send_scheduled = True
             asyncio.get_running_loop().call_soon(self.send_now)
@@ -155,7 +112,7 @@ class _Side(asyncio.Protocol):
         self._send_scheduled = False
         if self.closed or self.transport is None or self.transport.is_closing():
             return
-        data = self.h2.data_to_send()
+        data = self.codec.data_to_send()
         if data:
             self.transport.write(data)
 
@@ -182,11 +139,7 @@ class _Side(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self.protocol_error(e)
-            return
+        events = self.codec.feed(data)
         try:
             for ev in events:
                 handler = self._handlers.get(type(ev))
@@ -198,10 +151,9 @@ class _Side(asyncio.Protocol):
             return
         self.want_send()
 
-    def protocol_error(self, err: Exception) -> None:
-        log.info("%s: HTTP/2 protocol error: %s", type(self).__name__, err)
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+    def _on_protocol_error(self, ev: ev_.ProtocolError) -> None:
+        """The codec queued GOAWAY(PROTOCOL_ERROR): write it and close."""
+        log.info("%s: %s", type(self).__name__, ev.message)
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -218,50 +170,47 @@ class _Side(asyncio.Protocol):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         raise NotImplementedError
 
-    def _on_data(self, ev: h2.events.DataReceived) -> None:
+    def _on_data(self, ev: ev_.Data) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is None:  # stream already torn down: give the window back and drop the bytes
-            self.ack(ev.flow_controlled_length, ev.stream_id)
+            self.ack(ev.flow, ev.stream_id)
             return
-        self.in_pipe(ex).push(ev.data, ev.flow_controlled_length)
+        self.in_pipe(ex).push(ev.data, ev.flow)
 
-    def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
+    def _on_trailers(self, ev: ev_.Trailers) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            self.in_pipe(ex).trailers = _filter(ev.headers)
+            pipe = self.in_pipe(ex)
+            pipe.trailers = response_headers(ev.headers)
+            pipe.finish()  # trailers end the message
 
-    def _on_ended(self, ev: h2.events.StreamEnded) -> None:
+    def _on_ended(self, ev: ev_.EndOfMessage) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
             self.in_pipe(ex).finish()
 
-    def _on_reset(self, ev: h2.events.StreamReset) -> None:
+    def _on_reset(self, ev: ev_.StreamReset) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            ex.reset_from(self, ev.error_code)
+            ex.reset_from(self, ev.code)
 
-    def _on_window(self, ev: h2.events.WindowUpdated) -> None:
-        if ev.stream_id == 0:
+    def _on_window(self, ev: ev_.WindowOpen) -> None:
+        if ev.stream_id == 0:  # the connection window, or SETTINGS grew every stream's
             self.flush_blocked()
             return
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
             self.out_pipe(ex).flush()
 
-    def _on_settings(self, ev: h2.events.RemoteSettingsChanged) -> None:
-        self.flush_blocked()  # INITIAL_WINDOW_SIZE may have grown every stream's window
-
     def ack(self, n: int, stream_id: int) -> None:
         if n and not self.closed:
-            with contextlib.suppress(*STREAM_GONE):
-                self.h2.acknowledge_received_data(n, stream_id)
+            self.codec.ack(stream_id, n)
             self.want_send()
 
     def reset(self, stream_id: int | None, code: int) -> None:
         if stream_id is None or self.closed:
             return
-        with contextlib.suppress(*STREAM_GONE):
-            self.h2.reset_stream(stream_id, code)
+        self.codec.send_reset(stream_id, code)
         self.want_send()
 
     def drop(self, stream_id: int | None) -> None:
@@ -270,23 +219,13 @@ class _Side(asyncio.Protocol):
             self.streams.pop(stream_id, None)
 
     _handlers: dict[type, Callable[[Any, Any], None]] = {
-        h2.events.DataReceived: _on_data,
-        h2.events.TrailersReceived: _on_trailers,
-        h2.events.StreamEnded: _on_ended,
-        h2.events.StreamReset: _on_reset,
-        h2.events.WindowUpdated: _on_window,
-        h2.events.RemoteSettingsChanged: _on_settings,
+        ev_.Data: _on_data,
+        ev_.Trailers: _on_trailers,
+        ev_.EndOfMessage: _on_ended,
+        ev_.StreamReset: _on_reset,
+        ev_.WindowOpen: _on_window,
+        ev_.ProtocolError: _on_protocol_error,
     }
-
-
-def _filter(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop connection-specific headers; keep ``te: trailers`` (gRPC needs it)."""
-    out = []
-    for name, value in headers:
-        if name in HOP_BY_HOP or (name == b"te" and value.strip().lower() != b"trailers"):
-            continue
-        out.append((name, value))
-    return out
 
 
 class _Pipe:
@@ -326,7 +265,7 @@ class _Pipe:
         if dst.write_paused or dst.closed:
             dst.blocked.add(self)
             return
-        conn = dst.h2
+        codec = dst.codec
         sid = self.dst_sid
         queue = self.queue
         acked = 0
@@ -335,17 +274,16 @@ class _Pipe:
                 item = queue[0]
                 data = item[0]
                 if data:
-                    window = conn.local_flow_control_window(sid)
+                    window = codec.send_window(sid)
                     if window <= 0:
                         break
-                    n = min(len(data), window, conn.max_outbound_frame_size)
-                    if n < len(data):
-                        conn.send_data(sid, data[:n])
-                        item[0] = data[n:]
-                        item[1] -= n
-                        acked += n
+                    if window < len(data):
+                        codec.send_data(sid, data[:window])
+                        item[0] = data[window:]
+                        item[1] -= window
+                        acked += window
                         continue
-                    conn.send_data(sid, data)
+                    codec.send_data(sid, data)
                 queue.popleft()
                 acked += item[1]
             if queue:
@@ -354,14 +292,14 @@ class _Pipe:
                 dst.blocked.discard(self)
                 if self.ended:
                     if self.trailers:
-                        conn.send_headers(sid, self.trailers, end_stream=True)
+                        codec.send_trailers(sid, self.trailers)
                     else:
-                        conn.end_stream(sid)
+                        codec.send_end(sid)
                     self.sent_end = True
-        except STREAM_GONE:
+        except StreamGone:
             # The destination stream is gone (reset or closed by its peer): nothing more moves.
             self.close()
-            self.ex.reset_from(dst, ErrorCodes.CANCEL)
+            self.ex.reset_from(dst, CANCEL)
         finally:
             dst.want_send()
             if acked:
@@ -382,14 +320,14 @@ class _Pipe:
             self.src.ack(pending, self.src_sid)
 
 
-class _Exchange:
+class _Exchange(Exchange):
     """One request/response: a downstream stream paired with an upstream stream."""
 
-    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers", "started",
-                 "status", "response_started", "finished", "timer", "service", "peer", "grpc",
-                 "task", "connect_timeout")
+    __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "head",
+                 "status", "response_started", "timer", "grpc", "task", "connect_timeout")
 
-    def __init__(self, down: H2Downstream, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, down: H2Downstream, sid: int, head: ev_.RequestHead) -> None:
+        super().__init__(down.ctx)
         self.down = down
         self.down_sid = sid
         self.up: H2Upstream | None = None
@@ -398,34 +336,30 @@ class _Exchange:
         self.resp = _Pipe(self, None, None)
         self.resp.dst = down
         self.resp.dst_sid = sid
-        self.headers = headers
-        self.started = time.monotonic()
+        self.head: ev_.RequestHead | None = head  # until it is sent upstream
         self.status = 0
         self.response_started = False
-        self.finished = False
         self.timer: asyncio.TimerHandle | None = None
-        self.service = ""
-        self.peer: str | None = None
         self.grpc = False
         self.task: asyncio.Task | None = None
         self.connect_timeout = CONNECT_TIMEOUT
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream and send the request headers, then whatever DATA waits."""
-        if self.finished:
+        head = self.head
+        if self.finished or head is None:
             return
-        conn = up.h2
-        sid = conn.get_next_available_stream_id()
         req = self.req
         empty = req.ended and not req.queue and not req.trailers
+        head.end_stream = empty
         try:
-            conn.send_headers(sid, self.headers, end_stream=empty)
-        except h2.exceptions.TooManyStreamsError:
-            # Streams we reset but h2 still counts: let the client retry (safe, never sent).
-            self.down.reset(self.down_sid, ErrorCodes.REFUSED_STREAM)
+            sid = up.codec.send_request_head(head)
+        except NoStreamAvailable:
+            # Streams we reset but the codec still counts: let the client retry (never sent).
+            self.down.reset(self.down_sid, REFUSED_STREAM)
             self.finish(0)
             return
-        self.headers = None  # type: ignore[assignment]
+        self.head = None
         self.up = up
         self.up_sid = sid
         self.peer = self.peer if self.down.ctx.inbound_target else up.peer_identity
@@ -452,17 +386,19 @@ class _Exchange:
         self.attach(up)
 
     # -- upstream → downstream ----------------------------------------------------------
-    def on_response(self, headers: list[tuple[bytes, bytes]], informational: bool,
-                    ended: bool = False) -> None:
+    def on_response(self, head: ev_.ResponseHead) -> None:
         if self.finished:
             return
+        status = head.status
+        ended = head.end_stream
         try:
-            if not informational:
-                self.status = int(dict(headers).get(b":status", b"0"))
+            if status >= 200:
+                self.status = status
                 self.response_started = True
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
-            self.down.h2.send_headers(self.down_sid, _filter(headers), end_stream=ended)
-        except STREAM_GONE:
+            self.down.codec.send_response_head(self.down_sid, status,
+                                               response_headers(head.headers), ended)
+        except StreamGone:
             self.finish(self.status)
             return
         self.down.want_send()
@@ -476,9 +412,9 @@ class _Exchange:
             if not self.req.sent_end:
                 self.req.close()
                 if self.up is not None:
-                    self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+                    self.up.reset(self.up_sid, CANCEL)
                 if not self.req.ended:
-                    self.down.reset(self.down_sid, ErrorCodes.NO_ERROR)
+                    self.down.reset(self.down_sid, NO_ERROR)
             self.finish(self.status)
 
     # -- failures -----------------------------------------------------------------------
@@ -511,19 +447,19 @@ class _Exchange:
             return
         if side is self.down:
             if self.up is not None:
-                self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+                self.up.reset(self.up_sid, CANCEL)
             self.finish(self.status)
         elif self.response_received():
             return
         elif not self.response_started:
-            self.local_reply(503, "upstream connect error or disconnect/reset before headers")
+            self.local_reply(503, replies.UPSTREAM_RESET)
         else:
-            self.down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+            self.down.reset(self.down_sid, INTERNAL_ERROR)
             self.finish(self.status)
 
     def refused(self) -> None:
         """The upstream GOAWAY says this stream was never processed: the client may retry."""
-        self.down.reset(self.down_sid, ErrorCodes.REFUSED_STREAM)
+        self.down.reset(self.down_sid, REFUSED_STREAM)
         self.finish(self.status)
 
     def on_timeout(self) -> None:
@@ -531,47 +467,43 @@ class _Exchange:
         if self.finished:
             return
         if self.up is not None:
-            self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+            self.up.reset(self.up_sid, CANCEL)
         if self.response_started:
-            self.down.reset(self.down_sid, ErrorCodes.CANCEL)
+            self.down.reset(self.down_sid, CANCEL)
             self.finish(504)
         else:
-            self.local_reply(504, "upstream request timeout")
+            self.local_reply(504, replies.UPSTREAM_TIMEOUT)
 
     def local_reply(self, status: int, message: str) -> None:
-        """Answer the downstream stream ourselves (503/504); gRPC callers get a grpc-status."""
+        """Answer the downstream stream ourselves (see ``replies``: same as HTTP/1.1)."""
         if self.finished:
             return
         if self.up is not None:
-            self.up.reset(self.up_sid, ErrorCodes.CANCEL)
+            self.up.reset(self.up_sid, CANCEL)
         down = self.down
         if self.response_started:
-            down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+            down.reset(self.down_sid, INTERNAL_ERROR)
         else:
-            body = message.encode()
-            if self.grpc:
-                code = GRPC_DEADLINE_EXCEEDED if status == 504 else GRPC_UNAVAILABLE
-                headers = [(b":status", str(status).encode()), (b"content-type", b"application/grpc"),
-                           (b"grpc-status", code), (b"grpc-message", body)]
-            else:
-                headers = [(b":status", str(status).encode()), (b"content-type", b"text/plain"),
-                           (b"content-length", str(len(body)).encode())]
+            codec, sid = down.codec, self.down_sid
             try:
-                down.h2.send_headers(self.down_sid, headers, end_stream=self.grpc)
-                if not self.grpc:
-                    down.h2.send_data(self.down_sid, body, end_stream=True)
+                if self.grpc:
+                    codec.send_response_head(sid, status, replies.grpc_headers(status, message),
+                                             end_stream=True)
+                else:
+                    headers, body = replies.plain_headers(status, message)
+                    codec.send_response_head(sid, status, headers)
+                    codec.send_data(sid, body, end_stream=True)
                 if not self.req.ended:  # we answered: the rest of the request is not wanted
-                    down.h2.reset_stream(self.down_sid, ErrorCodes.NO_ERROR)
-            except (*STREAM_GONE, h2.exceptions.FlowControlError):
-                down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
+                    codec.send_reset(sid, NO_ERROR)
+            except StreamGone:
+                down.reset(sid, INTERNAL_ERROR)
             down.want_send()
         self.finish(status)
 
     def finish(self, status: int) -> None:
         """Count the exchange once and release both streams."""
-        if self.finished:
+        if not self.done(status):
             return
-        self.finished = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -580,13 +512,9 @@ class _Exchange:
             self.task = None
         self.req.close()
         self.resp.close()
-        down = self.down
-        direction = "inbound" if down.ctx.inbound_target else "outbound"
-        down.ctx.stats.request_done(direction, self.service, status,
-                                    time.monotonic() - self.started, self.peer)
         if self.up is not None:
             self.up.drop(self.up_sid)
-        down.drop(self.down_sid)
+        self.down.drop(self.down_sid)
 
 
 class H2Upstream(_Side):
@@ -606,7 +534,7 @@ class H2Upstream(_Side):
         if self.closed or self.goaway_received:
             return False
         # Our own count: h2's open_outbound_streams walks every stream on each call.
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        return len(self.streams) < self.codec.peer_max_streams()
 
     def touch(self) -> None:
         if self.idle_timer is not None:
@@ -635,34 +563,28 @@ class H2Upstream(_Side):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.req
 
-    def _on_response(self, ev: h2.events.ResponseReceived) -> None:
+    def _on_response(self, ev: ev_.ResponseHead) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            ex.on_response(ev.headers, informational=False, ended=ev.stream_ended is not None)
+            ex.on_response(ev)
 
-    def _on_informational(self, ev: h2.events.InformationalResponseReceived) -> None:
-        ex = self.streams.get(ev.stream_id)
-        if ex is not None:
-            ex.on_response(ev.headers, informational=True)
-
-    def _on_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+    def _on_goaway(self, ev: ev_.GoAway) -> None:
         """Upstream GOAWAY: no new streams here; streams above last_stream_id were refused."""
         self.goaway_received = True
         self.pool.forget(self)
-        last = ev.last_stream_id if ev.last_stream_id is not None else 0
+        last = ev.last_stream_id
         for sid, ex in list(self.streams.items()):
             if sid > last:
                 ex.refused()
-            elif ev.error_code != ErrorCodes.NO_ERROR:
+            elif ev.code != NO_ERROR:
                 ex.side_lost(self)
         if not self.streams:
             self.close()
 
     _handlers = {
         **_Side._handlers,
-        h2.events.ResponseReceived: _on_response,
-        h2.events.InformationalResponseReceived: _on_informational,
-        h2.events.ConnectionTerminated: _on_goaway,
+        ev_.ResponseHead: _on_response,
+        ev_.GoAway: _on_goaway,
     }
 
 
@@ -678,25 +600,12 @@ class H2Pool:
     connect attempt.
     """
 
-    _by_connector: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
-
     def __init__(self, connector: Connector) -> None:
-        # Weak: the pool lives in a WeakKeyDictionary keyed by this connector.
-        self._connector = weakref.ref(connector)
+        # One pool per connector, owned by the runtime (outbound and inbound) and handed to
+        # every downstream connection in its context.
+        self.connector = connector
         self.conns: dict[PoolKey, list[H2Upstream]] = {}
         self.connecting: dict[PoolKey, asyncio.Task[H2Upstream]] = {}
-
-    @classmethod
-    def for_connector(cls, connector: Connector) -> H2Pool:
-        """The pool shared by every downstream connection that uses this connector.
-
-        A new Connector (new certificates or source binding) gets a new pool; connections
-        of the old pool live on until their streams finish or they idle out.
-        """
-        pool = cls._by_connector.get(connector)
-        if pool is None:
-            pool = cls._by_connector[connector] = cls(connector)
-        return pool
 
     def pick(self, key: PoolKey) -> H2Upstream | None:
         for conn in self.conns.get(key, ()):
@@ -729,10 +638,7 @@ class H2Pool:
 
     async def _connect(self, endpoint: Endpoint, alpn: str, key: PoolKey,
                        timeout: float) -> H2Upstream:
-        connector = self._connector()
-        if connector is None:
-            raise ConnectionError("the proxy replaced this connector")
-        _, proto, peer = await connector.connect(endpoint, alpn, lambda: H2Upstream(self, key),
+        _, proto, peer = await self.connector.connect(endpoint, alpn, lambda: H2Upstream(self, key),
                                                  timeout)
         proto.peer_identity = peer
         if proto.closed:
@@ -753,30 +659,6 @@ class H2Pool:
                 conn.close()
 
 
-# One poll per event loop for all downstream connections, rather than a timer per connection.
-_live_downstreams: weakref.WeakSet[H2Downstream] = weakref.WeakSet()
-_drain_polls: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.TimerHandle] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _watch_draining() -> None:
-    loop = asyncio.get_running_loop()
-    if loop not in _drain_polls:
-        _drain_polls[loop] = loop.call_later(DRAIN_POLL, _check_draining)
-
-
-def _check_draining() -> None:
-    """Send GOAWAY on every downstream connection whose proxy started draining (even idle ones)."""
-    loop = asyncio.get_running_loop()
-    _drain_polls.pop(loop, None)
-    for down in list(_live_downstreams):
-        if not down.closed and not down.goaway_sent and down.ctx.draining():
-            down.drain()
-    if _live_downstreams:
-        _watch_draining()
-
-
 class H2Downstream(_Side):
     """Server end of one downstream connection: app → outbound proxy, or peer → inbound proxy."""
 
@@ -785,7 +667,7 @@ class H2Downstream(_Side):
     def __init__(self, ctx: H2Context) -> None:
         super().__init__()
         self.ctx = ctx
-        self.pool = H2Pool.for_connector(ctx.connector)
+        self.pool = ctx.pool
         self.goaway_sent = False
         self.last_stream_id = 0
         self.inbound_endpoint = (
@@ -793,15 +675,24 @@ class H2Downstream(_Side):
             if ctx.inbound_target else None
         )
         self.inbound_service = f"inbound|{ctx.inbound_target[1]}" if ctx.inbound_target else ""
+        # Inbound: what this proxy asserts about the verified peer (None: plaintext, no peer).
+        self.xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity) if ctx.inbound_target else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        _live_downstreams.add(self)
-        _watch_draining()
+        if self.ctx.registry is not None:
+            self.ctx.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        _live_downstreams.discard(self)
+        if self.ctx.registry is not None:
+            self.ctx.registry.discard(self)
+        if self.ctx.closed is not None:  # the connection's one close count
+            self.ctx.closed()
         super().connection_lost(exc)
+
+    def close_if_idle(self) -> None:
+        """Draining (the runtime calls this on every open downstream): graceful GOAWAY."""
+        self.drain()
 
     def in_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.req
@@ -809,17 +700,17 @@ class H2Downstream(_Side):
     def out_pipe(self, ex: _Exchange) -> _Pipe:
         return ex.resp
 
-    def protocol_error(self, err: Exception) -> None:
+    def _on_downstream_protocol_error(self, ev: ev_.ProtocolError) -> None:
         self.ctx.stats.protocol_error()  # remora_downstream_protocol_errors_total
-        super().protocol_error(err)
+        self._on_protocol_error(ev)
 
     def drain(self) -> None:
         """Graceful GOAWAY: streams opened so far finish, new ones are refused."""
         if self.goaway_sent or self.closed:
             return
         self.goaway_sent = True
-        self.last_stream_id = self.h2.highest_inbound_stream_id
-        self.h2.send_goaway(self.last_stream_id)
+        self.codec.send_goaway()
+        self.last_stream_id = self.codec.last_stream_id
         self.want_send()
         if not self.streams:
             self.close()
@@ -829,37 +720,32 @@ class H2Downstream(_Side):
         if not self.streams and (self.goaway_sent or self.goaway_received):
             self.close()
 
-    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+    def _on_request(self, ev: ev_.RequestHead) -> None:
         sid = ev.stream_id
         if not self.goaway_sent and self.ctx.draining():
             self.drain()
         if self.goaway_sent and sid > self.last_stream_id:
-            self.reset(sid, ErrorCodes.REFUSED_STREAM)
+            self.reset(sid, REFUSED_STREAM)
             return
-        headers = _filter(ev.headers)
-        method = path = b""
-        has_id = False
-        ex = _Exchange(self, sid, headers)
+        inbound = self.inbound_endpoint is not None
+        headers = ev.headers = request_headers(ev.headers, inbound, self.xfcc)
+        method, path, authority = ev.method, ev.path, ev.authority
+        ex = _Exchange(self, sid, ev)
+        ex.service = authority.decode("ascii", "replace")
         for name, value in headers:
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                ex.service = value.decode("ascii", "replace")
-            elif name == b"x-request-id":
-                has_id = True
-            elif name == b"content-type" and value.startswith(b"application/grpc"):
-                ex.grpc = True
-        if not has_id:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            if name == b"content-type":
+                ex.grpc = replies.is_grpc(value)
+                break
         self.streams[sid] = ex
-        if ev.stream_ended:
+        if ev.end_stream:
             ex.req.ended = True
         ctx = self.ctx
         if self.inbound_endpoint is not None:
-            ex.peer = ctx.peer_identity
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
+            denied = authorize(ctx, method, path, authority, headers)
+            if denied is not None:
+                ex.local_reply(denied.status, denied.message)
+                return
             endpoint, alpn = self.inbound_endpoint, "h2"
         else:
             endpoint = self._route(ex, method, path, headers)
@@ -874,32 +760,27 @@ class H2Downstream(_Side):
 
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
-        """Outbound: ask the router; answer 503 ourselves when it has no endpoint."""
-        router = self.ctx.router
-        if router is None:
-            ex.local_reply(503, "no route: this listener has no router")
+        """Outbound: the exchange's decision; answered locally when it has no endpoint."""
+        d = decide_outbound(self.ctx, method, path, headers)
+        if d.service:
+            ex.service = d.service
+            ex.connect_timeout = d.connect_timeout
+        if d.endpoint is None:
+            ex.local_reply(d.status, d.message)
             return None
-        decision = router.resolve(self.ctx.outbound_port, method, path, headers)
-        status, endpoint, cluster = decision.status, decision.endpoint, decision.cluster
-        if cluster is not None:
-            ex.service = cluster.service
-            ex.connect_timeout = cluster.connect_timeout
-        if status or endpoint is None:
-            ex.local_reply(status or 503, decision.message or "no healthy upstream")
-            return None
-        timeout = decision.timeout
-        if timeout:
-            ex.timer = asyncio.get_running_loop().call_later(timeout, ex.on_timeout)
-        return endpoint
+        if d.timeout:
+            ex.timer = asyncio.get_running_loop().call_later(d.timeout, ex.on_timeout)
+        return d.endpoint
 
-    def _on_client_goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+    def _on_client_goaway(self, ev: ev_.GoAway) -> None:
         """The app/peer will open no more streams; let the open ones finish, then close."""
         self.goaway_received = True
-        if not self.streams or ev.error_code != ErrorCodes.NO_ERROR:
+        if not self.streams or ev.code != NO_ERROR:
             self.close()
 
     _handlers = {
         **_Side._handlers,
-        h2.events.RequestReceived: _on_request,
-        h2.events.ConnectionTerminated: _on_client_goaway,
+        ev_.RequestHead: _on_request,
+        ev_.GoAway: _on_client_goaway,
+        ev_.ProtocolError: _on_downstream_protocol_error,
     }

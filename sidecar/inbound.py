@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from control_plane.api.model import DISABLE, STRICT, Endpoint
 
 from . import detect
-from .conn import close_counted, count_close, serve_guarded
+from .conn import close_counted, serve_guarded
 from .http1 import H1Context, H1Downstream
 from .listeners import peek
 from .original_dst import original_dst
@@ -104,7 +104,7 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     elif kind == detect.H2 and rt.h2 is not None:
         ctx2 = h2_context(rt, dst, None)
         await loop.connect_accepted_socket(
-            lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, INBOUND), sock)
+            lambda: rt.h2.H2Downstream(ctx2), sock)
     else:
         try:
             up = await rt.inbound_connector.connect_socket(dst[0], dst[1], 5.0)
@@ -148,13 +148,16 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
 def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:
     return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                      inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
-                     service=f"inbound|{dst[1]}", registry=rt.h1_conns)
+                     service=f"inbound|{dst[1]}", registry=rt.http_conns)
 
 
 def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
-                           stats=rt.stats, draining=rt.is_draining)
+                           stats=rt.stats, draining=rt.is_draining,
+                           pool=rt.h2_pools[INBOUND], registry=rt.http_conns,
+                           closed=lambda: rt.stats.conn_closed(INBOUND),
+                           local_identity=rt.identity)
 
 
 class InboundTls(asyncio.Protocol):
@@ -177,7 +180,7 @@ class InboundTls(asyncio.Protocol):
         if alpn == ALPN_H1:
             p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer))
         elif alpn == ALPN_H2 and rt.h2 is not None:
-            p = count_close(rt.h2.H2Downstream(h2_context(rt, self.dst, peer)), rt.stats, INBOUND)
+            p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer))
         elif alpn in (ALPN_TCP, ALPN_H2):
             p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
             asyncio.get_running_loop().create_task(self._relay(p, transport))

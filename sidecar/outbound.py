@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from control_plane.api.model import GRPC, HTTP, HTTP2, OPAQUE, TLS, OutboundPort
 
 from . import detect
-from .conn import close_counted, count_close, serve_guarded
+from .conn import close_counted, serve_guarded
 from .http1 import H1Context, H1Downstream
 from .listeners import peek
 from .original_dst import original_dst
@@ -64,16 +64,19 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     if kind == detect.H1:
         ctx = H1Context(OUTBOUND, rt.outbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                         router=router, outbound_port=port, service=port.service,
-                        registry=rt.h1_conns, local_identity=rt.identity,
+                        registry=rt.http_conns, local_identity=rt.identity,
                         current_router=lambda: rt.router, original_dst=dst)
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
         return
     if kind == detect.H2 and rt.h2 is not None:
         ctx2 = rt.h2.H2Context(router=router, outbound_port=port, inbound_target=None,
                                connector=rt.outbound_connector, peer_identity=None,
-                               stats=rt.stats, draining=rt.is_draining)
+                               stats=rt.stats, draining=rt.is_draining,
+                               pool=rt.h2_pools[OUTBOUND], registry=rt.http_conns,
+                               closed=lambda: rt.stats.conn_closed(OUTBOUND),
+                               current_router=lambda: rt.router, original_dst=dst)
         await loop.connect_accepted_socket(
-            lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, OUTBOUND), sock)
+            lambda: rt.h2.H2Downstream(ctx2), sock)
         return
     await _opaque(rt, sock, port)
 

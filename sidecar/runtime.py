@@ -18,16 +18,17 @@ import socket
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
 from . import admin, inbound, outbound
-from .http1 import H1Downstream, H1Pool
+from .http1 import H1Pool
 from .listeners import Listener, bind
 from .routing import Router
 from .settings import Settings, default_workdir, load_bootstrap
-from .stats import Stats
+from .stats import INBOUND, OUTBOUND, Stats
 from .tls import TlsContexts, build_contexts, write_private
 from .upstream import Connector
 
@@ -54,11 +55,16 @@ class ProxyRuntime:
         self.identity: str | None = None
         self.cert_generation = 0
         self.h1_pool = H1Pool(self.stats)
-        self.h1_conns: set[H1Downstream] = set()
+        # Open HTTP downstream connections (both protocols): drain closes or GOAWAYs them.
+        self.http_conns: set[Any] = set()
         self.outbound_connector = Connector(lambda: self.tls, self.stats)
         self.inbound_connector = Connector(lambda: self.tls, self.stats,
                                            source_address=ports.INBOUND_PASSTHROUGH_SOURCE)
         self.h2 = _load_h2()
+        # The HTTP/2 upstream pools, one per direction, handed to each downstream connection.
+        self.h2_pools = {} if self.h2 is None else {
+            OUTBOUND: self.h2.H2Pool(self.outbound_connector),
+            INBOUND: self.h2.H2Pool(self.inbound_connector)}
         self.own_ports = settings.own_ports()
         self.draining = False
         self.listeners: list[Listener] = []
@@ -187,14 +193,13 @@ class ProxyRuntime:
             listener.close()
         self.h1_pool.close_all()
         while time.monotonic() < deadline:
-            for conn in list(self.h1_conns):
+            for conn in list(self.http_conns):
                 conn.close_if_idle()
             if self.stats.active_connections <= 0:
                 break
             await asyncio.sleep(0.05)
-        if self.h2 is not None:  # pooled HTTP/2 upstream connections end with a GOAWAY, not a reset
-            for connector in (self.outbound_connector, self.inbound_connector):
-                self.h2.H2Pool.for_connector(connector).close()
+        for pool in self.h2_pools.values():  # pooled HTTP/2 upstreams end with GOAWAY, not a reset
+            pool.close()
         self.stop(0)
 
     def _close_everything(self) -> None:

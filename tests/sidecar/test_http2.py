@@ -22,13 +22,13 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 
 SERVICE = "remora.test.Echo"
 CLIENT_ID = "spiffe://cluster.local/ns/a/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/b/sa/server"
+FORGED_XFCC = (("x-forwarded-client-cert", "By=spiffe://x;URI=spiffe://cluster.local/ns/kube-system/sa/admin"),)
 
 
 # -- the gRPC app (bytes in, bytes out: no generated code) --------------------------------------
@@ -41,7 +41,9 @@ class AppState:
 def app_handler(state: AppState) -> grpc.GenericRpcHandler:
     def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
         md = dict(ctx.invocation_metadata())
-        ctx.send_initial_metadata((("x-seen-request-id", md.get("x-request-id", "")),))
+        xfcc = [v for k, v in ctx.invocation_metadata() if k == "x-forwarded-client-cert"]
+        ctx.send_initial_metadata((("x-seen-request-id", md.get("x-request-id", "")),
+                                   ("x-seen-xfcc", " | ".join(xfcc))))
         ctx.set_trailing_metadata((("x-trailer", "yes"),))
         return req
 
@@ -125,6 +127,11 @@ def main(argv: list[str]) -> int:
     if argv[0] == "call":
         print(json.dumps(must_show_calls(argv[1])), flush=True)
         return 0
+    if argv[0] == "xfcc":  # a Unary call carrying a forged identity header: what the app saw
+        with grpc.insecure_channel(argv[1]) as ch:
+            _, c = method(ch, "Unary").with_call(b"x", timeout=10, metadata=FORGED_XFCC)
+            print(json.dumps(dict(c.initial_metadata())), flush=True)
+        return 0
     if argv[0] == "stream":  # a line per message as it arrives, then the final status
         with grpc.insecure_channel(argv[1]) as ch:
             code = "OK"
@@ -148,7 +155,9 @@ import pytest  # noqa: E402
 
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
+from sidecar.http import h2codec  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
+from sidecar.routing import RouteDecision  # noqa: E402
 
 
 class StubStats:
@@ -166,11 +175,14 @@ class StubRouter:
     def __init__(self, endpoint: Endpoint) -> None:
         cluster = Cluster(name="echo.b.svc.cluster.local|80", service="echo.b.svc.cluster.local",
                           port=80, protocol="grpc", endpoints=(endpoint,))
-        self.decision = SimpleNamespace(cluster=cluster, endpoint=endpoint, timeout=None,
-                                        route="default", status=0, message="")
+        self.decision = RouteDecision(cluster=cluster, endpoint=endpoint, timeout=None,
+                                      route="default", status=0, message="")
 
     def resolve(self, outbound_port, method, path, headers):
         return self.decision
+
+    def lookup(self, address, port):
+        return None
 
 
 class StubConnector:
@@ -198,6 +210,9 @@ class Relay:
     in_connector: StubConnector
     draining: list[bool]
     downstreams: list[H2Downstream]
+    routers: list[StubRouter]
+    in_ctx: H2Context
+    registry: set
 
     async def run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -223,26 +238,32 @@ async def running_relay(app_options: list | None = None):
             return d
         return make
 
+    in_pool, out_pool = H2Pool(in_conn), H2Pool(out_conn)
+    registry: set = set()  # open downstream connections, as the runtime keeps them
     in_ctx = H2Context(router=None, outbound_port=None, inbound_target=("127.0.0.1", app_port),
                        connector=in_conn, peer_identity=CLIENT_ID, stats=stats,
-                       draining=lambda: False)
+                       draining=lambda: False, pool=in_pool, registry=registry,
+                       local_identity=SERVER_ID)
     inbound = await loop.create_server(factory(in_ctx), "127.0.0.1", 0)
     in_port = inbound.sockets[0].getsockname()[1]
     router = StubRouter(Endpoint(address="127.0.0.1", port=in_port, identity=SERVER_ID))
+    routers = [router]  # the proxy's current router: a config push appends one
     out_ctx = H2Context(router=router, outbound_port=None, inbound_target=None,
                         connector=out_conn, peer_identity=None, stats=stats,
-                        draining=lambda: draining[0])
+                        draining=lambda: draining[0], pool=out_pool, registry=registry,
+                        current_router=lambda: routers[-1],
+                        original_dst=("198.18.0.10", 80))
     outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
     try:
         yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
-                    out_conn, in_conn, draining, downstreams)
+                    out_conn, in_conn, draining, downstreams, routers, in_ctx, registry)
     finally:
         for srv in (outbound, inbound):
             srv.close()
         for d in downstreams:
             d.close()
-        H2Pool.for_connector(out_conn).close()
-        H2Pool.for_connector(in_conn).close()
+        out_pool.close()
+        in_pool.close()
         await asyncio.to_thread(server.stop, None)
 
 
@@ -279,6 +300,52 @@ async def test_existing_request_id_is_kept(relay):
     assert await relay.run(call) == "abc"
 
 
+async def test_forged_xfcc_never_reaches_the_app_over_http2(relay):
+    """The inbound relay removes the client's copy and asserts the verified peer, as on
+    HTTP/1.1; without a forged header the app still gets the proxy's one."""
+    def call(metadata):
+        with relay.channel() as ch:
+            _, c = method(ch, "Unary").with_call(b"x", timeout=5, metadata=metadata)
+            return dict(c.initial_metadata())["x-seen-xfcc"]
+    want = f"By={SERVER_ID};URI={CLIENT_ID}"
+    assert await relay.run(call, FORGED_XFCC) == want
+    assert await relay.run(call, ()) == want
+
+
+async def test_inbound_authorizer_denies_with_403_before_dispatch(relay):
+    seen = []
+
+    def authorizer(attrs):
+        seen.append((attrs.method, attrs.path, attrs.principal))
+        return (403, "RBAC: access denied") if attrs.path.endswith(b"/Fail") else None
+    relay.in_ctx.authorizer = authorizer
+
+    def calls():
+        with relay.channel() as ch:
+            ok = method(ch, "Unary")(b"x", timeout=5)
+            with pytest.raises(grpc.RpcError) as err:
+                method(ch, "Fail")(b"x", timeout=5)
+            return ok, err.value.code(), err.value.details()
+    assert await relay.run(calls) == (b"x", grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
+    assert seen == [(b"POST", f"/{SERVICE}/Unary".encode(), CLIENT_ID),
+                    (b"POST", f"/{SERVICE}/Fail".encode(), CLIENT_ID)]
+    assert ("inbound", f"inbound|{relay.app_port}", 403, CLIENT_ID) in relay.stats.done
+
+
+async def test_config_push_applies_to_the_next_request_on_an_open_http2_connection(relay):
+    def calls():
+        with relay.channel() as ch:  # one connection for both calls
+            first = method(ch, "Unary")(b"x", timeout=5)
+            relay.routers.append(StubRouter(relay.router.decision.endpoint))
+            relay.routers[-1].decision = RouteDecision(status=503, message="no healthy upstream")
+            with pytest.raises(grpc.RpcError) as err:
+                method(ch, "Unary")(b"x", timeout=5)
+            return first, err.value.code()
+    assert await relay.run(calls) == (b"x", grpc.StatusCode.UNAVAILABLE)
+    outbound = [d for d in relay.downstreams if d.ctx.inbound_target is None]
+    assert len(outbound) == 1  # the push reached the connection that was already open
+
+
 async def test_pooled_connections_are_not_shared_across_expected_identities(relay):
     def call():
         with relay.channel() as ch:
@@ -304,8 +371,7 @@ async def test_client_cancel_resets_the_server_stream(relay):
 
 
 async def test_no_endpoint_is_unavailable(relay):
-    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
-                                            status=503, message="no healthy upstream")
+    relay.router.decision = RouteDecision(status=503, message="no healthy upstream")
 
     def call():
         with relay.channel() as ch, pytest.raises(grpc.RpcError) as err:
@@ -343,14 +409,13 @@ async def test_route_timeout_is_504_and_cancels_upstream(relay):
 
 
 async def test_plain_http2_error_reply_has_a_body(relay):
-    relay.router.decision = SimpleNamespace(cluster=None, endpoint=None, timeout=None,
-                                            status=503, message="no healthy upstream")
+    relay.router.decision = RouteDecision(status=503, message="no healthy upstream")
     client = await RawClient.open(relay.port)
     try:
         sid = client.request(b"/x", grpc=False)
         headers, body, _ = await client.read_stream(sid)
         assert dict(headers)[b":status"] == b"503"
-        assert body == b"no healthy upstream"
+        assert body == b"no healthy upstream\n"  # the same body as on HTTP/1.1
     finally:
         client.close()
 
@@ -430,11 +495,11 @@ class RawClient:
         self.writer.close()
 
 
-def relay_buffered() -> int:
+def relay_buffered(relay: Relay) -> int:
     """Bytes the relays hold right now: queued in pipes plus unsent in transports."""
     total = 0
     seen = set()
-    for down in list(http2._live_downstreams):
+    for down in list(relay.registry):  # the open downstream connections
         for ex in down.streams.values():
             total += sum(len(item[0]) for item in ex.req.queue)
             total += sum(len(item[0]) for item in ex.resp.queue)
@@ -452,9 +517,9 @@ async def test_slow_reader_stalls_the_server_instead_of_growing_buffers(relay):
         sid = client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
         for _ in range(10):  # a second of not acknowledging anything
             await client.pump(0.1)
-        held = relay_buffered()
+        held = relay_buffered(relay)
         # Bounded by the windows (64 KiB per stream, 2 MiB per connection), not by the stream.
-        assert held < 2 * http2.CONN_WINDOW, held
+        assert held < 2 * h2codec.CONN_WINDOW, held
         assert relay.app.yielded < count  # the server is held back by flow control
         _, body, trailers = await client.read_stream(sid, ack=True, limit=30)
         assert len(body) == count * (size + 5)  # then everything arrives once we read
@@ -473,8 +538,8 @@ async def test_client_that_stops_reading_its_socket_fills_no_more_than_the_high_
         client.h2.increment_flow_control_window(2**31 - 1 - 65_535)
         client.request(b"/remora.test.Echo/Stream", f"{count},{size}".encode())
         await asyncio.sleep(1.5)  # and never read the socket
-        held = relay_buffered()
-        assert held < 2 * http2.CONN_WINDOW + http2.HIGH_WATER, held
+        held = relay_buffered(relay)
+        assert held < 2 * h2codec.CONN_WINDOW + http2.HIGH_WATER, held
         assert relay.app.yielded < count
         assert any(d.write_paused for d in relay.downstreams)  # reading from it was paused
     finally:
@@ -565,6 +630,8 @@ async def test_drain_sends_goaway_and_lets_inflight_streams_finish(relay):
     inflight = asyncio.ensure_future(relay.run(call))
     await asyncio.sleep(0.3)
     relay.draining[0] = True
+    for d in list(relay.registry):  # what the runtime's drain does with its open connections
+        d.close_if_idle()
     assert await inflight == 10  # started before the GOAWAY: completes
     outbound = [d for d in relay.downstreams if d.ctx.router is not None]
     assert outbound and all(d.goaway_sent for d in outbound)

@@ -101,6 +101,14 @@ def test_grpc_unary_streaming_and_error_status_through_the_mesh(mesh):
     assert counter(srv, "remora_tls_handshakes_total", side="server") == 1, srv  # one pooled h2
 
 
+def test_forged_xfcc_from_a_grpc_client_never_reaches_the_app(mesh):
+    r = mesh.client.exec([sys.executable, APP, "xfcc", f"echo:{GRPC_PORT}"], uid=APP_UID,
+                         env=ENV, timeout=30)
+    assert r.returncode == 0, r.stderr + mesh.logs()
+    # The app saw one XFCC, the server proxy's statement about the mTLS-verified client.
+    assert json.loads(r.stdout)["x-seen-xfcc"] == f"By={SERVER_ID};URI={CLIENT_ID}"
+
+
 def test_drain_lets_an_inflight_grpc_stream_finish(mesh):
     proc = mesh.spawn_app([sys.executable, APP, "stream", f"echo:{GRPC_PORT}", "15,100,0.1"],
                           pod=mesh.client, env=ENV, stdout=subprocess.PIPE)

@@ -1,0 +1,103 @@
+"""Python calls per relayed HTTP/1.1 request in the proxy's relay (cProfile; no root).
+
+    python perf/h1_calls.py [N]
+
+An outbound HTTP/1.1 relay (``sidecar.http1.H1Downstream`` with a real ``Router`` and
+``Connector``) runs in this process on loopback; the app (a fixed keep-alive response) and
+the client (N keep-alive GETs on one connection) run in child processes, so only the proxy's
+calls are counted. Prints one JSON line: calls per request, total and in ``sidecar``
+modules, after a warm-up that fills the upstream pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import json
+import pstats
+import socket
+import subprocess
+import sys
+import textwrap
+
+from control_plane.api.model import ProxyConfig
+from sidecar.http1 import H1Context, H1Downstream, H1Pool
+from sidecar.routing import Router
+from sidecar.stats import OUTBOUND, Stats
+from sidecar.upstream import Connector
+
+APP = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True)
+    reply = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\ncontent-type: text/plain\\r\\n\\r\\nok"
+    while True:
+        c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while True:
+            d = c.recv(65536)
+            if not d: break
+            buf += d
+            while b"\\r\\n\\r\\n" in buf:
+                _, buf = buf.split(b"\\r\\n\\r\\n", 1); c.sendall(reply)
+""")
+CLIENT = textwrap.dedent("""
+    import socket, sys
+    port, n = int(sys.argv[1]), int(sys.argv[2])
+    c = socket.create_connection(("127.0.0.1", port)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = (b"GET /x HTTP/1.1\\r\\nHost: web\\r\\nUser-Agent: calls\\r\\nAccept: */*\\r\\n\\r\\n")
+    for _ in range(n):
+        c.sendall(req)
+        got = b""
+        while not got.endswith(b"ok"):
+            got += c.recv(65536)
+""")
+
+
+async def main(n: int) -> dict[str, float]:
+    app = subprocess.Popen([sys.executable, "-c", APP], stdout=subprocess.PIPE)
+    try:
+        assert app.stdout is not None
+        app_port = int(app.stdout.readline())
+        cfg = ProxyConfig.from_dict({
+            "clusters": [{"name": "web|80", "service": "web", "port": 80, "protocol": "http",
+                          "endpoints": [{"address": "127.0.0.1", "port": app_port}]}],
+            "outbound": [{"service": "web", "addresses": ["198.18.0.1"], "port": 80,
+                          "protocol": "http", "default_cluster": "web|80"}]})
+        router = Router(cfg)
+        stats = Stats()
+        pool = H1Pool(stats)
+        connector = Connector(lambda: None, stats)
+        ctx = H1Context(OUTBOUND, connector, pool, stats, lambda: False, router=router,
+                        outbound_port=router.lookup("198.18.0.1", 80), service="web",
+                        current_router=lambda: router, original_dst=("198.18.0.1", 80))
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: H1Downstream(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def run(count: int) -> None:
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", CLIENT, str(port),
+                                                     str(count)], check=True)
+        await run(50)  # warm: the pool holds a connection, caches are filled
+        prof = cProfile.Profile()
+        prof.enable()
+        await run(n)
+        prof.disable()
+        server.close()
+        st = pstats.Stats(prof)
+        total = sidecar = 0
+        for (filename, _, _), (_, ncalls, *_rest) in st.stats.items():  # type: ignore[attr-defined]
+            total += ncalls
+            if "/sidecar/" in filename:
+                sidecar += ncalls
+        return {"requests": n, "calls_per_request": round(total / n, 1),
+                "sidecar_calls_per_request": round(sidecar / n, 1)}
+    finally:
+        app.kill()
+
+
+if __name__ == "__main__":
+    import uvloop  # the proxy's event loop
+
+    socket.setdefaulttimeout(10)
+    print(json.dumps(uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))))

@@ -1,0 +1,188 @@
+"""The protocol-agnostic exchange: what happens to one request, whatever codec carried it.
+
+Both relays (HTTP/1.1 in ``sidecar/http1.py``, HTTP/2 and gRPC in ``sidecar/http2.py``)
+call these steps in this order, so every L7 feature is written once:
+
+1. the header policy, ``headers.request_headers`` (hop-by-hop, request id, XFCC; the
+   HTTP/1.1 relay applies the same sets in its one-pass head builder);
+2. ``decide_outbound`` / ``inbound_decision`` + ``authorize``: the route decision. Outbound: the current router (a config
+   push reaches the next request on an open connection of either protocol) through
+   ``resolve`` — the one call of the router, so a richer router is one edit. Inbound: the
+   app's address, after ``authorize`` when the inbound policy has policies.
+   A ``Decision`` with ``status`` set is answered locally (``replies``).
+3. the relay moves bytes (codec-specific framing and flow control), arming
+   ``Exchange.start_timer`` with the route timeout (504 on expiry);
+4. ``Exchange.done(status)``: counted exactly once (``remora_requests_total`` and the
+   duration histogram).
+
+Seams for later features (issue 10), each one place:
+- retries / per-try timeouts: ``decide`` returns the route's policy in ``Decision.route``;
+  a relay re-dispatches by calling ``decide`` again (the H1 relay's stale-pool retry does
+  this today); the replay buffer is the relay's request queue, bounded by the window.
+- fault injection (delay/abort before dispatch): in ``decide``, before the endpoint pick,
+  as a ``Decision`` with ``status`` (abort) or a delay the relay waits out.
+- mirroring: after ``decide``, a fire-and-forget copy of ``Exchange.head`` to a second
+  target; never awaited by the primary.
+- header set/add/remove on request and response: ``headers.request_headers`` /
+  ``response_headers`` given the route's header operations.
+- redirects / direct replies: a ``Decision`` with ``status`` and headers, answered by the
+  relay's ``local_reply`` like 503/504.
+- inbound authorization: ``authorize`` (``Authorizer`` on the context; None = no policy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from control_plane.api.model import Endpoint
+
+from .headers import Headers
+
+if TYPE_CHECKING:
+    from control_plane.api.model import OutboundPort
+
+    from ..routing import RouteDecision, Router
+    from ..stats import Stats
+
+INBOUND, OUTBOUND = "inbound", "outbound"
+INBOUND_CONNECT_TIMEOUT = 5.0  # the hop to the app in the same pod
+FORBIDDEN = "RBAC: access denied"
+
+
+class RequestAttrs:
+    """What an authorization policy may look at (Istio's request and connection attributes)."""
+
+    __slots__ = ("method", "path", "authority", "headers", "principal", "port")
+
+    def __init__(self, method: bytes, path: bytes, authority: bytes, headers: Headers,
+                 principal: str | None, port: int) -> None:
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.headers = headers
+        self.principal = principal
+        self.port = port
+
+
+# ``authorize(attrs)`` → None to allow, or (status, body) to deny (403 "RBAC: access denied").
+Authorizer = Callable[[RequestAttrs], "tuple[int, str] | None"]
+
+
+class ExchangeContext(Protocol):
+    """What the exchange needs from a downstream connection's context (H1Context, H2Context)."""
+
+    router: Router | None
+    outbound_port: OutboundPort | None
+    inbound_target: tuple[str, int] | None
+    peer_identity: str | None
+    local_identity: str | None
+    current_router: Callable[[], Router] | None
+    original_dst: tuple[str, int] | None
+    authorizer: Authorizer | None
+    stats: Stats
+
+
+class Decision:
+    """Where a request goes (``endpoint``), or the local reply (``status``, ``message``)."""
+
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "service", "route", "status",
+                 "message")
+
+    def __init__(self, endpoint: Endpoint | None, timeout: float | None, connect_timeout: float,
+                 service: str, route: str = "", status: int = 0, message: str = "") -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.service = service
+        self.route = route
+        self.status = status
+        self.message = message
+
+
+def resolve(router: Router, port: OutboundPort | None, method: bytes, path: bytes,
+            headers: Headers) -> RouteDecision:
+    """The route decision: the one call of the router."""
+    return router.resolve(port, method, path, headers)
+
+
+def current_router(ctx: ExchangeContext) -> Router | None:
+    """Outbound: the proxy's current router; on a config push, the service port is looked
+    up again in the new one, so an open connection follows the push from its next request."""
+    get = ctx.current_router
+    if get is not None and ctx.original_dst is not None:
+        router = get()
+        if router is not ctx.router:
+            ctx.router = router
+            ctx.outbound_port = router.lookup(*ctx.original_dst)
+    return ctx.router
+
+
+def decide_outbound(ctx: ExchangeContext, method: bytes, path: bytes,
+                    headers: Headers) -> Decision:
+    router = current_router(ctx)
+    if router is None:
+        return Decision(None, None, 0.0, "", status=503,
+                        message="no route: this listener has no router")
+    d = resolve(router, ctx.outbound_port, method, path, headers)
+    cluster = d.cluster
+    service = cluster.service if cluster is not None else ""
+    connect_timeout = cluster.connect_timeout if cluster is not None else 0.0
+    if d.status or d.endpoint is None:
+        return Decision(None, None, connect_timeout, service, d.route, d.status or 503,
+                        d.message or "no healthy upstream")
+    return Decision(d.endpoint, d.timeout, connect_timeout, service, d.route)
+
+
+def inbound_decision(ctx: ExchangeContext) -> Decision:
+    """Inbound: the app's address (one per connection: it never changes)."""
+    assert ctx.inbound_target is not None
+    host, port = ctx.inbound_target
+    return Decision(Endpoint(host, port), None, INBOUND_CONNECT_TIMEOUT, f"inbound|{port}")
+
+
+def authorize(ctx: ExchangeContext, method: bytes, path: bytes, authority: bytes,
+              headers: Headers) -> Decision | None:
+    """Inbound: the policy's verdict; None to allow (also when there is no policy)."""
+    authorizer = ctx.authorizer
+    if authorizer is None:
+        return None
+    port = ctx.inbound_target[1] if ctx.inbound_target else 0
+    verdict = authorizer(RequestAttrs(method, path, authority, headers, ctx.peer_identity, port))
+    if verdict is None:
+        return None
+    status, message = verdict
+    return Decision(None, None, 0.0, f"inbound|{port}", status=status, message=message)
+
+
+class Exchange:
+    """Accounting shared by both relays: one exchange is counted exactly once."""
+
+    __slots__ = ("ctx", "direction", "service", "peer", "started", "finished")
+
+    def __init__(self, ctx: ExchangeContext) -> None:
+        self.ctx = ctx
+        self.direction = INBOUND if ctx.inbound_target is not None else OUTBOUND
+        self.service = ""
+        # The peer_identity label: the downstream's SPIFFE ID inbound; outbound, the
+        # upstream's, set by the relay when it has one.
+        self.peer: str | None = ctx.peer_identity
+        self.started = time.monotonic()
+        self.finished = False
+
+    def restart(self, service: str) -> None:
+        """Reuse this object for the next exchange on the connection (HTTP/1.1: one at a time)."""
+        self.service = service
+        self.peer = self.ctx.peer_identity
+        self.started = time.monotonic()
+        self.finished = False
+
+    def done(self, status: int) -> bool:
+        """Count the exchange (once; False if it already was)."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.ctx.stats.request_done(self.direction, self.service, status,
+                                    time.monotonic() - self.started, self.peer)
+        return True
