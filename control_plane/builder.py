@@ -11,8 +11,9 @@ port overrides), so each cluster carries one effective policy.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,8 +222,17 @@ class SnapshotBuilder:
             return short
         return host
 
-    def _virtual_services(self) -> dict[str, istio.VirtualService]:
-        return {self._canonical(h): vs for h, vs in self.registry.virtual_services.items()}
+    def _virtual_services(self) -> Callable[[str], istio.VirtualService | None]:
+        """host → its VirtualService: an exact host wins over a wildcard one ("*", "*.example.com")."""
+        exact = {self._canonical(h): vs for h, vs in self.registry.virtual_services.items() if "*" not in h}
+        wild = sorted(((h, vs) for h, vs in self.registry.virtual_services.items() if "*" in h),
+                      key=lambda hv: -len(hv[0]))  # the most specific pattern first
+
+        def find(host: str) -> istio.VirtualService | None:
+            if host in exact:
+                return exact[host]
+            return next((vs for h, vs in wild if fnmatch.fnmatchcase(host, h)), None)
+        return find
 
     def _outbound(self, cluster_names: set[str]) -> tuple[OutboundPort, ...]:
         out = []
@@ -237,7 +247,7 @@ class SnapshotBuilder:
             if se.addresses:
                 ports.append((host, se.addresses, number, sp.protocol))
         for host, addresses, number, protocol in ports:
-            vs = by_host.get(host)
+            vs = by_host(host)
             routes: tuple[HttpRoute, ...] = ()
             tcp: tuple[model.TcpRoute, ...] = ()
             routed = False
@@ -295,6 +305,8 @@ class SnapshotBuilder:
         routes = []
         for r in vs.routes:
             route = r.route
+            if not r.mesh:
+                continue
             if any(m.port is not None and m.port != port for m in route.matches) and all(
                     m.port is not None and m.port != port for m in route.matches):
                 continue  # every match names another port
@@ -312,6 +324,8 @@ class SnapshotBuilder:
         where = f"VirtualService/{vs.namespace}/{vs.name}"
         out = []
         for t in vs.tcp_routes:
+            if not t.mesh:
+                continue
             if t.matches and all(m.port is not None and m.port != port for m in t.matches):
                 continue
             dests = self._weighted(t.destinations, host, port, names, where, t.name)

@@ -80,6 +80,10 @@ class Registry:
         elif kind == "VirtualService":
             vs, notes = istio.parse_virtual_service(obj)
             self.unsupported.extend(notes)
+            if not vs.mesh:
+                self.unsupported.append(f"VirtualService/{vs.namespace}/{vs.name}: bound only to gateways, "
+                                        "so no sidecar applies it (no effect)")
+                return
             for host in vs.hosts:
                 if host in self.virtual_services:
                     other = self.virtual_services[host]

@@ -51,6 +51,7 @@ class VsRoute:
     route: model.HttpRoute  # destinations and mirror empty: the builder fills them
     destinations: tuple[RouteDestination, ...]
     mirror: RouteDestination | None = None
+    mesh: bool = True  # False: every match is for gateways only; the sidecars skip this route
 
 
 @dataclass(frozen=True)
@@ -58,24 +59,34 @@ class VsTcpRoute:
     name: str
     matches: tuple[model.TcpMatch, ...]
     destinations: tuple[RouteDestination, ...]
+    mesh: bool = True
 
 
 @dataclass(frozen=True)
 class VirtualService:
     name: str
     namespace: str
-    hosts: tuple[str, ...]
+    hosts: tuple[str, ...]  # resolved names, or wildcard patterns such as "*" or "*.example.com"
     routes: tuple[VsRoute, ...]
     tcp_routes: tuple[VsTcpRoute, ...] = ()
+    mesh: bool = True  # False: bound only to gateways, so no sidecar applies it (as in Istio)
 
 
-def _gateways(raw: Any, path: str, notes: Notes) -> None:
+def _gateways(raw: Any, path: str, notes: Notes) -> bool:
+    """True when the sidecars ("mesh") are among the gateways; other gateways are reported."""
     gws = [v.string(g, f"{path}[{i}]") for i, g in enumerate(v.listing(raw, path))]
-    if any(g != MESH_GATEWAY for g in gws):
-        notes.add(path, "names gateways other than 'mesh'; Gateway is not implemented (sidecars only)")
+    others = [g for g in gws if g != MESH_GATEWAY]
+    if others:
+        notes.add(path, f"names gateways {others}; Gateway is not implemented, only 'mesh' (the sidecars) applies")
+    return not gws or MESH_GATEWAY in gws
 
 
-def _match(raw: Any, path: str, notes: Notes) -> model.RouteMatch:
+def _host(raw: Any, path: str, namespace: str) -> str:
+    host = v.string(raw, path).lower()
+    return host if "*" in host else resolve_host(host, namespace)
+
+
+def _match(raw: Any, path: str, notes: Notes) -> model.RouteMatch | None:
     m = v.mapping(raw, path)
     notes.extra(m, MATCH, path)
     sm = {k: v.string_match(m[k], f"{path}.{k}", notes) for k in ("uri", "scheme", "method", "authority")
@@ -90,8 +101,8 @@ def _match(raw: Any, path: str, notes: Notes) -> model.RouteMatch:
                 v.string_match(hm, f"{path}.{key}.{name}", notes, presence=True)
             for name, hm in raw_map.items()
         }
-    if "gateways" in m:
-        _gateways(m["gateways"], f"{path}.gateways", notes)
+    if "gateways" in m and not _gateways(m["gateways"], f"{path}.gateways", notes):
+        return None  # a match for gateways only: the sidecars never see it
     return model.RouteMatch(
         name=v.string(m["name"], f"{path}.name") if "name" in m else "",
         **sm, **maps,
@@ -267,8 +278,9 @@ def _cors(raw: Any, path: str, notes: Notes) -> model.CorsPolicy:
 
 def _http_route(h: Mapping[str, Any], path: str, name: str, ns: str, notes: Notes) -> VsRoute:
     notes.extra(h, HTTP, path)
-    matches = tuple(_match(m, f"{path}.match[{j}]", notes)
-                    for j, m in enumerate(v.listing(h.get("match") or [], f"{path}.match")))
+    raw_matches = v.listing(h.get("match") or [], f"{path}.match")
+    parsed = [_match(m, f"{path}.match[{j}]", notes) for j, m in enumerate(raw_matches)]
+    matches = tuple(m for m in parsed if m is not None)
     dests = tuple(_route_destination(r, f"{path}.route[{j}]", ns, notes)
                   for j, r in enumerate(v.listing(h.get("route") or [], f"{path}.route")))
     redirect = _redirect(h["redirect"], f"{path}.redirect", notes) if "redirect" in h else None
@@ -307,7 +319,7 @@ def _http_route(h: Mapping[str, Any], path: str, name: str, ns: str, notes: Note
         headers=_headers(h["headers"], f"{path}.headers", notes) if "headers" in h else None,
         cors=_cors(h["corsPolicy"], f"{path}.corsPolicy", notes) if "corsPolicy" in h else None,
     )
-    return VsRoute(route, dests, mirror)
+    return VsRoute(route, dests, mirror, mesh=not raw_matches or bool(matches))
 
 
 def _tcp_route(t: Mapping[str, Any], path: str, name: str, ns: str, notes: Notes) -> VsTcpRoute:
@@ -317,8 +329,8 @@ def _tcp_route(t: Mapping[str, Any], path: str, name: str, ns: str, notes: Notes
         mp = f"{path}.match[{j}]"
         m = v.mapping(raw, mp)
         notes.extra(m, TCP_MATCH, mp)
-        if "gateways" in m:
-            _gateways(m["gateways"], f"{mp}.gateways", notes)
+        if "gateways" in m and not _gateways(m["gateways"], f"{mp}.gateways", notes):
+            continue  # gateways only
         matches.append(model.TcpMatch(
             port=v.port(m["port"], f"{mp}.port") if "port" in m else None,
             source_labels=v.string_map(m.get("sourceLabels") or {}, f"{mp}.sourceLabels"),
@@ -331,17 +343,17 @@ def _tcp_route(t: Mapping[str, Any], path: str, name: str, ns: str, notes: Notes
         raise ValueError(f"{path}.route: at least one destination is needed")
     if sum(d.weight for d in dests) == 0:
         raise ValueError(f"{path}.route: weights add up to 0")
-    return VsTcpRoute(name, tuple(matches), dests)
+    raw_count = len(v.listing(t.get("match") or [], f"{path}.match"))
+    return VsTcpRoute(name, tuple(matches), dests, mesh=not raw_count or bool(matches))
 
 
 def parse_virtual_service(obj: Mapping[str, Any]) -> tuple[VirtualService, list[str]]:
     meta, ns, notes, spec = v.open_resource("VirtualService", obj, SPEC)
-    hosts = tuple(resolve_host(v.string(h, f"spec.hosts[{i}]"), ns)
-                  for i, h in enumerate(v.listing(spec.get("hosts") or [], "spec.hosts")))
+    hosts = tuple(_host(h, f"spec.hosts[{i}]", ns) for i, h in enumerate(v.listing(spec.get("hosts") or [],
+                                                                                     "spec.hosts")))
     if not hosts:
         raise ValueError("spec.hosts: at least one host is needed")
-    if "gateways" in spec:
-        _gateways(spec["gateways"], "spec.gateways", notes)
+    mesh = _gateways(spec["gateways"], "spec.gateways", notes) if "gateways" in spec else True
     routes = tuple(
         _http_route(v.mapping(raw, f"spec.http[{i}]"), f"spec.http[{i}]", f"{meta['name']}.{i}", ns, notes)
         for i, raw in enumerate(v.listing(spec.get("http") or [], "spec.http"))
@@ -350,4 +362,4 @@ def parse_virtual_service(obj: Mapping[str, Any]) -> tuple[VirtualService, list[
         _tcp_route(v.mapping(raw, f"spec.tcp[{i}]"), f"spec.tcp[{i}]", f"{meta['name']}.tcp.{i}", ns, notes)
         for i, raw in enumerate(v.listing(spec.get("tcp") or [], "spec.tcp"))
     )
-    return VirtualService(meta["name"], ns, hosts, routes, tcp), notes.items
+    return VirtualService(meta["name"], ns, hosts, routes, tcp, mesh), notes.items
