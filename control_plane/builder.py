@@ -65,6 +65,7 @@ class SnapshotBuilder:
         self._pods_by_ip = registry.pod_by_ip()
         self._notes: list[str] = list(registry.unsupported)
         self._entry_ports = self._index_entries()
+        self._rules = {self._canonical(h): r for h, r in registry.destination_rules.items()}
         self._note_foreign_root()
         clusters = self._clusters()
         self._base = ProxyConfig(
@@ -140,7 +141,7 @@ class SnapshotBuilder:
         clusters: list[Cluster] = []
         for host in sorted(self.registry.services):
             svc = self.registry.services[host]
-            dr = self.registry.destination_rules.get(host)
+            dr = self._rules.get(host)
             for sp in svc.ports:
                 eps = tuple(self._endpoints(svc, sp))
                 clusters.append(self._cluster(model.cluster_name(host, sp.port), host, sp.port, sp.protocol, eps,
@@ -200,7 +201,7 @@ class SnapshotBuilder:
         return tuple(eps), tuple(dns)
 
     def _entry_clusters(self, se: istio.ServiceEntry, host: str, sp: Any) -> list[Cluster]:
-        dr = self.registry.destination_rules.get(host)
+        dr = self._rules.get(host)
         out = []
         for subset in (None, *(dr.subsets if dr else ())):
             eps, dns = self._entry_endpoints(se, sp, subset.labels if subset else None)
