@@ -27,6 +27,7 @@ from control_plane.api.model import (
     Cluster,
     Endpoint,
     HttpRoute,
+    LoadBalancer,
     OutboundPort,
     ProxyConfig,
     RouteMatch,
@@ -226,15 +227,18 @@ class Router:
         """The route decision for one HTTP request on ``outbound_port`` (byte-level callers)."""
         if outbound_port is not None and not outbound_port.routes and not outbound_port.routed:
             cluster = self.clusters.get(outbound_port.default_cluster)
-            if cluster is None or cluster.policy.load_balancer.consistent_hash is None:
-                return self.decide(outbound_port, _EMPTY)  # nothing to match: skip decoding
+            if cluster is not None and cluster.policy.load_balancer == _PLAIN:
+                return self.decide(outbound_port, _EMPTY)  # nothing to match or hash: skip decoding
         authority = next((v for k, v in headers if k.lower() in (b"host", b":authority")), b"")
         req = RequestInfo(
             method=method.decode("latin-1"), path=path.decode("latin-1"), authority=authority.decode("latin-1"),
             headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers),
             port=outbound_port.port if outbound_port else 0,
         )
-        return self.decide(outbound_port, req)
+        d = self.decide(outbound_port, req)
+        if d.passthrough:  # these callers connect to d.endpoint only; the exchange handles passthrough
+            d.status, d.message, d.flag = 503, f"{NO_HEALTHY_UPSTREAM} (PASSTHROUGH needs the exchange)", flags.UH
+        return d
 
     def tcp_cluster(self, port: OutboundPort, source_labels: Mapping[str, str] | None = None) -> str:
         """The cluster a TCP connection on ``port`` goes to (tcp routes, else the service)."""
@@ -246,6 +250,7 @@ class Router:
 
 
 _EMPTY = RequestInfo("", "")
+_PLAIN = LoadBalancer()
 
 
 def _has_policies(route: HttpRoute) -> bool:
