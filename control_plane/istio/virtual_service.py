@@ -105,7 +105,8 @@ def _match(raw: Any, path: str, notes: Notes) -> model.RouteMatch | None:
         return None  # a match for gateways only: the sidecars never see it
     return model.RouteMatch(
         name=v.string(m["name"], f"{path}.name") if "name" in m else "",
-        **sm, **maps,
+        uri=sm.get("uri"), scheme=sm.get("scheme"), method=sm.get("method"), authority=sm.get("authority"),
+        headers=maps["headers"], without_headers=maps["without_headers"], query_params=maps["query_params"],
         ignore_uri_case=v.boolean(m["ignoreUriCase"], f"{path}.ignoreUriCase") if "ignoreUriCase" in m else False,
         port=v.port(m["port"], f"{path}.port") if "port" in m else None,
         source_labels=v.string_map(m.get("sourceLabels") or {}, f"{path}.sourceLabels"),

@@ -133,7 +133,8 @@ class RingHash(Balancer):
 
     def choose(self, usable: Usable = None, key: int | None = None) -> Endpoint | None:
         if key is None:  # no key in this request: Envoy picks at random
-            return RandomBalancer.choose(self, usable)
+            i = self._weighted_index(usable)
+            return None if i is None else self.endpoints[i]
         n = len(self.hashes)
         start = bisect.bisect_left(self.hashes, key)
         for step in range(n):
