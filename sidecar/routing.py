@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from control_plane.api.model import (
+    LB_PASSTHROUGH,
     Cluster,
     Endpoint,
     HttpRoute,
-    LoadBalancer,
     OutboundPort,
     ProxyConfig,
     RouteMatch,
@@ -67,7 +67,11 @@ class RequestInfo:
 
 @dataclass(slots=True)
 class RouteDecision:
-    """Where one request goes, or why it cannot go anywhere (``status`` set)."""
+    """Where one request goes, or why it cannot go anywhere (``status`` set).
+
+    Read-only for callers: ``resolve`` hands out one shared instance per endpoint on ports
+    where nothing is matched or hashed (it saves an allocation per request).
+    """
 
     cluster: Cluster | None = None
     endpoint: Endpoint | None = None
@@ -108,6 +112,12 @@ class Router:
             for a in o.addresses:
                 self.ports[(a, o.port)] = o
         self.opaque_ports = frozenset(config.opaque_ports)
+        plain = {c.name for c in config.clusters if c.policy.outlier is None
+                 and c.policy.load_balancer.consistent_hash is None
+                 and c.policy.load_balancer.simple != LB_PASSTHROUGH}
+        self._shared: dict[int, RouteDecision] = {}  # id(endpoint) → the plain decision for it
+        self._plain_ports = frozenset(id(o) for o in config.outbound
+                                      if not o.routes and not o.routed and o.default_cluster in plain)
         # Ports whose every request gets the same endpoint (no match, one destination, one
         # endpoint): a connection may reuse its first decision while this router is current.
         self.fixed_ports = frozenset(id(o) for o in config.outbound if self._is_fixed(o))
@@ -225,13 +235,22 @@ class Router:
         headers: list[tuple[bytes, bytes]],
     ) -> RouteDecision:
         """The route decision for one HTTP request on ``outbound_port`` (byte-level callers)."""
-        if outbound_port is not None and not outbound_port.routes and not outbound_port.routed:
-            cluster = self.clusters.get(outbound_port.default_cluster)
-            if cluster is not None and cluster.policy.load_balancer == _PLAIN:
-                return self.decide(outbound_port, _EMPTY)  # nothing to match or hash: skip decoding
+        if outbound_port is not None and id(outbound_port) in self._plain_ports:
+            # Nothing to match, hash or eject: skip decoding the request (the hot path).
+            name = outbound_port.default_cluster
+            endpoint = self.policy_balancers[name].choose()
+            if endpoint is None:
+                return RouteDecision(self.clusters[name], route="default", status=503,
+                                     message=NO_HEALTHY_UPSTREAM, flag=flags.UH)
+            shared = self._shared.get(id(endpoint))
+            if shared is None:
+                shared = self._shared[id(endpoint)] = RouteDecision(self.clusters[name], endpoint, None, "default")
+            return shared
         authority = next((v for k, v in headers if k.lower() in (b"host", b":authority")), b"")
+        scheme = next((v for k, v in headers if k == b":scheme"), b"http")  # HTTP/2 carries it
         req = RequestInfo(
             method=method.decode("latin-1"), path=path.decode("latin-1"), authority=authority.decode("latin-1"),
+            scheme=scheme.decode("latin-1"),
             headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers),
             port=outbound_port.port if outbound_port else 0,
         )
@@ -249,8 +268,6 @@ class Router:
         return port.default_cluster
 
 
-_EMPTY = RequestInfo("", "")
-_PLAIN = LoadBalancer()
 
 
 def _has_policies(route: HttpRoute) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
@@ -50,6 +51,9 @@ class Balancer:
                     counts[i] -= 1
         self.ring = ring
         self.cursor = self.rand.randrange(len(ring)) if ring else 0
+        # Random picks: O(1) when every endpoint weighs the same, else bisect on cumulative weights.
+        self.uniform = len({e.weight for e in endpoints}) <= 1 and all(e.weight > 0 for e in endpoints)
+        self.cumulative = list(itertools.accumulate(weights))
 
     def choose(self, usable: Usable = None, key: int | None = None) -> Endpoint | None:
         ring = self.ring
@@ -67,6 +71,13 @@ class Balancer:
         """A request to ``endpoint`` ended."""
 
     def _weighted_index(self, usable: Usable) -> int | None:
+        if usable is None:  # the hot path: no host ejected
+            if self.uniform:  # int(random() * n): several times cheaper than randrange(n)
+                return int(self.rand.random() * len(self.endpoints)) if self.endpoints else None
+            total = self.cumulative[-1] if self.cumulative else 0
+            if total <= 0:
+                return None
+            return bisect.bisect_right(self.cumulative, self.rand.random() * total)
         idx = [i for i, e in enumerate(self.endpoints) if e.weight > 0 and (usable is None or usable[i])]
         if not idx:
             return None
@@ -91,12 +102,15 @@ class LeastRequest(Balancer):
     def __init__(self, endpoints: tuple[Endpoint, ...], rand: random.Random | None = None) -> None:
         super().__init__(endpoints, rand)
         self.active = [0] * len(endpoints)
+        self.total = 0
         self._index = {(e.address, e.port): i for i, e in enumerate(endpoints)}
 
     def choose(self, usable: Usable = None, key: int | None = None) -> Endpoint | None:
         a = self._weighted_index(usable)
         if a is None:
             return None
+        if not self.total:  # nothing in flight: the second draw could not win
+            return self.endpoints[a]
         b = self._weighted_index(usable)
         assert b is not None
         return self.endpoints[b if self.active[b] < self.active[a] else a]
@@ -105,11 +119,13 @@ class LeastRequest(Balancer):
         i = self._index.get((endpoint.address, endpoint.port))
         if i is not None:
             self.active[i] += 1
+            self.total += 1
 
     def finished(self, endpoint: Endpoint) -> None:
         i = self._index.get((endpoint.address, endpoint.port))
         if i is not None and self.active[i] > 0:
             self.active[i] -= 1
+            self.total -= 1
 
 
 class Passthrough(Balancer):

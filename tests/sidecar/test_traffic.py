@@ -50,6 +50,15 @@ def test_random_spreads_by_weight() -> None:
     assert all(850 < n < 1150 for n in counts.values()) and len(counts) == 4
 
 
+def test_random_and_least_request_follow_unequal_weights() -> None:
+    eps = (Endpoint("198.18.0.1", 80, weight=3), Endpoint("198.18.0.2", 80, weight=0),
+           Endpoint("198.18.0.3", 80, weight=1))
+    for simple in (model.LB_RANDOM, model.LB_LEAST_REQUEST):
+        b = lb.make(LoadBalancer(simple), eps, random.Random(4))
+        counts = collections.Counter(b.choose().address for _ in range(4000))
+        assert "198.18.0.2" not in counts and 2700 < counts["198.18.0.1"] < 3300, (simple, counts)
+
+
 def test_least_request_prefers_the_idle_endpoint() -> None:
     b = lb.make(LoadBalancer(model.LB_LEAST_REQUEST), EPS[:2], random.Random(3))
     busy = EPS[0]
