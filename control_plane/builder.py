@@ -67,6 +67,7 @@ class SnapshotBuilder:
         self._entry_ports = self._index_entries()
         self._rules = {self._canonical(h): r for h, r in registry.destination_rules.items()}
         self._note_foreign_root()
+        self._note_unknown_hosts()
         clusters = self._clusters()
         self._base = ProxyConfig(
             outbound=self._outbound({c.name for c in clusters}),
@@ -385,6 +386,22 @@ class SnapshotBuilder:
                 f"{kind}/{ISTIO_SYSTEM}/{name}: {ISTIO_SYSTEM} is not the root namespace "
                 f"({self.root_namespace}); this resource is not mesh-wide, it applies to {ISTIO_SYSTEM} only"
             )
+
+    def _note_unknown_hosts(self) -> None:
+        """A rule for a host no Service or ServiceEntry defines has no effect: say so."""
+        known = set(self.registry.services) | {h for h, _ in self._entry_ports}
+        for host, dr in self._rules.items():
+            if host not in known:
+                self._notes.append(f"DestinationRule/{dr.namespace}/{dr.name}: host {host} matches no Service or "
+                                   "ServiceEntry (wildcard hosts are not implemented); no effect")
+        for host, vs in self.registry.virtual_services.items():
+            if "*" in host:
+                if not any(fnmatch.fnmatchcase(k, host) for k in known):
+                    self._notes.append(f"VirtualService/{vs.namespace}/{vs.name}: host {host} matches no Service "
+                                       "or ServiceEntry; no effect")
+            elif self._canonical(host) not in known:
+                self._notes.append(f"VirtualService/{vs.namespace}/{vs.name}: host {host} matches no Service or "
+                                   "ServiceEntry; no effect")
 
     def sidecar_for(self, namespace: str, labels: Mapping[str, str] | None) -> istio.Sidecar | None:
         """Istio's choice: a selecting Sidecar in the namespace, else the namespace's, else the root's."""

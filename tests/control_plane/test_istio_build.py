@@ -258,3 +258,16 @@ def test_fields_not_implemented_are_reported() -> None:
 def test_workload_labels_travel_for_source_matches() -> None:
     cfg, _, _ = build()
     assert (cfg.workload_namespace, cfg.workload_labels) == ("app", {"app": "client"})
+
+
+def test_rules_for_hosts_nobody_defines_are_reported() -> None:
+    rule = res("DestinationRule", "ghost", "app", host="ghost")
+    v = res("VirtualService", "ghost", "app", hosts=["ghost", "*.nowhere.example"],
+            http=[{"route": [{"destination": {"host": "ghost"}}]}])
+    _, notes, _ = build(rule, v)
+    assert set(notes) >= {
+        "DestinationRule/app/ghost: host ghost.app.svc.cluster.local matches no Service or ServiceEntry "
+        "(wildcard hosts are not implemented); no effect",
+        "VirtualService/app/ghost: host ghost.app.svc.cluster.local matches no Service or ServiceEntry; no effect",
+        "VirtualService/app/ghost: host *.nowhere.example matches no Service or ServiceEntry; no effect",
+    }
