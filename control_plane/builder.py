@@ -78,6 +78,12 @@ class SnapshotBuilder:
             })),
         )
         self._base = dataclasses.replace(self._base, unsupported=tuple(sorted(set(self._notes))))
+        # Only what source matches read goes per proxy, so proxies still share snapshots.
+        matches: list[model.RouteMatch | model.TcpMatch] = [
+            m for o in self._base.outbound for r in o.routes for m in r.matches]
+        matches += [m for o in self._base.outbound for t in o.tcp_routes for m in t.matches]
+        self._source_keys = frozenset(k for m in matches for k in m.source_labels)
+        self._source_ns = any(m.source_namespace is not None for m in matches)
         self._cache: dict[tuple, Snapshot] = {}
         self._scopes: dict[tuple[str, str], tuple[tuple[OutboundPort, ...], tuple[Cluster, ...]]] = {}
 
@@ -446,17 +452,18 @@ class SnapshotBuilder:
 
     def snapshot_for(self, key: ProxyKey) -> Snapshot:
         w = self.workload(key)
-        labels = dict(w.labels) if w else {}
-        inbound = self.inbound_for(key.namespace, labels if w else None)
+        labels = {k: v for k, v in w.labels.items() if k in self._source_keys} if w else {}
+        namespace = key.namespace if self._source_ns else ""
+        inbound = self.inbound_for(key.namespace, w.labels if w else None)
         opaque = self._opaque_for(w)
-        sc = self.sidecar_for(key.namespace, labels if w else None)
+        sc = self.sidecar_for(key.namespace, w.labels if w else None)
         cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque,
-                     (sc.namespace, sc.name) if sc else None, key.namespace, tuple(sorted(labels.items())))
+                     (sc.namespace, sc.name) if sc else None, namespace, tuple(sorted(labels.items())))
         snap = self._cache.get(cache_key)
         if snap is None:
             outbound, clusters = self._scoped(sc)
             cfg = dataclasses.replace(self._base, inbound=inbound, opaque_ports=opaque, outbound=outbound,
-                                      clusters=clusters, workload_namespace=key.namespace, workload_labels=labels)
+                                      clusters=clusters, workload_namespace=namespace, workload_labels=labels)
             cfg = dataclasses.replace(cfg, version=cfg.content_hash())
             payload = json.dumps(cfg.to_dict(), separators=(",", ":"))
             snap = self._cache[cache_key] = Snapshot(cfg, payload)

@@ -337,7 +337,8 @@ class ProxyConfig:
     trust_bundle: str = ""  # PEM roots for verifying peers; empty: keep the bootstrap roots
     # Fields of the source resources that Remora does not implement, as "kind/ns/name: field".
     unsupported: tuple[str, ...] = ()
-    # The proxy's own workload, for sourceLabels / sourceNamespace matches.
+    # The proxy's own workload, for sourceLabels / sourceNamespace matches: only the label keys
+    # some match reads, and the namespace only when some match reads it (snapshots stay shared).
     workload_namespace: str = ""
     workload_labels: Mapping[str, str] = field(default_factory=dict)
 

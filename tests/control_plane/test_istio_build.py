@@ -255,9 +255,20 @@ def test_fields_not_implemented_are_reported() -> None:
     }
 
 
-def test_workload_labels_travel_for_source_matches() -> None:
+def test_only_what_source_matches_read_travels_per_proxy() -> None:
     cfg, _, _ = build()
-    assert (cfg.workload_namespace, cfg.workload_labels) == ("app", {"app": "client"})
+    assert (cfg.workload_namespace, cfg.workload_labels) == ("", {})
+    v = res("VirtualService", "web", "app", hosts=["web"], http=[
+        {"match": [{"sourceLabels": {"app": "client"}}], "route": [{"destination": {"host": "web"}}]}])
+    reg = Registry.from_objects([*BASE, pod("client-2", "app", "198.18.0.41", app="client", pod="2"), v])
+    b = SnapshotBuilder(reg, "cluster.local", "")
+    one, two = (b.snapshot_for(ProxyKey("app", p)) for p in ("client", "client-2"))
+    assert one.config.workload_labels == {"app": "client"} and one.config.workload_namespace == ""
+    assert one is two  # the label nobody matches on does not split the snapshot
+    v["spec"]["http"][0]["match"][0]["sourceNamespace"] = "app"
+    cfg = SnapshotBuilder(Registry.from_objects([*BASE, v]), "cluster.local", "").snapshot_for(
+        ProxyKey("app", "client")).config
+    assert cfg.workload_namespace == "app"
 
 
 def test_rules_for_hosts_nobody_defines_are_reported() -> None:
