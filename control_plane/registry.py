@@ -1,8 +1,10 @@
 """The registry: every mesh object the sources know, typed and indexed, rebuilt on each change.
 
 Building it is a pure function of the objects (``Registry.from_objects``), so a source only
-keeps the raw objects and the snapshot builder only reads typed records. Invalid objects are
-skipped and reported in ``errors``; implemented-but-partial resources add ``unsupported`` notes.
+keeps the raw objects and the snapshot builder only reads typed records. An invalid object is
+reported in ``errors`` and, when the previous registry accepted a version of it (``last_good``),
+that version stays in force, as it would in Istio where validation rejects the update;
+implemented-but-partial resources and kinds Remora does not implement add ``unsupported`` notes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ log = logging.getLogger("remora.control.registry")
 # The kinds the control plane reads; others in a manifest directory are ignored.
 KINDS = (
     "Namespace", "ServiceAccount", "Service", "Pod", "EndpointSlice",
-    "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy",
+    "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar", "PeerAuthentication", "AuthorizationPolicy",
+    *istio.REPORTED_KINDS,
 )
 
 
@@ -32,19 +35,34 @@ class Registry:
     destination_rules: dict[str, istio.DestinationRule] = field(default_factory=dict)  # by host
     virtual_services: dict[str, istio.VirtualService] = field(default_factory=dict)  # by host
     peer_authentications: list[istio.PeerAuthentication] = field(default_factory=list)
+    service_entries: list[istio.ServiceEntry] = field(default_factory=list)
+    sidecars: list[istio.Sidecar] = field(default_factory=list)
+    # The objects that parsed, by key: the next build's ``last_good``.
+    accepted: dict[resources.Key, Mapping[str, Any]] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> Registry:
+    def from_objects(
+        cls, objects: Iterable[Mapping[str, Any]], last_good: Mapping[resources.Key, Mapping[str, Any]] | None = None,
+    ) -> Registry:
         reg = cls()
         # Sorted by (kind, namespace, name): "the first one wins" is then stable across reloads.
         for obj in sorted(objects, key=resources.key_of):
-            kind, ns, name = resources.key_of(obj)
+            key = resources.key_of(obj)
+            kind, ns, name = key
             try:
                 reg._add(kind, obj)
+                reg.accepted[key] = obj
+                continue
             except (KeyError, TypeError, ValueError) as exc:
                 detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            previous = (last_good or {}).get(key)
+            if previous is not None and previous is not obj:
+                reg._add(kind, previous)  # it parsed before, so it parses again
+                reg.accepted[key] = previous
+                reg.errors.append(f"{kind}/{ns or '-'}/{name}: invalid, keeping the last good version: {detail}")
+            else:
                 reg.errors.append(f"{kind}/{ns or '-'}/{name}: invalid, ignored: {detail}")
         reg.unsupported.sort()
         return reg
@@ -62,6 +80,10 @@ class Registry:
         elif kind == "VirtualService":
             vs, notes = istio.parse_virtual_service(obj)
             self.unsupported.extend(notes)
+            if not vs.mesh:
+                self.unsupported.append(f"VirtualService/{vs.namespace}/{vs.name}: bound only to gateways, "
+                                        "so no sidecar applies it (no effect)")
+                return
             for host in vs.hosts:
                 if host in self.virtual_services:
                     other = self.virtual_services[host]
@@ -85,6 +107,19 @@ class Registry:
             pa, notes = istio.parse_peer_authentication(obj)
             self.unsupported.extend(notes)
             self.peer_authentications.append(pa)
+        elif kind == "ServiceEntry":
+            se, notes = istio.parse_service_entry(obj)
+            self.unsupported.extend(notes)
+            self.service_entries.append(se)
+        elif kind == "Sidecar":
+            sc, notes = istio.parse_sidecar(obj)
+            self.unsupported.extend(notes)
+            self.sidecars.append(sc)
+        elif kind in istio.REPORTED_KINDS:
+            meta = obj["metadata"]
+            self.unsupported.append(
+                f"{kind}/{meta.get('namespace', 'default')}/{meta['name']}: {kind} is not implemented (no effect)"
+            )
         elif kind == "AuthorizationPolicy":
             meta = obj["metadata"]
             self.unsupported.append(

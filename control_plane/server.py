@@ -105,7 +105,8 @@ class DiscoveryServer:
     def rebuild(self) -> None:
         """Registry → builder → push to every connected proxy whose snapshot changed."""
         started = time.perf_counter()
-        registry = Registry.from_objects(self.source.objects())
+        last_good = self.builder.registry.accepted if self.builder else None
+        registry = Registry.from_objects(self.source.objects(), last_good)
         builder = SnapshotBuilder(
             registry, self.settings.trust_domain, self.trust_bundle,
             self.settings.root_namespace, self.settings.mesh_mtls_mode,

@@ -35,6 +35,18 @@ ORDER = ("Namespace", "ServiceAccount", "ConfigMap", "Service", "DestinationRule
 # Kinds the control plane's files source reads (the rest stay in the local store only).
 CONTROL_PLANE_KINDS = frozenset({"Namespace", "ServiceAccount", "Service", "Pod", "VirtualService",
                                  "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"})
+# Traffic-management kinds (ServiceEntry, Sidecar) and the Istio kinds the control plane only
+# reports by name (so applying them is not refused here but said to have no effect there).
+TRAFFIC_KINDS = {
+    ("networking.istio.io", "ServiceEntry"): True, ("networking.istio.io", "Sidecar"): True,
+    ("networking.istio.io", "Gateway"): True, ("networking.istio.io", "EnvoyFilter"): True,
+    ("networking.istio.io", "WorkloadEntry"): True, ("networking.istio.io", "WorkloadGroup"): True,
+    ("security.istio.io", "RequestAuthentication"): True, ("telemetry.istio.io", "Telemetry"): True,
+    ("extensions.istio.io", "WasmPlugin"): True,
+}
+KINDS.update(TRAFFIC_KINDS)
+ORDER = (*ORDER, *(k for _, k in TRAFFIC_KINDS))
+CONTROL_PLANE_KINDS = CONTROL_PLANE_KINDS | {k for _, k in TRAFFIC_KINDS}
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
 DEFAULT_NAMESPACE = "default"

@@ -82,7 +82,7 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
 
 
 async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> None:
-    decision = rt.router.pick(port.default_cluster)
+    decision = rt.router.pick(rt.router.tcp_cluster(port))  # VirtualService tcp routes, else the service
     if decision.status:
         rt.stats.connect_error("no_healthy_upstream")
         close_counted(rt.stats, OUTBOUND, sock)

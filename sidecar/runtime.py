@@ -83,7 +83,7 @@ class ProxyRuntime:
             raise ConfigError(f"config.outbound: port {own[0]} is one of the proxy's own ports")
         if cfg.trust_bundle.strip() and "BEGIN CERTIFICATE" not in cfg.trust_bundle:
             raise ConfigError("config.trust_bundle: not PEM certificates")
-        router = Router(cfg)
+        router = Router(cfg, self.router)  # balancer and outlier state carry over
         self.router = router
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg

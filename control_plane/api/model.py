@@ -51,6 +51,74 @@ class Endpoint:
     weight: int = 1
 
 
+# DestinationRule load balancers (PASSTHROUGH: connect to the address the app asked for).
+LB_ROUND_ROBIN, LB_LEAST_REQUEST, LB_RANDOM, LB_PASSTHROUGH = "ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"
+LB_POLICIES = (LB_ROUND_ROBIN, LB_LEAST_REQUEST, LB_RANDOM, LB_PASSTHROUGH)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistentHash:
+    """One hash key source (exactly one set) and the ring size."""
+
+    header: str | None = None
+    cookie: str | None = None
+    cookie_path: str | None = None
+    cookie_ttl: float | None = None  # set: the proxy generates the cookie when it is absent
+    use_source_ip: bool = False
+    query_param: str | None = None
+    minimum_ring_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    simple: str = LB_LEAST_REQUEST  # Istio's default when unspecified
+    consistent_hash: ConsistentHash | None = None  # set: wins over simple
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """Limits per upstream cluster; None: unlimited. Overflow is answered 503 with flag UO."""
+
+    max_connections: int | None = None
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_retries: int | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int | None = 5  # None: off
+    consecutive_gateway_errors: int | None = None
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 10.0
+    min_health_percent: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """The effective DestinationRule policy of one cluster (subset and port overrides applied).
+
+    TLS mode is not here: DISABLE clears the endpoints' identities (plaintext hop) and
+    ISTIO_MUTUAL keeps them, so the proxy has one fact to follow.
+    """
+
+    load_balancer: LoadBalancer = field(default_factory=LoadBalancer)
+    connection_pool: ConnectionPool = field(default_factory=ConnectionPool)
+    outlier: OutlierDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTarget:
+    """A ServiceEntry endpoint the proxy resolves itself (resolution DNS)."""
+
+    hostname: str
+    port: int
+    weight: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
     """An upstream group: one service port, optionally narrowed to a DestinationRule subset."""
@@ -60,30 +128,142 @@ class Cluster:
     port: int
     protocol: str = TCP
     endpoints: tuple[Endpoint, ...] = ()
-    connect_timeout: float = 5.0
+    connect_timeout: float = 5.0  # DestinationRule connectionPool.tcp.connectTimeout
+    policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    dns: tuple[DnsTarget, ...] = ()  # resolution DNS: resolved by the proxy, endpoints empty
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """Istio's StringMatch: at most one of exact/prefix/regex; none set means "present"."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None  # RE2 syntax, whole-value match (control_plane/api/re2.py)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Istio's HTTPMatchRequest: all given conditions must hold (see sidecar/routing.py)."""
+
+    name: str = ""
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: Mapping[str, StringMatch] = field(default_factory=dict)  # lower-case names
+    without_headers: Mapping[str, StringMatch] = field(default_factory=dict)
+    query_params: Mapping[str, StringMatch] = field(default_factory=dict)
+    ignore_uri_case: bool = False
+    port: int | None = None
+    source_labels: Mapping[str, str] = field(default_factory=dict)
+    source_namespace: str | None = None
+
+
+# retryOn conditions (Envoy's names) the proxy implements; numbers go to RetryPolicy.status_codes.
+RETRY_ON_HTTP = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
+                 "retriable-status-codes")
+RETRY_ON_GRPC = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+# gRPC status names (Istio's fault.abort.grpcStatus) → codes.
+GRPC_CODES = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
+
+# Istio's default retry policy (applied when a route says nothing about retries).
+DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """HTTPRetry resolved: numeric retryOn entries are moved to ``status_codes`` as Istio does."""
+
+    attempts: int = 2
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    status_codes: tuple[int, ...] = (503,)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """set replaces, add appends, remove deletes (names lower-case)."""
+
+    set: Mapping[str, str] = field(default_factory=dict)
+    add: Mapping[str, str] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    request: HeaderOps | None = None
+    response: HeaderOps | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WeightedCluster:
     cluster: str
     weight: int = 100
+    headers: HeaderPolicy | None = None  # destination-level header operations
 
 
 @dataclass(frozen=True, slots=True)
-class RouteMatch:
-    """All given conditions must hold. Header values match exactly."""
-
-    path_exact: str | None = None
-    path_prefix: str | None = None
-    method: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+class Redirect:
+    uri: str | None = None
+    authority: str | None = None
+    scheme: str | None = None
+    port: int | None = None
+    code: int = 301
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 0
-    per_try_timeout: float | None = None
-    retry_on: tuple[str, ...] = ("connect-failure", "refused-stream", "503")
+class RegexRewrite:
+    match: str  # RE2
+    rewrite: str  # \1-style group references
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    uri: str | None = None  # replaces the part the uri prefix/exact match matched
+    authority: str | None = None
+    uri_regex: RegexRewrite | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    fixed_delay: float
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    http_status: int | None = None
+    grpc_status: int | None = None  # numeric gRPC code
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None
+    allow_credentials: bool | None = None
+    unmatched_preflights_forward: bool = True  # Istio's default: FORWARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +271,32 @@ class HttpRoute:
     """One VirtualService HTTP route: if any match holds, split over the destinations."""
 
     name: str
-    destinations: tuple[WeightedCluster, ...]
+    destinations: tuple[WeightedCluster, ...] = ()  # empty only with redirect or direct_response
     matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
     timeout: float | None = None
-    retries: RetryPolicy | None = None
+    retries: RetryPolicy | None = None  # None: Istio's default policy (RetryPolicy())
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    fault: Fault | None = None
+    mirror: str | None = None  # cluster name
+    mirror_percent: float = 100.0
+    headers: HeaderPolicy | None = None
+    cors: CorsPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TcpMatch:
+    port: int | None = None
+    source_labels: Mapping[str, str] = field(default_factory=dict)
+    source_namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRoute:
+    name: str
+    destinations: tuple[WeightedCluster, ...]
+    matches: tuple[TcpMatch, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +307,11 @@ class OutboundPort:
     addresses: tuple[str, ...]  # the service's VIPs
     port: int
     protocol: str
-    default_cluster: str  # the whole service port; used for TCP and when no route matches
+    default_cluster: str  # the whole service port; used when no VirtualService routes this port
     routes: tuple[HttpRoute, ...] = ()
+    # True: a VirtualService routes this port, so a request no route matches gets 404 (NR).
+    routed: bool = False
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +337,10 @@ class ProxyConfig:
     trust_bundle: str = ""  # PEM roots for verifying peers; empty: keep the bootstrap roots
     # Fields of the source resources that Remora does not implement, as "kind/ns/name: field".
     unsupported: tuple[str, ...] = ()
+    # The proxy's own workload, for sourceLabels / sourceNamespace matches: only the label keys
+    # some match reads, and the namespace only when some match reads it (snapshots stay shared).
+    workload_namespace: str = ""
+    workload_labels: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -249,6 +458,7 @@ def validate(config: ProxyConfig) -> None:
             raise ConfigError(f"{p}.protocol: {c.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if c.connect_timeout <= 0:
             raise ConfigError(f"{p}.connect_timeout: must be positive")
+        _validate_policy(c.policy, f"{p}.policy")
         for j, e in enumerate(c.endpoints):
             _check_address(e.address, f"{p}.endpoints[{j}].address")
             _check_port(e.port, f"{p}.endpoints[{j}].port")
@@ -271,6 +481,9 @@ def validate(config: ProxyConfig) -> None:
             raise ConfigError(f"{p}.default_cluster: no cluster named {o.default_cluster!r}")
         for j, r in enumerate(o.routes):
             rp = f"{p}.routes[{j}]"
+            _validate_http_route(r, rp, names)
+            if not r.destinations and (r.redirect or r.direct_response):
+                continue
             if not r.destinations:
                 raise ConfigError(f"{rp}.destinations: at least one destination is needed")
             for k, d in enumerate(r.destinations):
@@ -282,6 +495,13 @@ def validate(config: ProxyConfig) -> None:
                 raise ConfigError(f"{rp}.destinations: weights add up to 0")
             if r.timeout is not None and r.timeout <= 0:
                 raise ConfigError(f"{rp}.timeout: must be positive")
+        for j, t in enumerate(o.tcp_routes):
+            tp = f"{p}.tcp_routes[{j}]"
+            for k, d in enumerate(t.destinations):
+                if d.cluster not in names:
+                    raise ConfigError(f"{tp}.destinations[{k}].cluster: no cluster named {d.cluster!r}")
+            if sum(max(0, d.weight) for d in t.destinations) <= 0:
+                raise ConfigError(f"{tp}.destinations: weights add up to 0")
     modes = [config.inbound.mtls_mode, *config.inbound.port_mtls.values()]
     for m in modes:
         if m not in MTLS_MODES:
@@ -290,6 +510,96 @@ def validate(config: ProxyConfig) -> None:
         _check_port(port, "config.inbound.port_mtls")
     for i, port in enumerate(config.opaque_ports):
         _check_port(port, f"config.opaque_ports[{i}]")
+
+
+def _regex(pattern: str | None, path: str) -> None:
+    from control_plane.api.re2 import Re2Error, compile_re2  # the proxy's engine, the same text
+
+    if pattern is not None:
+        try:
+            compile_re2(pattern)
+        except Re2Error as exc:
+            raise ConfigError(f"{path}: {pattern!r} is not a valid RE2 regex: {exc}") from None
+
+
+def _string_match(m: StringMatch | None, path: str) -> None:
+    if m is None:
+        return
+    if sum(v is not None for v in (m.exact, m.prefix, m.regex)) > 1:
+        raise ConfigError(f"{path}: set at most one of exact, prefix, regex")
+    _regex(m.regex, f"{path}.regex")
+
+
+def _percent(value: float, path: str) -> None:
+    if not 0 <= value <= 100:
+        raise ConfigError(f"{path}: {value} is outside 0-100")
+
+
+def _validate_http_route(r: HttpRoute, rp: str, names: set[str]) -> None:
+    for k, m in enumerate(r.matches):
+        mp = f"{rp}.matches[{k}]"
+        for attr in ("uri", "scheme", "method", "authority"):
+            _string_match(getattr(m, attr), f"{mp}.{attr}")
+        for attr in ("headers", "without_headers", "query_params"):
+            for name, sm in getattr(m, attr).items():
+                _string_match(sm, f"{mp}.{attr}[{name!r}]")
+        if m.port is not None:
+            _check_port(m.port, f"{mp}.port")
+    if r.redirect is not None and r.redirect.code not in (301, 302, 303, 307, 308):
+        raise ConfigError(f"{rp}.redirect.code: {r.redirect.code} is not one of 301, 302, 303, 307, 308")
+    if r.direct_response is not None and not 200 <= r.direct_response.status <= 599:
+        raise ConfigError(f"{rp}.direct_response.status: {r.direct_response.status} is outside 200-599")
+    if r.rewrite is not None and r.rewrite.uri_regex is not None:
+        _regex(r.rewrite.uri_regex.match, f"{rp}.rewrite.uri_regex.match")
+    if r.retries is not None:
+        if r.retries.attempts < 0:
+            raise ConfigError(f"{rp}.retries.attempts: must not be negative")
+        if r.retries.per_try_timeout is not None and r.retries.per_try_timeout <= 0:
+            raise ConfigError(f"{rp}.retries.per_try_timeout: must be positive")
+    if r.fault is not None:
+        if r.fault.delay is not None:
+            _percent(r.fault.delay.percent, f"{rp}.fault.delay.percent")
+            if r.fault.delay.fixed_delay < 0:
+                raise ConfigError(f"{rp}.fault.delay.fixed_delay: must not be negative")
+        if r.fault.abort is not None:
+            a = r.fault.abort
+            _percent(a.percent, f"{rp}.fault.abort.percent")
+            if (a.http_status is None) == (a.grpc_status is None):
+                raise ConfigError(f"{rp}.fault.abort: set exactly one of http_status, grpc_status")
+            if a.http_status is not None and not 200 <= a.http_status <= 599:
+                raise ConfigError(f"{rp}.fault.abort.http_status: {a.http_status} is outside 200-599")
+            if a.grpc_status is not None and not 0 <= a.grpc_status <= 16:
+                raise ConfigError(f"{rp}.fault.abort.grpc_status: {a.grpc_status} is outside 0-16")
+    if r.mirror is not None and r.mirror not in names:
+        raise ConfigError(f"{rp}.mirror: no cluster named {r.mirror!r}")
+    _percent(r.mirror_percent, f"{rp}.mirror_percent")
+    if r.cors is not None:
+        for k, o in enumerate(r.cors.allow_origins):
+            _string_match(o, f"{rp}.cors.allow_origins[{k}]")
+
+
+def _validate_policy(policy: TrafficPolicy, path: str) -> None:
+    lb = policy.load_balancer
+    if lb.simple not in LB_POLICIES:
+        raise ConfigError(f"{path}.load_balancer.simple: {lb.simple!r} is not one of {', '.join(LB_POLICIES)}")
+    ch = lb.consistent_hash
+    if ch is not None:
+        keys = sum(v is not None for v in (ch.header, ch.cookie, ch.query_param)) + ch.use_source_ip
+        if keys != 1:
+            raise ConfigError(f"{path}.load_balancer.consistent_hash: set exactly one hash key")
+        if ch.minimum_ring_size < 1:
+            raise ConfigError(f"{path}.load_balancer.consistent_hash.minimum_ring_size: must be positive")
+    for f in dataclasses.fields(ConnectionPool):
+        v = getattr(policy.connection_pool, f.name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{path}.connection_pool.{f.name}: must be positive")
+    od = policy.outlier
+    if od is not None:
+        for name in ("interval", "base_ejection_time"):
+            if getattr(od, name) <= 0:
+                raise ConfigError(f"{path}.outlier.{name}: must be positive")
+        _percent(od.max_ejection_percent, f"{path}.outlier.max_ejection_percent")
+        _percent(od.min_health_percent, f"{path}.outlier.min_health_percent")
 
 
 def cluster_name(hostname: str, port: int, subset: str | None = None) -> str:

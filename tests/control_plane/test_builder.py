@@ -62,8 +62,9 @@ def test_peer_authentication_levels() -> None:
 
 def test_unimplemented_fields_are_reported_not_dropped() -> None:
     notes = builder().notes
-    assert "DestinationRule/shop/reviews: spec.trafficPolicy is not implemented yet" in notes
-    assert "VirtualService/shop/reviews: spec.http[1].fault is not implemented yet" in notes
+    assert "DestinationRule/shop/reviews: spec.exportTo ['.'] is not implemented yet (visible to every namespace)" \
+        in notes
+    assert "VirtualService/shop/reviews: spec.http[1].mirrors is not implemented yet" in notes
     cfg = builder().snapshot_for(ProxyKey("shop", "reviews-v1")).config
     assert cfg.unsupported == notes
 
@@ -103,8 +104,8 @@ def test_invalid_resource_is_reported_and_skipped() -> None:
                      {"destination": {"host": "cache"}}]}]}})
     reg = Registry.from_objects(objs)
     assert reg.errors == [
-        "VirtualService/shop/bad: invalid, ignored: spec.http[0].timeout: 'soon' is not a positive "
-        "duration such as 5s or 250ms"
+        "VirtualService/shop/bad: invalid, ignored: spec.http[0].timeout: expected a duration such as "
+        "5s, 0.5s, 500ms or 1m30s, got 'soon'"
     ]
 
 

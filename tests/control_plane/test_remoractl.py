@@ -42,7 +42,7 @@ async def test_status_and_config(control_plane: RunningControlPlane) -> None:
         await cp.wait(lambda: state().acked and state().acked.config.unsupported)
         code, out, _ = await remoractl("proxy-status", *url)
         assert "1 configuration field(s) not implemented yet" in out
-        assert "DestinationRule/shop/r: spec.trafficPolicy is not implemented yet" in out
+        assert "DestinationRule/shop/r: spec.trafficPolicy.tls.mode SIMPLE is not implemented yet" in out
         code, out, _ = await remoractl("proxy-config", "reviews-v1", "-n", "shop", *url)
         assert code == 0
         assert "198.19.0.10:9080 http -> reviews.shop.svc.cluster.local" in out

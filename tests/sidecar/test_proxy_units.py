@@ -34,10 +34,10 @@ CONFIG = {
         {"service": "r", "addresses": ["198.19.0.5"], "port": 80, "protocol": "http",
          "default_cluster": "r|80",
          "routes": [
-             {"name": "v2-header", "matches": [{"headers": {"x-version": "v2"}}],
+             {"name": "v2-header", "matches": [{"headers": {"x-version": {"exact": "v2"}}}],
               "destinations": [{"cluster": "r|80|v2"}], "timeout": 1.5},
-             {"name": "api", "matches": [{"path_prefix": "/api/", "method": "POST"},
-                                         {"path_exact": "/exact"}],
+             {"name": "api", "matches": [{"uri": {"prefix": "/api/"}, "method": {"exact": "POST"}},
+                                         {"uri": {"exact": "/exact"}}],
               "destinations": [{"cluster": "r|80", "weight": 50}, {"cluster": "r|80|v2", "weight": 50}]},
          ]},
         {"service": "empty", "addresses": ["198.19.0.6"], "port": 80, "protocol": "http",
