@@ -19,10 +19,11 @@ from sidecar import discovery as sidecar_discovery
 
 
 @pytest.fixture
-async def injector_url(unused_tcp_port: int) -> AsyncIterator[str]:
-    runner = await serve_metrics(Counters(), "127.0.0.1", unused_tcp_port, version_info(MeshConfig()))
+async def injector_url(unused_tcp_port_factory) -> AsyncIterator[str]:
+    port = unused_tcp_port_factory()
+    runner = await serve_metrics(Counters(), "127.0.0.1", port, version_info(MeshConfig()))
     try:
-        yield f"http://127.0.0.1:{unused_tcp_port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
