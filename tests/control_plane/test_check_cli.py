@@ -135,3 +135,4 @@ async def test_proxy_checks(control_plane: RunningControlPlane, injector_url: st
             assert code == 1
             assert "\u2716 data plane up to date: 1 of 2 OUTDATED: reviews-v2.shop (proxy 0.0.1" in out
             assert "\u2716 every proxy SYNCED: 1 of 2 not SYNCED: reviews-v2.shop ERROR (bad route)" in out
+
