@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serving-ip", action="append", default=[],
                    help="extra IP SAN of the serving certificate (the pod IP); repeatable")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--revision", default="default",
+                   help="revision served (remora.dev/rev); adds remora-control-REV to the serving names")
     args = p.parse_args(argv)
     if args.source == "files" and args.dir is None:
         p.error("--source files needs --dir DIR")
@@ -75,10 +77,14 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _serving_ssl(ca, ips: list[str], workdir: Path) -> ssl.SSLContext:
+def _serving_ssl(ca, ips: list[str], workdir: Path, revision: str = "default") -> ssl.SSLContext:
     from control_plane.ca import issue_serving_cert
 
     names = [SERVICE_DNS, SERVICE_DNS + ".cluster.local", "remora-control", "localhost"]
+    if revision != "default":  # the chart's revisioned Service: remora-control-<rev>
+        svc = f"remora-control-{revision}"
+        names += [svc, SERVICE_DNS.replace("remora-control", svc, 1),
+                  SERVICE_DNS.replace("remora-control", svc, 1) + ".cluster.local"]
     key_pem, chain_pem = issue_serving_cert(ca, names, ["127.0.0.1", "::1", *ips])
     (workdir / "key.pem").write_bytes(key_pem)
     (workdir / "chain.pem").write_bytes(chain_pem)
@@ -119,14 +125,14 @@ async def serve(args: argparse.Namespace) -> None:
     settings = ServerSettings(
         trust_domain=args.trust_domain, cert_ttl=args.cert_ttl, root_namespace=args.root_namespace,
         mesh_mtls_mode=args.mesh_mtls_mode, debounce_quiet=args.debounce_quiet,
-        debounce_max=args.debounce_max,
+        debounce_max=args.debounce_max, revision=args.revision,
     )
     server = DiscoveryServer(ca, auth, source, settings, bundle)
     with tempfile.TemporaryDirectory(prefix="remora-control-") as tmp:
         ips = list(args.serving_ip)
         with contextlib.suppress(OSError):
             ips.append(socket.gethostbyname(socket.gethostname()))
-        ctx = _serving_ssl(ca, sorted(set(ips)), Path(tmp))
+        ctx = _serving_ssl(ca, sorted(set(ips)), Path(tmp), args.revision)
         runners = []
         for app, host, port, tls in (
             (server.discovery_app(), args.address, args.port, ctx),

@@ -33,6 +33,9 @@ class ProxyState:
     last_error: str | None = None
     cert_not_after: str | None = None
     certs_issued: int = 0
+    template_hash: str = ""  # from hello; "" for a proxy that does not say (older releases)
+    ignored_fields: set[str] = field(default_factory=set)  # snapshot fields it does not know
+    pruned_fields: set[str] = field(default_factory=set)  # fields left out for an older proxy
 
     @property
     def sent_version(self) -> str | None:
@@ -75,4 +78,7 @@ class ProxyState:
             "nacked_version": self.nacked_version, "last_error": self.last_error,
             "cert_not_after": self.cert_not_after, "certs_issued": self.certs_issued,
             "unsupported": list(self.sent.config.unsupported) if self.sent else [],
+            "template_hash": self.template_hash,
+            "ignored_fields": sorted(self.ignored_fields),
+            "pruned_fields": sorted(self.pruned_fields),
         }

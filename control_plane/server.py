@@ -19,8 +19,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from control_plane.api import discovery as wire
-from control_plane.api import model
+from control_plane.api import model, skew
+from control_plane.api import version as versions
 from control_plane.api.spiffe import spiffe_id
+from control_plane.api.version import version
 from control_plane.auth import Authenticator, AuthError, Caller
 from control_plane.builder import ProxyKey, Snapshot, SnapshotBuilder
 from control_plane.ca import CertificateAuthority, CSRRefused
@@ -30,8 +32,13 @@ from control_plane.registry import Registry
 from control_plane.sources import Source
 
 log = logging.getLogger("remora.control")
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = version()
 HELLO_TIMEOUT = 10.0
+
+
+def _older(proxy_version: str) -> bool:
+    lag = versions.skew(proxy_version, SERVER_VERSION)
+    return lag is not None and lag > 0
 
 
 @dataclass
@@ -42,6 +49,7 @@ class ServerSettings:
     mesh_mtls_mode: str = model.PERMISSIVE
     debounce_quiet: float = 0.1
     debounce_max: float = 10.0
+    revision: str = "default"  # the remora.dev/rev value whose injector points proxies here
 
 
 class Connection:
@@ -52,6 +60,20 @@ class Connection:
         self.state = state
         self._pending: Snapshot | None = None
         self._wake = asyncio.Event()
+        # An older proxy that decodes strictly gets each snapshot pruned to its release's shape.
+        self.shape = skew.strict_shape_for(state.proxy_version) if _older(state.proxy_version) else None
+
+    def payload(self, snap: Snapshot) -> str:
+        if self.shape is None:
+            return snap.payload  # encoded once for every proxy that shares it
+        dropped: list[str] = []
+        body = skew.prune(json.loads(snap.payload), self.shape, "config", dropped)
+        new = {skew.field_path(p) for p in dropped} - self.state.pruned_fields
+        if new:
+            self.state.pruned_fields.update(new)
+            log.info("proxy %s (%s) does not know %s: left out of its snapshots",
+                     self.state.proxy_id, self.state.proxy_version, ", ".join(sorted(new)))
+        return json.dumps(body, separators=(",", ":"))
 
     def offer(self, snap: Snapshot) -> None:
         if self.state.sent_version == snap.config.version and self._pending is None:
@@ -74,7 +96,7 @@ class Connection:
                 continue
             # The config JSON was encoded once for every proxy that shares it: splice it in.
             msg = (f'{{"type":"{wire.SNAPSHOT}","version":"{snap.config.version}",'
-                   f'"config":{snap.payload}}}')
+                   f'"config":{self.payload(snap)}}}')
             self.state.on_sent(snap)
             await self.ws.send_str(msg)
 
@@ -202,7 +224,13 @@ class DiscoveryServer:
         pid = wire.proxy_id(str(msg["pod"]), caller.namespace)
         identity = spiffe_id(caller.namespace, caller.service_account, self.settings.trust_domain)
         state = ProxyState(pid, ProxyKey(caller.namespace, str(msg["pod"])), identity,
-                           str(msg["proxy_version"]), str(msg.get("ip") or peer))
+                           str(msg["proxy_version"]), str(msg.get("ip") or peer),
+                           template_hash=str(msg.get("template_hash") or ""))
+        lag = versions.skew(state.proxy_version, SERVER_VERSION)
+        if lag is None or abs(lag) > 1:
+            # Served anyway (best effort), but outside what the protocol promises.
+            log.warning("proxy %s runs %s, control plane %s: skew beyond one minor version is "
+                        "not supported; upgrade it", pid, state.proxy_version, SERVER_VERSION)
         old = self.connections.get(pid)
         if old is not None:
             # A reconnect while the old stream has not timed out yet: the newest stream wins.
@@ -222,6 +250,11 @@ class DiscoveryServer:
         if msg["type"] == wire.ACK:
             if st.on_ack(str(msg["version"])):
                 self.metrics["acks"] += 1
+            ignored = msg.get("ignored")
+            if isinstance(ignored, list) and ignored:
+                st.ignored_fields.update(str(f) for f in ignored)
+                log.warning("proxy %s (%s) ignores snapshot fields it does not know: %s",
+                            st.proxy_id, st.proxy_version, ", ".join(map(str, ignored)))
         elif msg["type"] == wire.NACK:
             self.metrics["nacks"] += 1
             st.on_nack(str(msg["version"]), str(msg["reason"]))
@@ -271,6 +304,7 @@ class DiscoveryServer:
     def proxies_view(self) -> dict[str, Any]:
         return {
             "server_version": SERVER_VERSION,
+            "revision": self.settings.revision,
             "last_build_at": self.last_build_at,
             "proxies": sorted((c.state.to_dict() for c in self.connections.values()),
                               key=lambda p: p["proxy_id"]),
@@ -301,6 +335,16 @@ class DiscoveryServer:
         lines.append(f"remora_control_proxies {len(self.connections)}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    def version_view(self) -> dict[str, Any]:
+        """This control plane's version and the data plane's, counted (``remoractl version``)."""
+        counts = Counter(c.state.proxy_version for c in self.connections.values())
+        return {"component": "control-plane", "version": SERVER_VERSION,
+                "revision": self.settings.revision, "protocol": wire.PROTOCOL_VERSION,
+                "proxies": dict(sorted(counts.items()))}
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response(self.version_view())
+
     async def _ready(self, request: web.Request) -> web.Response:
         if self.builder is None:
             return web.Response(status=503, text="no configuration built yet\n")
@@ -312,6 +356,7 @@ class DiscoveryServer:
         app.router.add_get("/debug/proxies", self._proxies)
         app.router.add_get("/debug/config", self._config)
         app.router.add_get("/ready", self._ready)
+        app.router.add_get("/version", self._version)
         return app
 
 

@@ -25,6 +25,7 @@ from control_plane.api.ports import MONITORING_PORT, WEBHOOK_PORT
 from injector import certs, meshconfig
 from injector.metrics import serve_metrics
 from injector.service import Injector, NamespaceFile, operator_registry, standalone_webhook
+from injector.template import version_info
 
 log = logging.getLogger("remora.injector")
 
@@ -79,7 +80,8 @@ async def serve(args: argparse.Namespace) -> None:
     server = webhook_server(args)
     metrics = None
     if args.metrics_port:
-        metrics = await serve_metrics(injector.counters, args.metrics_addr, args.metrics_port)
+        metrics = await serve_metrics(injector.counters, args.metrics_addr, args.metrics_port,
+                                      version_info(mesh))
     try:
         if args.without_api_server:
             fn = standalone_webhook(injector, NamespaceFile(args.namespaces))

@@ -27,9 +27,17 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def skip_reason(pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str, str]) -> str | None:
-    """Why the pod gets no sidecar, or None when it should get one.
+def selected_revision(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> str | None:
+    """The revision a pod asks for: its own ``remora.dev/rev``, else its namespace's; None: none."""
+    return pod_labels.get(ann.REV_LABEL) or namespace_labels.get(ann.REV_LABEL) or None
 
+
+def skip_reason(pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str, str],
+                revision: str = ann.DEFAULT_REVISION) -> str | None:
+    """Why the pod gets no sidecar from the injector of ``revision``, or None when it should.
+
+    A ``remora.dev/rev`` label (pod, else namespace) both enables injection and picks the
+    revision; without one, ``remora.dev/inject`` enables it and the default revision serves it.
     Raises ValueError when the pod's ``remora.dev/inject`` label is neither "true" nor "false".
     """
     meta = pod.get("metadata") or {}
@@ -40,11 +48,15 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, namespace_labels: Mappin
         return "host-network"  # its iptables rules would capture the node's traffic
     if template.is_injected(dict(pod)):
         return "already-injected"
-    wanted = ann.parse_inject_label((meta.get("labels") or {}).get(ann.INJECT_LABEL))
+    labels = meta.get("labels") or {}
+    wanted = ann.parse_inject_label(labels.get(ann.INJECT_LABEL))
     if wanted is False:
         return "pod-disabled"
-    if wanted is None and namespace_labels.get(ann.INJECT_LABEL) != ann.NAMESPACE_INJECT_VALUE:
+    rev = selected_revision(labels, namespace_labels)
+    if rev is None and wanted is None and namespace_labels.get(ann.INJECT_LABEL) != ann.NAMESPACE_INJECT_VALUE:
         return "not-enabled"
+    if (rev or ann.DEFAULT_REVISION) != revision:
+        return "other-revision"  # that revision's injector serves it
     return None
 
 
@@ -55,8 +67,9 @@ def decide(
     on it, fail closed, so no pod starts without its sidecar because a watch lags (the pod's
     controller retries)."""
     try:
-        reason = skip_reason(pod, namespace, namespace_labels or {})
-        if reason == "not-enabled" and namespace_labels is None:
+        reason = skip_reason(pod, namespace, namespace_labels or {}, mesh.revision)
+        pod_rev = ((pod.get("metadata") or {}).get("labels") or {}).get(ann.REV_LABEL)
+        if reason in ("not-enabled", "other-revision") and namespace_labels is None and not pod_rev:
             return Outcome(DENIED, reason="namespace-unknown", message=(
                 f"namespace {namespace!r} is not known to remora-injector yet (its namespace "
                 "watch is starting or lagging); retry in a few seconds"))

@@ -1,9 +1,10 @@
 """Mesh-wide injection defaults: one YAML file, or the ``mesh`` key of a ConfigMap.
 
 ```yaml
-proxyImage: ghcr.io/remora-mesh/remora:0.1.0
-proxyVersion: 0.1.0
+proxyImage: ghcr.io/remora-mesh/remora:<version>   # default: this release (package metadata)
+proxyVersion: <version>
 controlPlaneAddress: remora-control.remora-system.svc:15012
+revision: default            # serves pods/namespaces whose remora.dev/rev selects it
 trustDomain: cluster.local
 nativeSidecar: true          # false for clusters older than Kubernetes 1.29
 resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "2", memory: 256Mi}}
@@ -22,8 +23,9 @@ import yaml
 
 from control_plane.api import annotations as ann
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
+from control_plane.api.version import version
 
-VERSION = "0.1.0"
+VERSION = version()  # the default proxyVersion: the injector's own release
 CONFIGMAP_KEY = "mesh"
 
 
@@ -57,6 +59,7 @@ class MeshConfig:
     rewrite_probes: bool = True
     log_level: str = "info"
     drain_seconds: int = 5
+    revision: str = "default"  # the remora.dev/rev value this injector serves (ann.DEFAULT_REVISION)
     ipv6: bool | None = None  # None: remora-init decides (its own default)
     proxy_resources: Resources = field(
         default_factory=lambda: Resources("100m", "64Mi", "2", "256Mi"))
@@ -80,11 +83,13 @@ _TOP = {
     "rewriteProbes": "rewrite_probes",
     "logLevel": "log_level",
     "drainSeconds": "drain_seconds",
+    "revision": "revision",
     "ipv6": "ipv6",
     "resources": "proxy_resources",
     "initResources": "init_resources",
 }
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
+_REVISION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 
 
@@ -169,6 +174,8 @@ def from_dict(data: dict[str, Any] | None) -> MeshConfig:
                     f"mesh config drainSeconds: invalid value {v!r}; "
                     f"accepted: whole seconds from 0 to {ann.MAX_DRAIN_SECONDS}")
             values[name] = v
+        elif key == "revision":
+            values[name] = _str(key, v, _REVISION, "a DNS label such as canary or 0-2 (63 characters at most)")
         elif key == "proxyVersion":
             values[name] = _str(key, v, re.compile(r"^\S+$"), "a version string such as 0.1.0")
         else:  # resources, initResources

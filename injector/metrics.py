@@ -51,14 +51,20 @@ class Counters:
         return "\n".join(lines) + "\n"
 
 
-async def serve_metrics(counters: Counters, host: str, port: int) -> web.AppRunner:
-    """Start the /metrics endpoint; the caller cleans the returned runner up."""
+async def serve_metrics(counters: Counters, host: str, port: int,
+                        version: dict[str, str] | None = None) -> web.AppRunner:
+    """Start /metrics (and /version: what this injector injects now, for ``remoractl
+    version`` and ``proxy-status``); the caller cleans the returned runner up."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=counters.prometheus(), content_type="text/plain", charset="utf-8")
 
+    async def version_info(_: web.Request) -> web.Response:
+        return web.json_response(version or {})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/version", version_info)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -22,6 +22,7 @@ from control_plane.api.ports import (
     PROXY_GID,
     PROXY_UID,
 )
+from control_plane.api.version import version
 from injector import probes
 from injector.meshconfig import MeshConfig, Resources
 
@@ -50,6 +51,12 @@ def template_hash(mesh: MeshConfig) -> str:
     """Which template and mesh config produced an injection (compare to find stale pods)."""
     text = json.dumps({"template": TEMPLATE_VERSION, "mesh": mesh.as_dict()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def version_info(mesh: MeshConfig) -> dict[str, str]:
+    """What this injector stamps now: compared with each proxy's hello to find OUTDATED ones."""
+    return {"component": "injector", "version": version(), "revision": mesh.revision,
+            "proxyVersion": mesh.proxy_version, "templateHash": template_hash(mesh)}
 
 
 def is_injected(pod: dict[str, Any]) -> bool:
@@ -125,6 +132,9 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
         "REMORA_WORKDIR": WORKDIR,
         "REMORA_LOG_LEVEL": settings.get("log-level", mesh.log_level),
         "REMORA_DRAIN_SECONDS": str(settings.get("drain-seconds", mesh.drain_seconds)),
+        # Reported in the discovery hello, so proxy-status can tell pods injected by an older
+        # template (OUTDATED) without reading every pod.
+        "REMORA_TEMPLATE_HASH": template_hash(mesh),
     }
     if "opaque-ports" in settings:
         plain["REMORA_OPAQUE_PORTS"] = _list_value(settings["opaque-ports"])
@@ -247,6 +257,7 @@ def inject_pod(pod: dict[str, Any], mesh: MeshConfig) -> dict[str, Any]:
         "volumes": [v["name"] for v in volumes],
         "proxyVersion": mesh.proxy_version,
         "templateHash": template_hash(mesh),
+        "revision": mesh.revision,
         "appProbes": sorted(app_probes),
     }, sort_keys=True, separators=(",", ":"))
     meta["annotations"] = annotations

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from control_plane.api import tokens
-from local_cluster import admission, config, manifests, services
+from local_cluster import admission, config, manifests, revisions, services
 from local_cluster.manifests import ManifestError
 from local_cluster.netns import GATEWAY, Node
 from local_cluster.podenv import SpecError, resolve_port
@@ -55,6 +55,7 @@ class Cluster:
         self.node_netns = node.netns
         self.host_ip = str(GATEWAY)
         self.webhook_url = webhook_url
+        self.revisions: revisions.Revisions | None = None  # set by the daemon
         self.pids = PidRecords(state.pids)
         self.objects: dict[Key, dict[str, Any]] = {}
         self.submitted: dict[Key, dict[str, Any]] = {}  # as applied (pods: before admission)
@@ -186,10 +187,8 @@ class Cluster:
                                 f"namespace {key[1]}; apply the ServiceAccount first")
         warnings: list[str] = []
         admitted = copy.deepcopy(pod)
-        if admission.selected(pod, self.namespace_labels(key[1])):
-            await self._wait_webhook()
-            admitted, warnings = await admission.admit(
-                admitted, self.webhook_url, self.state.injector / "ca.crt")
+        # The webhook of the revision that selects the pod (local_cluster/revisions.py).
+        admitted, warnings = await revisions.admit(self, admitted, self.namespace_labels(key[1]))
         manifests.check_pod_spec(admitted.get("spec") or {}, manifests.describe(pod))
         try:
             runner = self._runner(admitted)  # checks uids and probes before anything is stored

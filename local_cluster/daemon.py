@@ -28,7 +28,7 @@ from aiohttp import web
 
 from control_plane.api import tokens
 from control_plane.api.ports import DISCOVERY_PORT, MONITORING_PORT, WEBHOOK_PORT
-from local_cluster import config, manifests, netns
+from local_cluster import config, manifests, netns, revisions
 from local_cluster.cluster import Cluster
 from local_cluster.manifests import ManifestError
 from local_cluster.procs import PidRecords
@@ -148,6 +148,7 @@ class Daemon:
         port = free_port(WEBHOOK_PORT)
         self.cluster = Cluster(st, self.node, f"https://127.0.0.1:{port}")
         self.cluster._write_namespaces_file()
+        self.cluster.revisions = revisions.Revisions(st, self.node.netns, self.cluster.pids)
         self.cluster.sync_now()
         bin_dir = config.BIN_DIR
         control = [str(bin_dir / "remora-control"), "--source", "files", "--dir", str(st.objects),
@@ -177,6 +178,8 @@ class Daemon:
             web.post("/delete", self.delete),
             web.post("/exec", self.exec),
             web.post("/shutdown", self.shutdown),
+            web.post("/revisions", self.add_revision),
+            web.delete("/revisions/{name}", self.remove_revision),
         ])
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -193,6 +196,7 @@ class Daemon:
     async def status(self, request: web.Request) -> web.Response:
         out = self.cluster.status()
         out["components"] = [c.status() for c in self.components]
+        out["revisions"] = self.cluster.revisions.view() if self.cluster.revisions else []
         out["node"] = {"netns": self.node.netns, "bridge": f"br0 {netns.GATEWAY}/16",
                        "webhook": self.cluster.webhook_url,
                        "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}"}
@@ -225,6 +229,23 @@ class Daemon:
             return web.json_response({"error": str(e)}, status=404)
         return web.json_response({"argv": argv, "env": env})
 
+    async def add_revision(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            assert self.cluster.revisions is not None
+            rev = self.cluster.revisions.add(str(body.get("name", "")), body.get("version") or None)
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(rev.view())
+
+    async def remove_revision(self, request: web.Request) -> web.Response:
+        try:
+            assert self.cluster.revisions is not None
+            await self.cluster.revisions.remove(request.match_info["name"])
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=404)
+        return web.json_response({"ok": True})
+
     async def shutdown(self, request: web.Request) -> web.Response:
         await self.stop()
         return web.json_response({"ok": True})
@@ -235,6 +256,8 @@ class Daemon:
         log.info("stopping: pods, then the control plane and the injector")
         if self.cluster is not None:
             await self.cluster.shutdown()
+            if self.cluster.revisions is not None:
+                await self.cluster.revisions.stop_all()
         await asyncio.gather(*(c.stop() for c in self.components), return_exceptions=True)
         if self.node is not None:
             await asyncio.to_thread(self.node.destroy)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from local_cluster import config
+from local_cluster import config, images
 
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -96,6 +96,7 @@ def container_env(
         "HOME": "/",
         "HOSTNAME": facts.name,
         "LANG": "C.UTF-8",
+        **images.version_env(container),  # the local cluster's stand-in for a proxy image
     }
     where = f"container {container.get('name')!r}"
     for source in container.get("envFrom") or []:

@@ -11,6 +11,7 @@ import importlib
 from types import ModuleType
 
 SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status")
+SUBCOMMANDS += ("version", "analyze", "check")
 
 
 def modules() -> list[ModuleType]:

@@ -7,6 +7,7 @@
     remoractl local logs POD [-c CONTAINER] [-n NAMESPACE] [-f]
     remoractl local exec POD [-c CONTAINER] [-n NAMESPACE] -- CMD...
     remoractl local down
+    remoractl local revision add|remove|list   (control plane + injector revisions)
 
 State lives in /var/lib/remora/local (REMORA_LOCAL_DIR overrides). Needs root.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from local_cluster import client, config, manifests
 from local_cluster.client import ClusterError
+from remoractl import local_revision
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,6 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD",
                     help="the command and its arguments, after --")
     action("down", "remove everything the local cluster made (safe to run twice)")
+    local_revision.add_parser(sub)
     return p
 
 
@@ -172,3 +175,4 @@ def _down(state: config.StateDir, args: argparse.Namespace) -> int:
 
 ACTIONS = {"up": _up, "apply": _apply_or_delete, "delete": _apply_or_delete, "status": _status,
            "logs": _logs, "exec": _exec, "down": _down}
+ACTIONS["revision"] = local_revision.run

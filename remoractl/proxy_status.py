@@ -3,7 +3,9 @@ ACKed, and what one proxy holds now, read from the control plane's monitoring po
 
 Status per proxy: SYNCED (ACKed the last version sent), STALE (sent, no answer yet),
 NOT SENT (nothing sent yet), ERROR (NACKed the last version; the reason is shown and the
-proxy keeps serving its last good version).
+proxy keeps serving its last good version). With ``--injector-url``, a proxy whose version or
+injection template differs from what the injector injects now is marked OUTDATED (restart its
+workload to upgrade it).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:15014"
+from remoractl import meshapi
+
+DEFAULT_URL = meshapi.DEFAULT_CONTROL_PLANE_URL
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     status = subparsers.add_parser("proxy-status", help="sync status of every connected proxy",
                                    description=__doc__)
     _common(status)
+    meshapi.add_injector_flag(status)
     config = subparsers.add_parser("proxy-config", help="the configuration one proxy holds now",
                                    description=__doc__)
     config.add_argument("pod", help="POD.NAMESPACE, or POD with -n NAMESPACE")
@@ -59,8 +64,9 @@ def status_table(proxies: list[dict[str, Any]]) -> str:
     rows = [("NAME", "STATUS", "SENT", "ACKED", "PROXY", "IDENTITY", "ERROR")]
     for p in proxies:
         err = p.get("last_error") if p["status"] == "ERROR" else ""
+        version = p["proxy_version"] + (" OUTDATED" if p.get("outdated") else "")
         rows.append((p["proxy_id"], p["status"], _short(p["sent_version"]), _short(p["acked_version"]),
-                     p["proxy_version"], p["identity"], err or ""))
+                     version, p["identity"], err or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + ("  " + r[-1] if r[-1] else "")
@@ -109,10 +115,22 @@ def run(args: argparse.Namespace) -> int:
     if code != 200:
         print(f"remoractl: control plane answered {code}: {body}", file=sys.stderr)
         return 1
+    injector = meshapi.component_version(args.injector_url, "injector")
+    for p in body["proxies"]:
+        p["outdated"], p["outdated_reason"] = meshapi.outdated(p, injector.body)
+    body["injector"] = injector.body
     if args.output == "json":
         print(json.dumps(body, indent=2))
         return 0
     print(status_table(body["proxies"]))
+    if injector.body is None:
+        print(f"\n(OUTDATED not judged: {injector.error}; pass --injector-url)", file=sys.stderr)
+    else:
+        stale = [p for p in body["proxies"] if p["outdated"]]
+        if stale:
+            print(f"\n{len(stale)} proxy(ies) OUTDATED (the injector injects "
+                  f"{injector.body['proxyVersion']}, template {injector.body['templateHash']}); "
+                  "restart their workloads to upgrade them")
     notes = sorted({n for p in body["proxies"] for n in p.get("unsupported") or []})
     if notes:
         print(f"\n{len(notes)} configuration field(s) not implemented yet (no effect):")

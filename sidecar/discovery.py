@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.api import discovery as wire
+from control_plane.api import skew
 from control_plane.api.model import ProxyConfig
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
+from control_plane.api.version import version
 from control_plane.api.wsclient import WebSocket, WebSocketError, connect
 
 log = logging.getLogger("remora.proxy.discovery")
-PROXY_VERSION = "0.1.0"
+PROXY_VERSION = version()
 DEFAULT_SERVER_NAME = "remora-control.remora-system.svc"
 IDLE_TIMEOUT = 75.0  # the server pings every 30 s; silence this long means the stream is dead
 CSR_RETRY = 5.0
@@ -55,6 +57,7 @@ class DiscoverySettings:
     workdir: Path
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     server_name: str | None = None  # TLS name to verify; default: the address itself
+    template_hash: str = ""  # the injection template that made this pod (REMORA_TEMPLATE_HASH)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
 
@@ -83,6 +86,7 @@ class DiscoverySettings:
             workdir=Path(need("REMORA_WORKDIR")),
             trust_domain=env.get("REMORA_TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN,
             server_name=env.get("REMORA_CONTROL_PLANE_SAN") or None,
+            template_hash=env.get("REMORA_TEMPLATE_HASH", "").strip(),
         )
 
 
@@ -96,6 +100,7 @@ def settings_from_proxy(s: Any, workdir: str = "") -> DiscoverySettings:
         "REMORA_WORKDIR": s.workdir or workdir,
         "REMORA_TRUST_DOMAIN": s.trust_domain,
         "REMORA_CONTROL_PLANE_SAN": os.environ.get("REMORA_CONTROL_PLANE_SAN", ""),
+        "REMORA_TEMPLATE_HASH": os.environ.get("REMORA_TEMPLATE_HASH", ""),
     }
     return DiscoverySettings.from_env({k: str(v or "") for k, v in env.items()})
 
@@ -116,6 +121,7 @@ class DiscoveryClient:
         self._ids = itertools.count(1)
         self._csr_pending: str | None = None
         self._renewer: asyncio.Task | None = None
+        self.ignored_fields: set[str] = set()  # snapshot fields skipped; each reported once
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -151,7 +157,8 @@ class DiscoveryClient:
         try:
             await ws.send_text(wire.encode(
                 wire.HELLO, token=self._token(), pod=self.s.pod, namespace=self.s.namespace,
-                proxy_version=PROXY_VERSION, ip=self.s.pod_ip, last_version=self.applied_version,
+                proxy_version=PROXY_VERSION, template_hash=self.s.template_hash, ip=self.s.pod_ip,
+                last_version=self.applied_version,
             ))
             welcome = wire.decode(await asyncio.wait_for(ws.recv(), 30), (wire.WELCOME, wire.ERROR))
             if welcome["type"] == wire.ERROR:
@@ -160,6 +167,7 @@ class DiscoveryClient:
             self.connected = True
             self.sessions += 1
             self._csr_pending = None
+            self.ignored_fields = set()  # the new stream's server has not heard them yet
             log.info("connected to the control plane as %s (%s)", welcome["proxy_id"], self.identity)
             self._renewer = asyncio.create_task(self._renew_loop(ws))
             while True:
@@ -198,8 +206,10 @@ class DiscoveryClient:
         if version == self.applied_version:
             await ws.send_text(wire.encode(wire.ACK, version=version))
             return
+        ignored: list[str] = []
         try:
-            cfg = ProxyConfig.from_dict(msg["config"])
+            # A newer control plane may send fields this proxy does not know: skip them.
+            cfg = ProxyConfig.from_dict(msg["config"], ignored)
             result = self.runtime.apply_config(cfg)
             if inspect.isawaitable(result):
                 await result
@@ -210,6 +220,13 @@ class DiscoveryClient:
             return
         self.applied_version = version
         log.info("applied configuration %s", version)
+        new = sorted({skew.field_path(p) for p in ignored} - self.ignored_fields)
+        if new:
+            self.ignored_fields.update(new)
+            log.warning("ignored snapshot fields this proxy (%s) does not know: %s",
+                        PROXY_VERSION, ", ".join(new))
+            await ws.send_text(wire.encode(wire.ACK, version=version, ignored=new))
+            return
         await ws.send_text(wire.encode(wire.ACK, version=version))
 
     # -- certificates ------------------------------------------------------------------------

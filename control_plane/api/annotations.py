@@ -18,6 +18,9 @@ PREFIX = "remora.dev/"
 INJECT_LABEL = PREFIX + "inject"  # on a pod: "true" / "false"; on a namespace: "enabled"
 NAMESPACE_INJECT_VALUE = "enabled"
 STATUS_ANNOTATION = PREFIX + "status"
+# On a namespace or pod: which control plane + injector revision serves it (the pod wins).
+REV_LABEL = PREFIX + "rev"
+DEFAULT_REVISION = "default"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")

@@ -14,12 +14,12 @@ PROTOCOL_VERSION = 1
 PATH = "/v1/discovery"
 
 # proxy → control plane
-HELLO = "hello"  # token, pod, namespace, proxy_version, [proxy_id], [ip], [last_version]
+HELLO = "hello"  # token, pod, namespace, proxy_version, [template_hash], [ip], [last_version]
 CSR = "csr"  # request_id, csr (PEM)
-ACK = "ack"  # version
+ACK = "ack"  # version, [ignored] (snapshot fields this proxy does not know, reported once)
 NACK = "nack"  # version, reason
 # control plane → proxy
-WELCOME = "welcome"  # proxy_id, identity, protocol
+WELCOME = "welcome"  # proxy_id, identity, protocol, [server_version]
 CERTIFICATE = "certificate"  # request_id, chain (PEM: leaf then intermediates), roots (PEM), not_after
 SNAPSHOT = "snapshot"  # version, config (ProxyConfig.to_dict())
 ERROR = "error"  # reason, [request_id], fatal (bool: the server closes the stream after it)
@@ -37,6 +37,10 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     SNAPSHOT: ("version", "config"),
     ERROR: ("reason", "fatal"),
 }
+
+
+# Compatibility: a message may carry fields its receiver does not know (a newer peer's); the
+# receiver ignores them. Fields are only ever added, as optional ones; required ones never change.
 
 
 class ProtocolError(ValueError):

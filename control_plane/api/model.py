@@ -352,9 +352,12 @@ class ProxyConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: Any) -> ProxyConfig:
-        """Decode and validate; raises ConfigError naming the first bad field."""
-        config = decode(cls, data, "config")
+    def from_dict(cls, data: Any, ignored: list[str] | None = None) -> ProxyConfig:
+        """Decode and validate; raises ConfigError naming the first bad field.
+
+        With ``ignored`` (a list), fields this model does not know are skipped and their paths
+        appended to it (a newer control plane's additions); without it they are errors."""
+        config = decode(cls, data, "config", ignored)
         validate(config)
         return config
 
@@ -362,21 +365,27 @@ class ProxyConfig:
 T = TypeVar("T")
 
 
-def decode(tp: Any, value: Any, path: str) -> Any:
-    """Strictly decode JSON-shaped ``value`` into type ``tp`` (dataclasses, tuples, mappings)."""
+def decode(tp: Any, value: Any, path: str, ignored: list[str] | None = None) -> Any:
+    """Decode JSON-shaped ``value`` into type ``tp`` (dataclasses, tuples, mappings).
+
+    Types are always checked strictly. An object field the dataclass does not have is an error,
+    unless ``ignored`` is a list: then it is skipped and its path (``config.clusters[0].x``)
+    appended, so a proxy can take a snapshot from a control plane one version newer."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
+        unknown = sorted(str(k) for k in set(value) - names)
+        if unknown and ignored is None:
             raise ConfigError(f"{path}: unknown field {unknown[0]!r}")
+        if ignored is not None:
+            ignored.extend(f"{path}.{k}" for k in unknown)
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in value:
-                kwargs[f.name] = decode(hints[f.name], value[f.name], f"{path}.{f.name}")
+                kwargs[f.name] = decode(hints[f.name], value[f.name], f"{path}.{f.name}", ignored)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{path}.{f.name}: required")
         return tp(**kwargs)
@@ -385,12 +394,12 @@ def decode(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return decode(inner, value, path)
+        return decode(inner, value, path, ignored)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
         (inner, _) = typing.get_args(tp)
-        return tuple(decode(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(decode(inner, v, f"{path}[{i}]", ignored) for i, v in enumerate(value))
     if origin in (Mapping, dict, typing.Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected an object, got {type(value).__name__}")
@@ -398,7 +407,7 @@ def decode(tp: Any, value: Any, path: str) -> Any:
         out = {}
         for k, v in value.items():
             key = _decode_key(kt, k, path)
-            out[key] = decode(vt, v, f"{path}[{k!r}]")
+            out[key] = decode(vt, v, f"{path}[{k!r}]", ignored)
         return out
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):

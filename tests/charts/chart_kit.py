@@ -43,11 +43,12 @@ class RenderError(Exception):
     """The chart refused the values (a template `fail`)."""
 
 
-def render(values: Mapping[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+def render(values: Mapping[str, Any] | None = None, namespace: str = NAMESPACE,
+           release: str = RELEASE) -> list[dict[str, Any]]:
     """Every object the chart renders, in template order (NOTES.txt is not an object)."""
     with helm.Chart.load(str(CHART)) as chart:
         try:
-            manifests = chart.render(dict(values or {}), name=RELEASE, namespace=namespace)
+            manifests = chart.render(dict(values or {}), name=release, namespace=namespace)
         except helm.HelmError as e:
             raise RenderError(str(e)) from None
     return [

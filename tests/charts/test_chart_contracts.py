@@ -86,7 +86,7 @@ def test_webhook_reaches_the_injector_handler(chart: Rendered) -> None:
     from injector.service import HANDLER_ID
 
     webhooks = chart.get("MutatingWebhookConfiguration", "remora-injector")["webhooks"]
-    assert len(webhooks) == 2
+    assert len(webhooks) == 4  # namespace, object, rev-namespace.default, rev-object.default
     for hook in webhooks:
         ref = hook["clientConfig"]["service"]
         assert (ref["name"], ref["namespace"]) == ("remora-injector", NAMESPACE)

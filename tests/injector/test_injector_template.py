@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from control_plane.api import annotations as ann
+from control_plane.api.version import version
 from injector import admission, meshconfig
 from injector.docs import readme_table
 from injector.meshconfig import MeshConfig, MeshConfigError
@@ -135,9 +136,12 @@ def test_status_annotation_records_what_was_injected() -> None:
     status = json.loads(inject_pod(simple_pod(), mesh)["metadata"]["annotations"]["remora.dev/status"])
     assert status == {"initContainers": ["remora-init", "remora-proxy"], "containers": [],
                       "volumes": ["remora-workdir", "remora-token", "remora-trust"],
-                      "proxyVersion": "0.1.0", "templateHash": template_hash(mesh),
-                      "appProbes": ["/app-health/app/readyz"]}
+                      "proxyVersion": version(), "templateHash": template_hash(mesh),
+                      "revision": "default", "appProbes": ["/app-health/app/readyz"]}
     assert template_hash(MeshConfig(drain_seconds=9)) != template_hash(mesh)
+    # The proxy is told its template hash, to report it in its discovery hello.
+    env = {e["name"]: e.get("value") for e in inject_pod(simple_pod(), mesh)["spec"]["initContainers"][1]["env"]}
+    assert env["REMORA_TEMPLATE_HASH"] == template_hash(mesh)
 
 
 @pytest.mark.parametrize(("namespace", "ns_labels", "pod_label", "expected"), [

@@ -6,6 +6,18 @@
 {{- end -}}
 {{- end -}}
 
+{{/*
+Revisions (remora.dev/rev): the default revision (revision "") keeps the plain names; revision X
+suffixes every name with -X, so two revisions install side by side (docs/upgrade.md).
+*/}}
+{{- define "remora.revSuffix" -}}
+{{- if .Values.revision }}-{{ .Values.revision }}{{ end -}}
+{{- end -}}
+
+{{- define "remora.revision" -}}
+{{ .Values.revision | default "default" }}
+{{- end -}}
+
 {{- define "remora.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
@@ -20,6 +32,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ include "remora.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: remora
+remora.dev/rev: {{ include "remora.revision" . }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
@@ -28,6 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/name: remora
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- if .root.Values.revision }}
+remora.dev/rev: {{ .root.Values.revision }}
+{{- end }}
 {{- end -}}
 
 {{- define "remora.podSecurityContext" -}}

@@ -1,0 +1,76 @@
+"""``remoractl version``: the client's, the control plane's, the injector's and the data plane's
+versions, the data plane counted per version, as ``istioctl version`` shows them.
+
+    client version: 0.1.0
+    control plane version: 0.1.0 (revision default)
+    injector version: 0.1.0 (revision default; injects proxy 0.1.0, template 0a96d035e120be5a)
+    data plane version: 0.1.0 (4 proxies), 0.0.9 (1 proxy)
+
+``--client`` prints the client's only (no mesh needed). Exit code 1 when the control plane
+cannot be reached; an injector that cannot be reached is shown as unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from control_plane.api.version import version
+from remoractl import meshapi
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("version", help="client, control plane, injector and proxy versions",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--client", action="store_true", help="only the client's version")
+    p.add_argument("--control-plane-url", default=meshapi.DEFAULT_CONTROL_PLANE_URL,
+                   help=f"remora-control monitoring address (default {meshapi.DEFAULT_CONTROL_PLANE_URL})")
+    meshapi.add_injector_flag(p)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    return p
+
+
+def collect(control_plane_url: str, injector_url: str | None) -> dict[str, Any]:
+    cp = meshapi.component_version(control_plane_url, "control-plane")
+    inj = meshapi.component_version(injector_url, "injector")
+    return {
+        "client": {"version": version()},
+        "controlPlane": cp.body if cp.body is not None else {"error": cp.error},
+        "injector": inj.body if inj.body is not None else {"error": inj.error},
+        "dataPlane": (cp.body or {}).get("proxies", {}),
+    }
+
+
+def _plural(n: int) -> str:
+    return f"{n} prox{'y' if n == 1 else 'ies'}"
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [f"client version: {info['client']['version']}"]
+    cp, inj = info.get("controlPlane"), info.get("injector")
+    if cp is None:
+        return lines[0]
+    if "error" in cp:
+        lines.append(f"control plane version: unknown ({cp['error']})")
+    else:
+        lines.append(f"control plane version: {cp['version']} (revision {cp['revision']})")
+    if inj is not None and "error" in inj:
+        lines.append(f"injector version: unknown ({inj['error']}; pass --injector-url)")
+    elif inj is not None:
+        lines.append(f"injector version: {inj['version']} (revision {inj['revision']}; injects proxy "
+                     f"{inj['proxyVersion']}, template {inj['templateHash']})")
+    counts = info.get("dataPlane") or {}
+    by_count = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    plane = ", ".join(f"{v} ({_plural(n)})" for v, n in by_count) or "no proxies connected"
+    lines.append(f"data plane version: {plane}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.client:
+        info: dict[str, Any] = {"client": {"version": version()}}
+    else:
+        info = collect(args.control_plane_url, args.injector_url)
+    print(json.dumps(info, indent=2) if args.output == "json" else render(info))
+    return 1 if "error" in (info.get("controlPlane") or {}) else 0
