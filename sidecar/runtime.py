@@ -22,11 +22,12 @@ from types import ModuleType
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, inbound, outbound
+from . import admin, dns, inbound, outbound
+from .dnstable import NameTable
 from .http1 import H1Downstream, H1Pool
 from .listeners import Listener, bind
 from .routing import Router
-from .settings import Settings, default_workdir, load_bootstrap
+from .settings import LOG_LEVELS, Settings, default_workdir, load_bootstrap, python_log_level
 from .stats import Stats
 from .tls import TlsContexts, build_contexts, write_private
 from .upstream import Connector
@@ -66,6 +67,8 @@ class ProxyRuntime:
         self.stopping: asyncio.Event | None = None
         self.exit_code = 0
         self.started_at = time.time()
+        self.dns_table = NameTable()
+        self.dns: dns.DnsProxy | None = None
         self.workdir = Path(settings.workdir or default_workdir())
         settings.workdir = str(self.workdir)  # the control-plane client writes its key there
 
@@ -81,6 +84,7 @@ class ProxyRuntime:
         self.router = router
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
+        self.dns_table = NameTable.build(cfg, self.settings.pod_namespace)
         log.info("configuration %s applied (%d services, %d clusters)",
                  cfg.version or cfg.content_hash(), len(cfg.outbound), len(cfg.clusters))
 
@@ -147,6 +151,8 @@ class ProxyRuntime:
                      lambda c: outbound.on_accept(self, c)),
             Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c)),
         ]
+        if s.dns_capture:
+            self.dns = await dns.serve(lambda: self.dns_table, s.resolv_conf, s.dns_port)
         if s.control_plane and not s.bootstrap:
             self._start_discovery()
         loop = asyncio.get_running_loop()
@@ -202,6 +208,8 @@ class ProxyRuntime:
             listener.close()
         for server in self.servers:
             server.close()
+        if self.dns is not None:
+            self.dns.close()
         self.h1_pool.close_all()
 
     # -- admin endpoints -----------------------------------------------------------------
@@ -213,11 +221,11 @@ class ProxyRuntime:
         if path == "/logging":
             if method != "POST":
                 return 405, "text/plain", b"use POST /logging?level=debug\n"
-            level = (query.get("level") or [""])[0].upper()
-            if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-                return 400, "text/plain", b"level must be one of debug, info, warning, error\n"
-            logging.getLogger().setLevel(level)
-            return 200, "text/plain", f"log level {level.lower()}\n".encode()
+            level = (query.get("level") or [""])[0].lower()
+            if level not in LOG_LEVELS:
+                return 400, "text/plain", f"level must be one of {', '.join(LOG_LEVELS)}\n".encode()
+            logging.getLogger().setLevel(python_log_level(level))
+            return 200, "text/plain", f"log level {level}\n".encode()
         if path == "/drain":
             if method != "POST":
                 return 405, "text/plain", b"use POST /drain\n"
@@ -252,7 +260,10 @@ class ProxyRuntime:
     def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        return 200, "text/plain; version=0.0.4", self.stats.render_prometheus().encode()
+        text = self.stats.render_prometheus()
+        if self.dns is not None:
+            text += self.dns.stats.render_prometheus()
+        return 200, "text/plain; version=0.0.4", text.encode()
 
     async def _agent(self, method: str, path: str, query: dict) -> admin.Reply:
         if path == "/quitquitquit":
