@@ -28,7 +28,7 @@ from aiohttp import web
 
 from control_plane.api import tokens
 from control_plane.api.ports import DISCOVERY_PORT, MONITORING_PORT, WEBHOOK_PORT
-from local_cluster import config, manifests, netns
+from local_cluster import config, manifests, netns, nodedns
 from local_cluster.cluster import Cluster
 from local_cluster.manifests import ManifestError
 from local_cluster.procs import PidRecords
@@ -163,6 +163,8 @@ class Daemon:
             Component("control-plane", control, st.system / "control-plane.log", self.cluster.pids,
                       self.node.netns),
             Component("injector", injector, st.system / "injector.log", self.cluster.pids),
+            Component("cluster-dns", nodedns.command(st.objects), st.system / "cluster-dns.log",
+                      self.cluster.pids, self.node.netns),
         ]
         for c in self.components:
             c.start()

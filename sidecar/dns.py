@@ -73,8 +73,10 @@ class DnsStats:
 
 class DnsProxy:
     def __init__(self, table: Callable[[], NameTable], upstreams: tuple[str, ...],
-                 upstream_port: int = 53, timeout: float = FORWARD_TIMEOUT) -> None:
+                 upstream_port: int = 53, timeout: float = FORWARD_TIMEOUT,
+                 unknown: int | None = None) -> None:
         self.table = table
+        self.unknown = unknown  # answer names outside the table with this rcode, not forward
         self.upstreams = upstreams
         self.upstream_port = upstream_port
         self.timeout = timeout
@@ -109,6 +111,9 @@ class DnsProxy:
                 rcode, records = local
                 return dnswire.response(query, data, rcode, records,
                                         limit=dnswire.MAX_UDP if proto == "udp" else None)
+            if self.unknown is not None:
+                self.stats.add(LOCAL, proto)
+                return dnswire.response(query, data, self.unknown)
         reply = await self._forward(data, query.id, proto)
         if reply is None:
             self.stats.add(FAILED, proto)

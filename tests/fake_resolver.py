@@ -2,7 +2,9 @@
 
 ``python fake_resolver.py PORT ADDRESS [BIND]``: answers every A query (UDP and TCP) with
 ADDRESS, and every other query with an empty answer; prints ``ready`` once listening. Where a
-query went tells a test who answered it (the proxy, or the pod's original resolver).
+query went tells a test who answered it (the proxy, or the pod's original resolver). Names
+under cluster.local are NXDOMAIN, as a cluster's DNS says of services it does not have (a stub
+resolver tries the search domains in turn until one answers).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def reply(data: bytes, address: str) -> bytes | None:
         q = dnswire.parse_query(data)
     except dnswire.FormatError:
         return dnswire.error_for(data)
+    if q.question.name.endswith(".cluster.local"):
+        return dnswire.response(q, data, dnswire.NXDOMAIN, (), authoritative=False)
     records = (dnswire.a_record(address, 5),) if q.question.qtype == dnswire.A else ()
     return dnswire.response(q, data, dnswire.NOERROR, records, authoritative=False)
 
