@@ -19,7 +19,7 @@ ORIGIN  ?= $(CURDIR)
 
 help:
 	@echo "make demo   - start the mesh on this host, drive traffic through injected sidecars, show results"
-	@echo "make test   - install, lint (ruff) and run every test"
+	@echo "make test   - install, lint (ruff, mypy) and run every test"
 	@echo "make bench  - run the benchmarks in perf/"
 	@echo "make clean  - remove the virtualenv"
 
@@ -38,9 +38,11 @@ venv: deps
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv

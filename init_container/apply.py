@@ -44,7 +44,8 @@ def load_iptc() -> ModuleType:
     except Exception as e:  # ImportError, OSError, or AttributeError on a library that is absent
         raise InitError(f"python-iptables cannot load the iptables libraries ({e})",
                         _LIBS_FIX) from None
-    return iptc
+    module: ModuleType = iptc  # untyped library: give it a type once, here
+    return module
 
 
 def open_nat(iptc: ModuleType, family: Family) -> Any:

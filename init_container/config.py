@@ -58,7 +58,7 @@ class InitConfig:
 class Invocation:
     config: InitConfig
     action: Action
-    family: int | None  # internal --family: handle only this address family, in this process
+    family: Literal[4, 6] | None  # internal --family: handle only this address family, in this process
 
 
 def _uid(text: str) -> int:

@@ -130,8 +130,9 @@ def write_mesh_config(state: config.StateDir) -> None:
 class Daemon:
     def __init__(self, state: config.StateDir, prefix: str) -> None:
         self.state, self.prefix = state, prefix
-        self.node: netns.Node | None = None
-        self.cluster: Cluster | None = None
+        # Made by start(), before anything serves requests; None only until then.
+        self.node: netns.Node = None  # type: ignore[assignment]
+        self.cluster: Cluster = None  # type: ignore[assignment]
         self.components: list[Component] = []
         self.stopped = asyncio.Event()
         self.runner: web.AppRunner | None = None

@@ -11,8 +11,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .stats import Stats
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 log = logging.getLogger("remora.conn")
 
@@ -37,7 +40,7 @@ def serve_guarded(stats: Stats, direction: str, sock: socket.socket, dst: tuple[
     asyncio.get_running_loop().create_task(guarded())
 
 
-def count_close(protocol: asyncio.BaseProtocol, stats: Stats, direction: str) -> asyncio.BaseProtocol:
+def count_close(protocol: P, stats: Stats, direction: str) -> P:
     """Count the close of a protocol we do not own (the HTTP/2 relay) when it loses its
     connection: wraps ``connection_lost`` on the instance."""
     lost = protocol.connection_lost

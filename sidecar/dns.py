@@ -88,7 +88,7 @@ class DnsProxy:
         loop = asyncio.get_running_loop()
         sock = _udp_socket(host, port)
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpServer(self), sock=sock)
-        self._udp.append(transport)  # type: ignore[arg-type]
+        self._udp.append(transport)
         self._tcp.append(await asyncio.start_server(self._serve_tcp, sock=bind(host, port)))
 
     def close(self) -> None:

@@ -175,4 +175,5 @@ def build_query(name: str, qtype: int, qid: int = 0x1234) -> bytes:
 def rcode_of(message: bytes) -> int:
     if len(message) < HEADER.size:
         raise FormatError("shorter than a DNS header")
-    return struct.unpack_from("!H", message, 2)[0] & 0xF
+    flags: int = struct.unpack_from("!H", message, 2)[0]
+    return flags & 0xF

@@ -8,6 +8,7 @@ request always sees one consistent version.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from control_plane.api.model import Cluster, Endpoint, HttpRoute, OutboundPort, ProxyConfig
@@ -126,7 +127,8 @@ def _weighted(route: HttpRoute) -> str:
     return dests[-1].cluster
 
 
-def _route_matches(route: HttpRoute, method: bytes, path: bytes, headers: list) -> bool:
+def _route_matches(route: HttpRoute, method: bytes, path: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> bool:
     if not route.matches:
         return True
     p = path.split(b"?", 1)[0].decode("latin-1")
@@ -144,8 +146,8 @@ def _route_matches(route: HttpRoute, method: bytes, path: bytes, headers: list) 
     return False
 
 
-def _headers_match(wanted, headers: list) -> bool:
-    have = {}
+def _headers_match(wanted: Mapping[str, str], headers: list[tuple[bytes, bytes]]) -> bool:
+    have: dict[str, str] = {}
     for k, v in headers:
         have.setdefault(k.lower().decode("latin-1"), v.decode("latin-1"))
     return all(have.get(k.lower()) == v for k, v in wanted.items())

@@ -18,6 +18,7 @@ import socket
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
@@ -59,12 +60,12 @@ class ProxyRuntime:
         self.outbound_connector = Connector(lambda: self.tls, self.stats)
         self.inbound_connector = Connector(lambda: self.tls, self.stats,
                                            source_address=ports.INBOUND_PASSTHROUGH_SOURCE)
-        self.h2 = _load_h2()
+        self.h2: Any = _load_h2()  # sidecar.http2 or None (checked before each use)
         self.own_ports = settings.own_ports()
         self.draining = False
         self.listeners: list[Listener] = []
         self.servers: list[asyncio.base_events.Server] = []
-        self.stopping: asyncio.Event | None = None
+        self.stopping: asyncio.Event | None = None  # made in start(), on the running loop
         self.exit_code = 0
         self.started_at = time.time()
         self.dns_table = NameTable()
@@ -172,7 +173,7 @@ class ProxyRuntime:
 
     async def run(self) -> int:
         await self.start()
-        await self.stopping.wait()
+        await self.stopping.wait()  # type: ignore[union-attr]  # start() made it
         self._close_everything()
         return self.exit_code
 
@@ -213,7 +214,7 @@ class ProxyRuntime:
         self.h1_pool.close_all()
 
     # -- admin endpoints -----------------------------------------------------------------
-    def _admin(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _admin(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path == "/config_dump":
             return _json(self.config_dump())
         if path == "/stats":
@@ -235,7 +236,7 @@ class ProxyRuntime:
             return self._health(method, "/healthz/ready", query)
         return 404, "text/plain", b"endpoints: /config_dump /stats /logging /drain\n"
 
-    def config_dump(self) -> dict:
+    def config_dump(self) -> dict[str, Any]:
         cfg = self.config
         return {
             "version": (cfg.version or cfg.content_hash()) if cfg else None,
@@ -247,7 +248,7 @@ class ProxyRuntime:
             "http2": self.h2 is not None,
         }
 
-    def _health(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _health(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path != "/healthz/ready":
             return 404, "text/plain", b"not found\n"
         if self.ready:
@@ -257,7 +258,7 @@ class ProxyRuntime:
                    if not ok]
         return 503, "text/plain", f"not ready: {', '.join(missing)}\n".encode()
 
-    def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _metrics(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
         text = self.stats.render_prometheus()
@@ -265,7 +266,7 @@ class ProxyRuntime:
             text += self.dns.stats.render_prometheus()
         return 200, "text/plain; version=0.0.4", text.encode()
 
-    async def _agent(self, method: str, path: str, query: dict) -> admin.Reply:
+    async def _agent(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path == "/quitquitquit":
             if method != "POST":
                 return 405, "text/plain", b"use POST /quitquitquit\n"

@@ -135,7 +135,8 @@ class Seconds(Domain):
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not 0 <= value <= self.maximum:
             raise Invalid(value, self.accepted)
-        return value
+        number: int | float = value
+        return number
 
     def schema(self) -> dict[str, Any]:
         return {"type": "number", "minimum": 0, "maximum": self.maximum}

@@ -134,7 +134,8 @@ class ProxyConfig:
     unsupported: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        out: dict[str, Any] = to_jsonable(self)
+        return out
 
     def content_hash(self) -> str:
         """A version derived from content, so equal configs get equal versions."""
@@ -145,7 +146,7 @@ class ProxyConfig:
     @classmethod
     def from_dict(cls, data: Any) -> ProxyConfig:
         """Decode and validate; raises ConfigError naming the first bad field."""
-        config = decode(cls, data, "config")
+        config: ProxyConfig = decode(cls, data, "config")
         validate(config)
         return config
 
@@ -170,7 +171,7 @@ def decode(tp: Any, value: Any, path: str) -> Any:
                 kwargs[f.name] = decode(hints[f.name], value[f.name], f"{path}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{path}.{f.name}: required")
-        return tp(**kwargs)
+        return typing.cast(Any, tp)(**kwargs)  # tp is a dataclass type (is_dataclass above)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
