@@ -9,6 +9,7 @@ Python's getaddrinfo and curl, by short and full names.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -72,6 +73,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: nodns, namespace: {NS}, annotations: {{remora.dev/dns-capture: "false"}}}}
+spec:
+  securityContext: {{runAsUser: 1000}}
+  containers: [{{name: main, command: [sleep, infinity]}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: plain, namespace: {NS}, labels: {{remora.dev/inject: "false"}}}}
 spec:
   securityContext: {{runAsUser: 1000}}
@@ -87,7 +95,7 @@ def _ready(p: dict) -> bool:
 def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path_factory.mktemp("dns") / "state") as cluster:
         cluster.apply(APPS)
-        for pod in ("grpc", "web", "meshed", "plain"):
+        for pod in ("grpc", "web", "meshed", "nodns", "plain"):
             cluster.wait_pod(NS, pod, _ready, timeout=90)
         yield cluster
 
@@ -155,3 +163,14 @@ def test_unmeshed_pod_asks_the_node_directly(lc: LocalCluster) -> None:
     out = run(lc, "plain", "dig", "+search", "grpc")
     assert "SERVER: 198.18.0.1#53" in out and vip(lc, "grpc") in out
     assert "status: NXDOMAIN" in run(lc, "plain", "dig", "+tries=1", "nothing.example.test")
+
+
+def test_dns_capture_off_by_annotation(lc: LocalCluster) -> None:
+    pod = lc.pod(NS, "nodns")
+    assert pod is not None and pod["proxyVersion"]  # meshed, but its DNS is its own
+    rules = subprocess.run(["ip", "netns", "exec", pod["netns"], "iptables-legacy-save", "-t", "nat"],
+                           capture_output=True, text=True).stdout
+    assert "REDIRECT --to-ports 15001" in rules and "REMORA_DNS" not in rules
+    assert run(lc, "nodns", "dig", "+short", "+search", "grpc") == vip(lc, "grpc")
+    metrics = run(lc, "nodns", "curl", "-s", "http://127.0.0.1:15090/metrics")
+    assert "remora_requests_total" in metrics and "remora_dns_requests_total" not in metrics
