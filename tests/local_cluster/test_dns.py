@@ -63,24 +63,15 @@ spec:
     command: [{PY}, -m, http.server, "8000"]
     ports: [{{name: http, containerPort: 8000}}]
     readinessProbe: {{httpGet: {{path: /, port: 8000}}, periodSeconds: 1}}
----
+"""
+# Clients that only sleep (commands run in them with `remoractl local exec`): meshed, meshed
+# with DNS capture off, and unmeshed.
+for name, meta in (("meshed", ""), ("nodns", ', annotations: {remora.dev/dns-capture: "false"}'),
+                   ("plain", ', labels: {remora.dev/inject: "false"}')):
+    APPS += f"""---
 apiVersion: v1
 kind: Pod
-metadata: {{name: meshed, namespace: {NS}}}
-spec:
-  securityContext: {{runAsUser: 1000}}
-  containers: [{{name: main, command: [sleep, infinity]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: nodns, namespace: {NS}, annotations: {{remora.dev/dns-capture: "false"}}}}
-spec:
-  securityContext: {{runAsUser: 1000}}
-  containers: [{{name: main, command: [sleep, infinity]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: plain, namespace: {NS}, labels: {{remora.dev/inject: "false"}}}}
+metadata: {{name: {name}, namespace: {NS}{meta}}}
 spec:
   securityContext: {{runAsUser: 1000}}
   containers: [{{name: main, command: [sleep, infinity]}}]
