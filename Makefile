@@ -6,7 +6,8 @@ VENV    ?= .venv
 # The proxy runs as uid 1337, so the virtualenv must come from a Python every uid can execute.
 PYTHON  ?= $(shell scripts/find-python)
 APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc \
-            wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light
+            wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light \
+            dnsutils
 PYTEST_ARGS ?=
 
 # Where other uids cannot read this checkout, make mirrors it to a world-readable directory
@@ -18,7 +19,7 @@ ORIGIN  ?= $(CURDIR)
 
 help:
 	@echo "make demo   - start the mesh on this host, drive traffic through injected sidecars, show results"
-	@echo "make test   - install, lint (ruff) and run every test"
+	@echo "make test   - install, lint (ruff, mypy) and run every test"
 	@echo "make bench  - run the benchmarks in perf/"
 	@echo "make clean  - remove the virtualenv"
 
@@ -37,9 +38,11 @@ venv: deps
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv
@@ -51,4 +54,4 @@ bench: venv
 endif
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

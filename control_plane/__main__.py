@@ -14,7 +14,9 @@ import socket
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from control_plane.api import model, tokens
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT, MONITORING_PORT
@@ -103,7 +105,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.source == "files":
         from control_plane.sources.files import FilesSource
 
-        source = FilesSource(args.dir)
+        source: FilesSource | KubeSource = FilesSource(args.dir)
     else:
         from control_plane.sources.kube import KubeSource, api_client
 
@@ -119,7 +121,8 @@ async def serve(args: argparse.Namespace) -> None:
     if args.extra_roots:
         bundle += args.extra_roots.read_text()
     if args.token_key:
-        auth = LocalTokenAuthenticator(tokens.load_key(args.token_key))
+        auth: LocalTokenAuthenticator | TokenReviewAuthenticator = LocalTokenAuthenticator(
+            tokens.load_key(args.token_key))
     else:
         auth = TokenReviewAuthenticator(client)
     settings = ServerSettings(
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
     try:

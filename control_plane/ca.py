@@ -130,7 +130,7 @@ class CertificateAuthority:
             raise ValueError(f"cannot load the CA from {directory}: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{directory}/ca-key.pem: the CA key must be an EC key")
-        if key.public_key().public_numbers() != signing.public_key().public_numbers():
+        if key.public_key().public_numbers() != signing.public_key().public_numbers():  # type: ignore[union-attr]
             raise ValueError(f"{directory}: ca-key.pem does not match ca-cert.pem")
         return cls(trust_domain, root, signing, key, chain)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def parse_secret_ref(value: str) -> tuple[str, str]:
     return ns, name
 
 
-def _load_from(data: dict[str, str], trust_domain: str) -> CertificateAuthority:
+def _load_from(data: Mapping[str, bytes | str], trust_domain: str) -> CertificateAuthority:
     with tempfile.TemporaryDirectory(prefix="remora-ca-") as tmp:
         for name in FILES:
             Path(tmp, name).write_bytes(base64.b64decode(data.get(name, "")))
@@ -49,7 +50,8 @@ def load_or_create(api_client: Any, namespace: str, name: str, trust_domain: str
     ca = CertificateAuthority.generate(trust_domain)
     with tempfile.TemporaryDirectory(prefix="remora-ca-") as tmp:
         ca.save(Path(tmp))
-        data = {n: base64.b64encode(Path(tmp, n).read_bytes()).decode() for n in FILES}
+        data: dict[str, bytes | str] = {
+            n: base64.b64encode(Path(tmp, n).read_bytes()).decode() for n in FILES}
     body = client.V1Secret(metadata=client.V1ObjectMeta(name=name, namespace=namespace,
                                                         labels={"app.kubernetes.io/part-of": "remora"}),
                            type="Opaque", data=data)

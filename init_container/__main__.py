@@ -108,13 +108,13 @@ def _write_family(inv: Invocation, family: Family, cleanup: bool) -> None:
     apply.apply_plan(iptc, plan)
 
 
-def _start_child(args: list[str]) -> subprocess.Popen:
+def _start_child(args: list[str]) -> subprocess.Popen[str]:
     """This program for IPv6 only, in a fresh process (REDIRECT is one family per process)."""
     return subprocess.Popen([sys.executable, "-m", "init_container", *args, "--family", "6"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _finish_child(proc: subprocess.Popen) -> None:
+def _finish_child(proc: subprocess.Popen[str]) -> None:
     """Wait for the child; re-raise its one-line error as ours."""
     _, stderr = proc.communicate()
     if proc.returncode != 0:

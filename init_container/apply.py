@@ -44,7 +44,8 @@ def load_iptc() -> ModuleType:
     except Exception as e:  # ImportError, OSError, or AttributeError on a library that is absent
         raise InitError(f"python-iptables cannot load the iptables libraries ({e})",
                         _LIBS_FIX) from None
-    return iptc
+    module: ModuleType = iptc  # untyped library: give it a type once, here
+    return module
 
 
 def open_nat(iptc: ModuleType, family: Family) -> Any:
@@ -128,10 +129,11 @@ def to_iptc(iptc: ModuleType, family: Family, rule: Rule) -> Any:
         r.dst = ("!" if rule.not_dst else "") + rule.dst
     if rule.out_iface:
         r.out_interface = rule.out_iface
-    if rule.tcp:
-        r.protocol = "tcp"
+    proto = "tcp" if rule.tcp else "udp" if rule.udp else None
+    if proto:
+        r.protocol = proto
     if rule.dport is not None:
-        r.create_match("tcp").dport = str(rule.dport)
+        r.create_match(proto or "tcp").dport = str(rule.dport)
     if rule.owner:
         value = ("!" if rule.owner.negated else "") + str(rule.owner.id)
         setattr(r.create_match("owner"), f"{rule.owner.kind}_owner", value)

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from control_plane.api import annotations as ann
 from control_plane.api import netparse
 from control_plane.api.netparse import IPNetwork
-from control_plane.api.ports import INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
+from control_plane.api.ports import DNS_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_GID, PROXY_UID
 
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel, so it is no valid owner
 
@@ -49,13 +50,15 @@ class InitConfig:
     include_outbound_cidrs: Literal["*"] | tuple[IPNetwork, ...] = "*"
     exclude_outbound_cidrs: tuple[IPNetwork, ...] = ()
     ipv6: bool = True
+    dns_capture: bool = True  # the app's port-53 traffic (UDP and TCP) to the proxy's dns_port
+    dns_port: int = DNS_PORT
 
 
 @dataclass(frozen=True)
 class Invocation:
     config: InitConfig
     action: Action
-    family: int | None  # internal --family: handle only this address family, in this process
+    family: Literal[4, 6] | None  # internal --family: handle only this address family, in this process
 
 
 def _uid(text: str) -> int:
@@ -108,6 +111,9 @@ OPTIONS = (
             _CIDRS_FIX + ", '*' for all or empty for none"),
     _Option("exclude_outbound_cidrs", "", netparse.parse_cidrs, _CIDRS_FIX),
     _Option("ipv6", "true", _bool, "use true or false"),
+    # The annotation's own domain: remora-init takes exactly what the webhook lets through.
+    _Option("dns_capture", "true", ann.BOOLEAN.parse, "use true or false"),
+    _Option("dns_port", str(DNS_PORT), netparse.parse_port, "give a port 1-65535"),
 )
 
 
@@ -164,6 +170,9 @@ def _check(c: InitConfig) -> None:
     if c.inbound_port == c.outbound_port:
         raise ConfigError(f"inbound and outbound port are both {c.inbound_port}",
                           "give the proxy two different ports")
+    if c.dns_capture and c.dns_port in (c.inbound_port, c.outbound_port):
+        raise ConfigError(f"the DNS port {c.dns_port} is also the inbound or outbound port",
+                          "give the proxy's DNS its own port")
     both = sorted(set(c.include_outbound_ports) & set(c.exclude_outbound_ports))
     if both:
         raise ConfigError(

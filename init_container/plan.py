@@ -29,6 +29,8 @@ INBOUND = "REMORA_INBOUND"  # from PREROUTING: which inbound ports to capture
 IN_REDIRECT = "REMORA_IN_REDIRECT"  # -> the inbound proxy port
 OUTPUT = "REMORA_OUTPUT"  # from OUTPUT: which outbound traffic to capture
 REDIRECT = "REMORA_REDIRECT"  # -> the outbound proxy port
+DNS = "REMORA_DNS"  # from OUTPUT, port 53 over UDP and TCP: -> the proxy's DNS port
+DNS_PORT = 53
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")  # iptables-save's order
 
 # The proxy's own listeners that peers reach directly: probes, readiness, scraping.
@@ -57,6 +59,7 @@ class Rule:
     not_dst: bool = False
     out_iface: str | None = None
     tcp: bool = False
+    udp: bool = False
     dport: int | None = None
     owner: Owner | None = None
     to_port: int | None = None  # REDIRECT --to-ports
@@ -70,10 +73,11 @@ class Rule:
             parts += ["!", "-d", self.dst] if self.not_dst else ["-d", self.dst]
         if self.out_iface:
             parts += ["-o", self.out_iface]
-        if self.tcp:
-            parts += ["-p", "tcp"]
+        proto = "tcp" if self.tcp else "udp" if self.udp else None
+        if proto:
+            parts += ["-p", proto]
         if self.dport is not None:
-            parts += ["-m", "tcp", "--dport", str(self.dport)]
+            parts += ["-m", proto or "tcp", "--dport", str(self.dport)]
         if self.owner:
             parts += ["-m", "owner"] + (["!"] if self.owner.negated else [])
             parts += [f"--{self.owner.kind}-owner", str(self.owner.id)]
@@ -114,12 +118,26 @@ def build_plan(config: InitConfig, family: Family) -> Plan:
     rules = []
     if inbound:
         rules.append(Rule("PREROUTING", INBOUND, tcp=True))
+    if config.dns_capture:  # before REMORA_OUTPUT, which would send TCP 53 to the outbound port
+        rules += _dns(config)
     rules.append(Rule("OUTPUT", OUTPUT, tcp=True))
     if inbound:
         rules += _inbound(config)
     rules += _output(config, family, inbound)
     rules.append(Rule(REDIRECT, "REDIRECT", tcp=True, to_port=config.outbound_port))
     return _ordered(family, rules)
+
+
+def _dns(c: InitConfig) -> list[Rule]:
+    """The app's DNS queries, over UDP and TCP, to the proxy; the proxy's own go out."""
+    return [
+        Rule("OUTPUT", DNS, udp=True, dport=DNS_PORT),
+        Rule("OUTPUT", DNS, tcp=True, dport=DNS_PORT),
+        Rule(DNS, "RETURN", owner=Owner("uid", c.proxy_uid)),
+        Rule(DNS, "RETURN", owner=Owner("gid", c.proxy_gid)),
+        Rule(DNS, "REDIRECT", udp=True, to_port=c.dns_port),
+        Rule(DNS, "REDIRECT", tcp=True, to_port=c.dns_port),
+    ]
 
 
 def _inbound(c: InitConfig) -> list[Rule]:

@@ -7,6 +7,7 @@ controlPlaneAddress: remora-control.remora-system.svc:15012
 revision: default            # serves pods/namespaces whose remora.dev/rev selects it
 trustDomain: cluster.local
 nativeSidecar: true          # false for clusters older than Kubernetes 1.29
+dnsCapture: true             # the proxy answers the pod's DNS queries for mesh names
 resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "2", memory: 256Mi}}
 ```
 """
@@ -58,7 +59,8 @@ class MeshConfig:
     hold_application: bool = True
     rewrite_probes: bool = True
     log_level: str = "info"
-    drain_seconds: int = 5
+    drain_seconds: int | float = 5
+    dns_capture: bool = True
     revision: str = "default"  # the remora.dev/rev value this injector serves (ann.DEFAULT_REVISION)
     ipv6: bool | None = None  # None: remora-init decides (its own default)
     proxy_resources: Resources = field(
@@ -72,7 +74,7 @@ class MeshConfig:
 
 
 # YAML key -> (dataclass field, checker returning the value or raising ValueError with "accepted").
-_TOP = {
+FIELDS = {
     "proxyImage": "proxy_image",
     "proxyVersion": "proxy_version",
     "imagePullPolicy": "image_pull_policy",
@@ -84,13 +86,14 @@ _TOP = {
     "logLevel": "log_level",
     "drainSeconds": "drain_seconds",
     "revision": "revision",
+    "dnsCapture": "dns_capture",
     "ipv6": "ipv6",
     "resources": "proxy_resources",
     "initResources": "init_resources",
 }
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 _REVISION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DNS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -138,42 +141,34 @@ def from_dict(data: dict[str, Any] | None) -> MeshConfig:
     data = data or {}
     if not isinstance(data, dict):
         raise MeshConfigError("mesh config: accepted: a YAML mapping of settings")
-    unknown = sorted(set(data) - set(_TOP))
+    unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise MeshConfigError(
-            f"mesh config: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(_TOP)}")
+            f"mesh config: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(FIELDS)}")
     base = MeshConfig()
     values: dict[str, Any] = {}
     for key, v in data.items():
-        name = _TOP[key]
-        if key in ("nativeSidecar", "holdApplication", "rewriteProbes"):
-            values[name] = _bool(key, v)
+        name = FIELDS[key]
+        spec = ann.BY_MESH_KEY.get(key)
+        if spec is not None:  # the same domain as the annotation that overrides it per pod
+            try:
+                values[name] = spec.domain.check_value(v)
+            except ValueError as e:
+                raise MeshConfigError(f"mesh config {key}: {e}") from None
         elif key == "ipv6":
             values[name] = None if v is None else _bool(key, v)
         elif key == "proxyImage":
-            values[name] = _str(key, v, None, "an image reference")
             try:
-                ann.BY_KEY[ann.PREFIX + "proxy-image"].parse(v)
-            except ValueError:
-                raise MeshConfigError(
-                    f"mesh config proxyImage: invalid value {v!r}; accepted: an image reference"
-                ) from None
+                values[name] = ann.IMAGE.check_value(v)
+            except ValueError as e:
+                raise MeshConfigError(f"mesh config proxyImage: {e}") from None
         elif key == "controlPlaneAddress":
             values[name] = _str(key, v, _HOSTPORT, "host:port, e.g. remora-control.remora-system.svc:15012")
         elif key == "trustDomain":
-            values[name] = _str(key, v, _DNS, "a lower-case DNS name such as cluster.local")
+            values[name] = _str(key, v, DNS_NAME, "a lower-case DNS name such as cluster.local")
         elif key == "imagePullPolicy":
             values[name] = _str(key, v, re.compile("^(Always|IfNotPresent|Never)$"),
                                 "Always, IfNotPresent or Never")
-        elif key == "logLevel":
-            values[name] = _str(key, v, re.compile("^(" + "|".join(ann.LOG_LEVELS) + ")$"),
-                                ", ".join(ann.LOG_LEVELS))
-        elif key == "drainSeconds":
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= ann.MAX_DRAIN_SECONDS:
-                raise MeshConfigError(
-                    f"mesh config drainSeconds: invalid value {v!r}; "
-                    f"accepted: whole seconds from 0 to {ann.MAX_DRAIN_SECONDS}")
-            values[name] = v
         elif key == "revision":
             values[name] = _str(key, v, _REVISION, "a DNS label such as canary or 0-2 (63 characters at most)")
         elif key == "proxyVersion":

@@ -57,7 +57,8 @@ def operator_registry(
     def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, dict[str, str]]:
         return {name: dict(labels)}
 
-    @kopf.on.mutate("pods", operations=["CREATE"], id=HANDLER_ID, registry=registry,
+    # kopf passes the handler the keyword arguments it names; its WebhookFn type says less.
+    @kopf.on.mutate("pods", operations=["CREATE"], id=HANDLER_ID, registry=registry,  # type: ignore[arg-type]
                     side_effects=False, ignore_failures=False)
     def inject(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
                namespace_labels: kopf.Index[str, dict[str, str]], **_: Any) -> None:
@@ -74,9 +75,9 @@ def operator_registry(
 
             def replace(raw: dict[str, Any]) -> None:
                 raw.clear()
-                raw.update(new)
+                raw.update(new)  # type: ignore[arg-type]  # INJECTED: the pod is there
 
-            patch.fns.append(replace)
+            patch.fns.append(replace)  # type: ignore[arg-type]  # kopf's RawBody is this dict
 
     return registry
 
@@ -131,4 +132,4 @@ def standalone_webhook(injector: Injector, namespaces: NamespaceFile) -> kopf.We
         outcome = injector.review(pod, namespace, namespaces.labels(namespace))
         return admission_response(review, outcome, pod)
 
-    return fn
+    return fn  # type: ignore[return-value]  # kopf calls it with the review as its first argument

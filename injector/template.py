@@ -24,7 +24,7 @@ from control_plane.api.ports import (
 )
 from control_plane.api.version import version
 from injector import probes
-from injector.meshconfig import MeshConfig, Resources
+from injector.meshconfig import FIELDS, MeshConfig, Resources
 
 TEMPLATE_VERSION = "1"  # bump when the shape of what is injected changes
 INIT_NAME = "remora-init"
@@ -39,12 +39,25 @@ TRUST_KEY = "root-cert.pem"
 TOKEN_EXPIRATION_SECONDS = 43200
 WAIT_TIMEOUT_SECONDS = 60
 
-# Annotation -> remora-init flag; absent annotations are omitted so the init's default applies.
-_INIT_FLAGS = (
-    "include-inbound-ports", "exclude-inbound-ports",
-    "include-outbound-ports", "exclude-outbound-ports",
-    "include-outbound-cidrs", "exclude-outbound-cidrs",
-)
+
+
+def _effective(spec: ann.Annotation, mesh: MeshConfig, settings: dict[str, Any]) -> Any:
+    """The pod's annotation, else the mesh-wide default, else None (the program's default)."""
+    if spec.name in settings:
+        return settings[spec.name]
+    return getattr(mesh, FIELDS[spec.mesh_key]) if spec.mesh_key else None
+
+
+def _passed_on(mesh: MeshConfig, settings: dict[str, Any], attr: str) -> list[tuple[str, str]]:
+    """(flag or variable, text) for each annotation that becomes one (``attr``): init_flag or
+    proxy_env. Unset ones are omitted so the program's own default applies."""
+    out = []
+    for spec in ann.ANNOTATIONS:
+        target = getattr(spec, attr)
+        value = _effective(spec, mesh, settings)
+        if target and value is not None:
+            out.append((target, spec.domain.text(value)))
+    return out
 
 
 def template_hash(mesh: MeshConfig) -> str:
@@ -66,10 +79,6 @@ def is_injected(pod: dict[str, Any]) -> bool:
     return ann.STATUS_ANNOTATION in annotations or PROXY_NAME in names
 
 
-def _list_value(value: Any) -> str:
-    return value if value == "*" else ",".join(str(v) for v in value)
-
-
 def _effective_resources(mesh: Resources, settings: dict[str, Any]) -> Resources:
     res = Resources(
         cpu=settings.get("proxy-cpu", mesh.cpu),
@@ -89,9 +98,8 @@ def _init_container(image: str, mesh: MeshConfig, settings: dict[str, Any]) -> d
         "--proxy-uid", str(PROXY_UID), "--proxy-gid", str(PROXY_GID),
         "--inbound-port", str(INBOUND_PORT), "--outbound-port", str(OUTBOUND_PORT),
     ]
-    for name in _INIT_FLAGS:
-        if name in settings:
-            args += [f"--{name}", _list_value(settings[name])]
+    for flag, text in _passed_on(mesh, settings, "init_flag"):
+        args += [flag, text]
     if mesh.ipv6 is not None:
         args.append("--ipv6" if mesh.ipv6 else "--no-ipv6")
     return {
@@ -130,14 +138,11 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
         "REMORA_TOKEN_FILE": f"{TOKEN_DIR}/{TOKEN_FILE}",
         "REMORA_TRUST_ROOT": f"{TRUST_DIR}/{TRUST_KEY}",
         "REMORA_WORKDIR": WORKDIR,
-        "REMORA_LOG_LEVEL": settings.get("log-level", mesh.log_level),
-        "REMORA_DRAIN_SECONDS": str(settings.get("drain-seconds", mesh.drain_seconds)),
+        **dict(_passed_on(mesh, settings, "proxy_env")),
         # Reported in the discovery hello, so proxy-status can tell pods injected by an older
         # template (OUTDATED) without reading every pod.
         "REMORA_TEMPLATE_HASH": template_hash(mesh),
     }
-    if "opaque-ports" in settings:
-        plain["REMORA_OPAQUE_PORTS"] = _list_value(settings["opaque-ports"])
     plain["REMORA_APP_PROBES"] = json.dumps(app_probes, sort_keys=True, separators=(",", ":"))
     return env + [{"name": k, "value": v} for k, v in plain.items()]
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from control_plane.api import tokens
-from local_cluster import admission, config, manifests, revisions, services
+from local_cluster import admission, config, manifests, nodedns, revisions, services
 from local_cluster.manifests import ManifestError
 from local_cluster.netns import GATEWAY, Node
 from local_cluster.podenv import SpecError, resolve_port
@@ -278,6 +278,7 @@ class Cluster:
             async with self._node_lock:
                 p = await asyncio.to_thread(self.node.add_pod, suffix)
             p.write_hosts(services.host_entries(self.of_kind("Service"), ns))
+            nodedns.write_resolv_conf(p.netns, ns)
             return p.netns, p.ip
 
         async def remove() -> None:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from control_plane.api import tokens
 from control_plane.api.ports import DISCOVERY_PORT, MONITORING_PORT, WEBHOOK_PORT
-from local_cluster import config, manifests, netns, revisions
+from local_cluster import config, manifests, netns, nodedns, revisions
 from local_cluster.cluster import Cluster
 from local_cluster.manifests import ManifestError
 from local_cluster.procs import PidRecords
@@ -130,8 +130,9 @@ def write_mesh_config(state: config.StateDir) -> None:
 class Daemon:
     def __init__(self, state: config.StateDir, prefix: str) -> None:
         self.state, self.prefix = state, prefix
-        self.node: netns.Node | None = None
-        self.cluster: Cluster | None = None
+        # Made by start(), before anything serves requests; None only until then.
+        self.node: netns.Node = None  # type: ignore[assignment]
+        self.cluster: Cluster = None  # type: ignore[assignment]
         self.components: list[Component] = []
         self.stopped = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -164,6 +165,8 @@ class Daemon:
             Component("control-plane", control, st.system / "control-plane.log", self.cluster.pids,
                       self.node.netns),
             Component("injector", injector, st.system / "injector.log", self.cluster.pids),
+            Component("cluster-dns", nodedns.command(st.objects), st.system / "cluster-dns.log",
+                      self.cluster.pids, self.node.netns),
         ]
         for c in self.components:
             c.start()

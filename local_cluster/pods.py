@@ -234,7 +234,7 @@ class PodRunner:
         env = podenv.container_env(c.spec, facts, self.host.configmaps(self.namespace))
         argv = podenv.container_argv(c.spec, env)
         uid, gid = self.uids[c.name]
-        mounts = volumes.mounts(c.spec, self.dirs)
+        mounts = volumes.mounts(c.spec, self.dirs)  # type: ignore[arg-type]  # made before launch
         cmd = launcher.command(self.netns, argv, mounts=mounts, uid=uid, gid=gid,
                                stash=str(self.dir / "stash" / c.name),
                                workdir=c.spec.get("workingDir"))

@@ -33,7 +33,7 @@ class ProbeSpec:
 def parse(probe: dict[str, Any], container: dict[str, Any], pod_ip: str) -> ProbeSpec:
     ports = container.get("ports") or []
     where = f"container {container.get('name')!r} probe"
-    common = {
+    common: dict[str, Any] = {
         "initial_delay": float(probe.get("initialDelaySeconds", 0)),
         "period": float(probe.get("periodSeconds", 10)),
         "timeout": float(probe.get("timeoutSeconds", 1)),

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=s.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=settings_mod.python_log_level(s.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 

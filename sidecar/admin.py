@@ -27,7 +27,7 @@ class _AdminProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.size = 0
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
         self.handled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -54,7 +54,7 @@ class _AdminProtocol(asyncio.Protocol):
         parts = urlsplit(self.url.decode("latin-1"))
         asyncio.get_running_loop().create_task(self._run(method, parts.path, parse_qs(parts.query)))
 
-    async def _run(self, method: str, path: str, query: dict) -> None:
+    async def _run(self, method: str, path: str, query: dict[str, list[str]]) -> None:
         try:
             result = self.handler(method, path, query)
             if inspect.isawaitable(result):

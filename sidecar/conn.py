@@ -13,8 +13,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .stats import Stats
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 log = logging.getLogger("remora.conn")
 

@@ -120,7 +120,7 @@ class DiscoveryClient:
         self.sessions = 0
         self._ids = itertools.count(1)
         self._csr_pending: str | None = None
-        self._renewer: asyncio.Task | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.ignored_fields: set[str] = set()  # snapshot fields skipped; each reported once
 
     # -- the loop ----------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class DiscoveryClient:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    async def _on_snapshot(self, ws: WebSocket, msg: dict) -> None:
+    async def _on_snapshot(self, ws: WebSocket, msg: dict[str, Any]) -> None:
         version = str(msg["version"])
         if version == self.applied_version:
             await ws.send_text(wire.encode(wire.ACK, version=version))
@@ -262,7 +262,7 @@ class DiscoveryClient:
         self._csr_pending = rid
         await ws.send_text(wire.encode(wire.CSR, request_id=rid, csr=out.decode(), token=self._token()))
 
-    async def _on_certificate(self, msg: dict) -> None:
+    async def _on_certificate(self, msg: dict[str, Any]) -> None:
         rid = str(msg["request_id"])
         key_path = self.dir / f"key.{rid}.pem"
         if rid != self._csr_pending or not key_path.exists():

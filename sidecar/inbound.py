@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from control_plane.api.model import DISABLE, STRICT, Endpoint
 
@@ -64,7 +64,7 @@ def _remora_hello(data: bytes) -> bool | None:
 
 
 async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int]) -> None:
-    mode = rt.config.inbound.mode_for(dst[1])
+    mode = rt.config.inbound.mode_for(dst[1])  # type: ignore[union-attr]  # ready: configured
     strict = mode == STRICT
     # Under STRICT the client must speak first (ClientHello); otherwise a server-first
     # protocol must not wait long.
@@ -151,7 +151,7 @@ def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Co
                      service=f"inbound|{dst[1]}", registry=rt.http_conns)
 
 
-def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
+def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> Any:
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
                            stats=rt.stats, draining=rt.is_draining,
@@ -175,7 +175,7 @@ class InboundTls(asyncio.Protocol):
         alpn = sslobj.selected_alpn_protocol() if sslobj else None
         if peer is None:
             rt.stats.inbound_refused += 1
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]  # a TLS transport
             return
         if alpn == ALPN_H1:
             p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer))
@@ -186,7 +186,7 @@ class InboundTls(asyncio.Protocol):
             asyncio.get_running_loop().create_task(self._relay(p, transport))
         else:
             rt.stats.protocol_error()
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]  # a TLS transport
             return
         transport.set_protocol(p)
         p.connection_made(transport)

@@ -109,6 +109,6 @@ async def peek(sock: socket.socket, want: int, timeout: float,
             loop.remove_reader(fd)
 
 
-def _wake(fut: asyncio.Future) -> None:
+def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)

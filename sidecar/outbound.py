@@ -87,8 +87,9 @@ async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> 
         rt.stats.connect_error("no_healthy_upstream")
         close_counted(rt.stats, OUTBOUND, sock)
         return
-    endpoint = decision.endpoint
-    timeout = decision.cluster.connect_timeout
+    endpoint, cluster = decision.endpoint, decision.cluster
+    assert endpoint is not None and cluster is not None  # no status: the router picked both
+    timeout = cluster.connect_timeout
     if endpoint.identity is None:
         await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout)
         return

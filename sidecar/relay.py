@@ -112,7 +112,8 @@ class RelayProtocol(asyncio.Protocol):
     __slots__ = ("transport", "peer", "buffer", "eof", "closed", "on_close")
 
     def __init__(self, on_close: Callable[[], None] | None = None) -> None:
-        self.transport: asyncio.Transport | None = None
+        # None until connection_made; typed as set, since every use comes after it.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer: RelayProtocol | None = None
         self.buffer: list[bytes] = []  # bytes that arrived before the peer was linked
         self.eof = False

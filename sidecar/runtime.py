@@ -23,11 +23,12 @@ from typing import Any
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, inbound, outbound
+from . import admin, dns, inbound, outbound
+from .dnstable import NameTable
 from .http1 import H1Pool
 from .listeners import Listener, bind
 from .routing import Router
-from .settings import Settings, default_workdir, load_bootstrap
+from .settings import LOG_LEVELS, Settings, default_workdir, load_bootstrap, python_log_level
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import TlsContexts, build_contexts, write_private
 from .upstream import Connector
@@ -60,7 +61,7 @@ class ProxyRuntime:
         self.outbound_connector = Connector(lambda: self.tls, self.stats)
         self.inbound_connector = Connector(lambda: self.tls, self.stats,
                                            source_address=ports.INBOUND_PASSTHROUGH_SOURCE)
-        self.h2 = _load_h2()
+        self.h2: Any = _load_h2()  # sidecar.http2 or None (checked before each use)
         # The HTTP/2 upstream pools, one per direction, handed to each downstream connection.
         self.h2_pools = {} if self.h2 is None else {
             OUTBOUND: self.h2.H2Pool(self.outbound_connector),
@@ -69,9 +70,11 @@ class ProxyRuntime:
         self.draining = False
         self.listeners: list[Listener] = []
         self.servers: list[asyncio.base_events.Server] = []
-        self.stopping: asyncio.Event | None = None
+        self.stopping: asyncio.Event | None = None  # made in start(), on the running loop
         self.exit_code = 0
         self.started_at = time.time()
+        self.dns_table = NameTable()
+        self.dns: dns.DnsProxy | None = None
         self.workdir = Path(settings.workdir or default_workdir())
         settings.workdir = str(self.workdir)  # the control-plane client writes its key there
 
@@ -87,6 +90,7 @@ class ProxyRuntime:
         self.router = router
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
+        self.dns_table = NameTable.build(cfg, self.settings.pod_namespace)
         log.info("configuration %s applied (%d services, %d clusters)",
                  cfg.version or cfg.content_hash(), len(cfg.outbound), len(cfg.clusters))
 
@@ -153,6 +157,8 @@ class ProxyRuntime:
                      lambda c: outbound.on_accept(self, c)),
             Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c)),
         ]
+        if s.dns_capture:
+            self.dns = await dns.serve(lambda: self.dns_table, s.resolv_conf, s.dns_port)
         if s.control_plane and not s.bootstrap:
             self._start_discovery()
         loop = asyncio.get_running_loop()
@@ -172,7 +178,7 @@ class ProxyRuntime:
 
     async def run(self) -> int:
         await self.start()
-        await self.stopping.wait()
+        await self.stopping.wait()  # type: ignore[union-attr]  # start() made it
         self._close_everything()
         return self.exit_code
 
@@ -207,10 +213,12 @@ class ProxyRuntime:
             listener.close()
         for server in self.servers:
             server.close()
+        if self.dns is not None:
+            self.dns.close()
         self.h1_pool.close_all()
 
     # -- admin endpoints -----------------------------------------------------------------
-    def _admin(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _admin(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path == "/config_dump":
             return _json(self.config_dump())
         if path == "/stats":
@@ -218,11 +226,11 @@ class ProxyRuntime:
         if path == "/logging":
             if method != "POST":
                 return 405, "text/plain", b"use POST /logging?level=debug\n"
-            level = (query.get("level") or [""])[0].upper()
-            if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-                return 400, "text/plain", b"level must be one of debug, info, warning, error\n"
-            logging.getLogger().setLevel(level)
-            return 200, "text/plain", f"log level {level.lower()}\n".encode()
+            level = (query.get("level") or [""])[0].lower()
+            if level not in LOG_LEVELS:
+                return 400, "text/plain", f"level must be one of {', '.join(LOG_LEVELS)}\n".encode()
+            logging.getLogger().setLevel(python_log_level(level))
+            return 200, "text/plain", f"log level {level}\n".encode()
         if path == "/drain":
             if method != "POST":
                 return 405, "text/plain", b"use POST /drain\n"
@@ -232,7 +240,7 @@ class ProxyRuntime:
             return self._health(method, "/healthz/ready", query)
         return 404, "text/plain", b"endpoints: /config_dump /stats /logging /drain\n"
 
-    def config_dump(self) -> dict:
+    def config_dump(self) -> dict[str, Any]:
         cfg = self.config
         return {
             "version": (cfg.version or cfg.content_hash()) if cfg else None,
@@ -244,7 +252,7 @@ class ProxyRuntime:
             "http2": self.h2 is not None,
         }
 
-    def _health(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _health(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path != "/healthz/ready":
             return 404, "text/plain", b"not found\n"
         if self.ready:
@@ -254,12 +262,15 @@ class ProxyRuntime:
                    if not ok]
         return 503, "text/plain", f"not ready: {', '.join(missing)}\n".encode()
 
-    def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
+    def _metrics(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        return 200, "text/plain; version=0.0.4", self.stats.render_prometheus().encode()
+        text = self.stats.render_prometheus()
+        if self.dns is not None:
+            text += self.dns.stats.render_prometheus()
+        return 200, "text/plain; version=0.0.4", text.encode()
 
-    async def _agent(self, method: str, path: str, query: dict) -> admin.Reply:
+    async def _agent(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path == "/quitquitquit":
             if method != "POST":
                 return 405, "text/plain", b"use POST /quitquitquit\n"

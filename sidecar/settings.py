@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from control_plane.api import annotations as ann
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
@@ -35,6 +37,8 @@ class Settings:
     log_level: str = "info"
     drain_seconds: float = 5.0
     opaque_ports: tuple[int, ...] = ()
+    dns_capture: bool = True  # serve DNS on dns_port (remora-init sends the pod's port 53 there)
+    resolv_conf: str = "/etc/resolv.conf"  # the pod's resolvers, where unknown names go
     app_probes: str = ""
     bootstrap: str = ""
     detect_timeout: float = 0.1
@@ -44,11 +48,12 @@ class Settings:
     agent_port: int = ports.AGENT_PORT
     health_port: int = ports.HEALTH_PORT
     metrics_port: int = ports.METRICS_PORT
+    dns_port: int = ports.DNS_PORT
     extra: dict[str, Any] = field(default_factory=dict)
 
     def own_ports(self) -> frozenset[int]:
         return frozenset((self.admin_port, self.outbound_port, self.inbound_port,
-                          self.agent_port, self.health_port, self.metrics_port))
+                          self.agent_port, self.health_port, self.metrics_port, self.dns_port))
 
 
 _ENV = {
@@ -59,36 +64,56 @@ _ENV = {
     "REMORA_LOG_LEVEL": "log_level", "REMORA_DRAIN_SECONDS": "drain_seconds",
     "REMORA_OPAQUE_PORTS": "opaque_ports", "REMORA_APP_PROBES": "app_probes",
     "REMORA_BOOTSTRAP": "bootstrap", "REMORA_DETECT_TIMEOUT": "detect_timeout",
+    "REMORA_RESOLV_CONF": "resolv_conf",
 }
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Settings that a pod annotation sets (through the injector): parsed with the annotation's own
+# domain, so whatever the webhook accepts the proxy accepts, and nothing else.
+_FROM_ANNOTATION = {a.proxy_env: a for a in ann.ANNOTATIONS if a.proxy_env}
+_ENV.update({env: a.name.replace("-", "_") for env, a in _FROM_ANNOTATION.items()})
+_BY_ATTR = {a.name.replace("-", "_"): a for a in _FROM_ANNOTATION.values()}
+LOG_LEVELS = ann.LOG_LEVELS
+TRACE = 5  # below DEBUG: Python logging has no trace level of its own
+logging.addLevelName(TRACE, "TRACE")
+
+
+def python_log_level(name: str) -> int:
+    """The logging level of one of LOG_LEVELS."""
+    return TRACE if name == "trace" else int(logging.getLevelName(name.upper()))
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", help="static config+certificate file (env REMORA_BOOTSTRAP)")
-    p.add_argument("--log-level", help="debug|info|warning|error (env REMORA_LOG_LEVEL)")
+    p.add_argument("--log-level", help="|".join(LOG_LEVELS) + " (env REMORA_LOG_LEVEL)")
     p.add_argument("--drain-seconds", help="SIGTERM drain deadline (env REMORA_DRAIN_SECONDS)")
     p.add_argument("--control-plane", help="host:port of remora-control (env REMORA_CONTROL_PLANE)")
     p.add_argument("--workdir", help="writable dir for key/cert files (env REMORA_WORKDIR)")
-    for name in ("admin", "outbound", "inbound", "agent", "health", "metrics"):
+    p.add_argument("--dns-capture", help="true|false: serve DNS on the DNS port "
+                   "(env REMORA_DNS_CAPTURE)")
+    for name in ("admin", "outbound", "inbound", "agent", "health", "metrics", "dns"):
         p.add_argument(f"--{name}-port", help=f"default {getattr(ports, name.upper() + '_PORT')}")
 
 
 def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
-    raw: dict[str, str] = {}
+    raw: dict[str, tuple[str, str]] = {}  # attr -> (where it came from, text)
     for var, attr in _ENV.items():
         if env.get(var):
-            raw[attr] = env[var]
+            raw[attr] = (var, env[var])
     for attr in ("bootstrap", "log_level", "drain_seconds", "control_plane", "workdir",
-                 "admin_port", "outbound_port", "inbound_port", "agent_port", "health_port",
-                 "metrics_port"):
+                 "dns_capture", "admin_port", "outbound_port", "inbound_port", "agent_port",
+                 "health_port", "metrics_port", "dns_port"):
         v = getattr(args, attr, None)
         if v is not None:
-            raw[attr] = v
+            raw[attr] = ("--" + attr.replace("_", "-"), v)
     s = Settings()
-    for attr, value in raw.items():
-        setattr(s, attr, _convert(attr, value))
-    if s.log_level.lower() not in LOG_LEVELS:
-        raise SettingsError(f"log level {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    for attr, (source, value) in raw.items():
+        spec = _BY_ATTR.get(attr)
+        if spec is None:
+            setattr(s, attr, _convert(attr, value))
+            continue
+        try:
+            setattr(s, attr, spec.domain.parse(value))
+        except ValueError as e:
+            raise SettingsError(f"{source}: {e}") from None
     if not s.bootstrap and not s.control_plane:
         raise SettingsError("no configuration source: set REMORA_BOOTSTRAP (or --bootstrap) for a "
                             "static config, or REMORA_CONTROL_PLANE (or --control-plane)")
@@ -98,11 +123,6 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
 def _convert(attr: str, value: str) -> Any:
     default = getattr(Settings(), attr)
     try:
-        if attr == "opaque_ports":
-            out = tuple(int(p) for p in str(value).replace(" ", "").split(",") if p)
-            if any(not 1 <= p <= 65535 for p in out):
-                raise ValueError
-            return out
         if isinstance(default, bool):
             return str(value).lower() in ("1", "true", "yes")
         if isinstance(default, int):
@@ -117,8 +137,7 @@ def _convert(attr: str, value: str) -> Any:
             return f
     except ValueError:
         raise SettingsError(f"{attr.replace('_', '-')}: {value!r} is not a valid "
-                            f"{'port list like 3306,25' if attr == 'opaque_ports' else type(default).__name__}"
-                            ) from None
+                            f"{type(default).__name__}") from None
     return str(value)
 
 

@@ -8,6 +8,8 @@ No per-request objects: a request adds 1 to a dict slot keyed by a tuple of labe
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
 
 # Seconds; fixed so that a request only increments one slot of a list.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -64,7 +66,7 @@ class Stats:
     def protocol_error(self) -> None:
         self.protocol_errors += 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """For the admin /stats endpoint (JSON)."""
         return {
             "requests": [
@@ -94,7 +96,7 @@ class Stats:
         add("# TYPE remora_request_duration_seconds histogram")
         for (d, s), h in sorted(self.durations.items()):
             labels = f'direction="{d}",service="{_esc(s)}"'
-            cumulative = 0
+            cumulative: float = 0
             for i, le in enumerate(BUCKETS):
                 cumulative += h[i]
                 add(f'remora_request_duration_seconds_bucket{{{labels},le="{le}"}} {cumulative}')
@@ -119,7 +121,7 @@ class Stats:
         return "\n".join(out) + "\n"
 
 
-def _labelled(add, name: str, label: str, values: dict[str, int]) -> None:
+def _labelled(add: Callable[[str], None], name: str, label: str, values: dict[str, int]) -> None:
     add(f"# TYPE {name} counter")
     for k, n in sorted(values.items()):
         add(f'{name}{{{label}="{_esc(k)}"}} {n}')

@@ -12,6 +12,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from control_plane.api.spiffe import spiffe_ids_of_peercert
 
@@ -63,10 +64,10 @@ def build_contexts(cert: str, key: str, roots: str) -> TlsContexts:
     return TlsContexts(server, clients, ids[0], info.get("notAfter", ""))
 
 
-def _decode_cert(path: str) -> dict:
+def _decode_cert(path: str) -> dict[str, Any]:
     # CPython's test helper parses a PEM certificate into the getpeercert() dict without
     # importing cryptography; it reads the first certificate of the chain file.
-    return ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    return ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined, no-any-return]
 
 
 def peer_identity(ssl_object: ssl.SSLObject | None) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 READ_CHUNK = 65536
@@ -34,7 +35,7 @@ class TlsTransport(asyncio.Transport):
         w.sslobj.write(data)
         w.flush()
 
-    def writelines(self, parts) -> None:
+    def writelines(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(parts))
 
     def can_write_eof(self) -> bool:
@@ -87,10 +88,10 @@ class TlsTransport(asyncio.Transport):
         return self._wire.raw.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._wire.app = protocol
+        self._wire.app = protocol  # type: ignore[assignment]  # always an asyncio.Protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._wire.app
+        return self._wire.app  # type: ignore[return-value]  # set by start() before use
 
 
 class TlsWire(asyncio.Protocol):
@@ -101,10 +102,10 @@ class TlsWire(asyncio.Protocol):
         self.outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
                                        server_hostname=None)
-        self.raw: asyncio.Transport | None = None
+        self.raw: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.app: asyncio.Protocol | None = None
         self.transport = TlsTransport(self)
-        self.handshake: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self.reading = True
@@ -133,7 +134,8 @@ class TlsWire(asyncio.Protocol):
             self.raw.abort()
             return
         self.flush()
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self.app is None:
             self.raw.pause_reading()  # nothing reads decrypted bytes until start()
         if not self.handshake.done():

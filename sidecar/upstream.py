@@ -14,12 +14,15 @@ import errno
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from control_plane.api.model import Endpoint
 
 from .stats import Stats
 from .tls import ALPN_TCP, REMORA_ALPNS, TlsContexts, peer_identity
 from .tlsbio import TlsWire
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 IPV6_FREEBIND = 78  # linux/in6.h
 
@@ -56,14 +59,14 @@ class Connector:
         self,
         endpoint: Endpoint,
         alpn: str,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[], P],
         timeout: float = 5.0,
-    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol, str | None]:
+    ) -> tuple[asyncio.Transport, P, str | None]:
         """(transport, protocol, peer identity). mTLS when ``alpn`` is a remora-* value and
         the endpoint has an identity; plaintext otherwise. Raises UpstreamError."""
         loop = asyncio.get_running_loop()
         secure = alpn in REMORA_ALPNS and endpoint.identity is not None
-        ctx = None
+        ctx: ssl.SSLContext | None = None
         if secure:
             tls = self._tls()
             if tls is None:
@@ -71,8 +74,9 @@ class Connector:
                 raise UpstreamError("no_certificate", "no workload certificate loaded yet")
             ctx = tls.clients[alpn]
         if secure and alpn == ALPN_TCP:
-            return await self._connect_tunnel(endpoint, ctx, protocol_factory, timeout)
+            return await self._connect_tunnel(endpoint, ctx, protocol_factory, timeout)  # type: ignore[arg-type]  # secure: ctx is set
         try:
+            where: dict[str, Any]
             if self.source_address is None:
                 where = {"host": endpoint.address, "port": endpoint.port}
             else:  # the inbound hop: bound to 127.0.0.6 / ::6 before connecting
@@ -100,7 +104,8 @@ class Connector:
         peer = self._check_peer(endpoint, alpn, transport.get_extra_info("ssl_object"), transport)
         return transport, protocol, peer
 
-    def _check_peer(self, endpoint: Endpoint, alpn: str, sslobj, transport) -> str:
+    def _check_peer(self, endpoint: Endpoint, alpn: str, sslobj: Any,
+                    transport: asyncio.Transport) -> str | None:
         """The peer's identity, if it is the expected one and it took our ALPN; else abort."""
         self.stats.handshake("client")
         peer = peer_identity(sslobj)
@@ -115,8 +120,8 @@ class Connector:
         return peer
 
     async def _connect_tunnel(self, endpoint: Endpoint, ctx: ssl.SSLContext,
-                              protocol_factory: Callable[[], asyncio.BaseProtocol],
-                              timeout: float) -> tuple[asyncio.Transport, asyncio.BaseProtocol, str]:
+                              protocol_factory: Callable[[], P],
+                              timeout: float) -> tuple[asyncio.Transport, P, str | None]:
         """remora-tcp: TLS on memory BIOs so that a FIN can cross as close_notify."""
         loop = asyncio.get_running_loop()
         where = f"{endpoint.address}:{endpoint.port}"
@@ -138,7 +143,7 @@ class Connector:
             raise self._fail("tls_handshake", f"TLS handshake with {where} failed: {e}") from None
         peer = self._check_peer(endpoint, ALPN_TCP, wire.sslobj, raw)
         protocol = protocol_factory()
-        return wire.start(protocol), protocol, peer
+        return wire.start(protocol), protocol, peer  # type: ignore[arg-type]  # an asyncio.Protocol
 
     def _fail(self, reason: str, message: str) -> UpstreamError:
         self.stats.connect_error(reason)

@@ -26,8 +26,8 @@ DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 MAX_DRAIN_SECONDS = 3600
 
-_CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$", re.ASCII)
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", re.ASCII)
 _MEMORY_FACTORS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -35,12 +35,15 @@ _MEMORY_FACTORS = {
 # An image reference: [registry[:port]/]path[:tag][@digest]; no spaces, no scheme.
 _IMAGE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$", re.ASCII
 )
 
 
-def _fail(name: str, value: str, accepted: str) -> ValueError:
-    return ValueError(f"annotation {PREFIX}{name}: invalid value {value!r}; accepted: {accepted}")
+class Invalid(ValueError):
+    """A value outside its domain; ``str()`` is ``invalid value '...'; accepted: ...``."""
+
+    def __init__(self, value: object, accepted: str) -> None:
+        super().__init__(f"invalid value {value!r}; accepted: {accepted}")
 
 
 def cpu_millis(quantity: str) -> int:
@@ -58,122 +61,227 @@ def memory_bytes(quantity: str) -> float:
     return float(m.group(1)) * _MEMORY_FACTORS[m.group(2)]
 
 
-def _parse_cpu(name: str, value: str) -> str:
-    if not _CPU.match(value) or cpu_millis(value) <= 0:
-        raise _fail(name, value, 'a positive CPU quantity such as "100m", "500m", "1" or "1.5"')
-    return value
+class Domain:
+    """The values one setting takes: as annotation text, and as a typed mesh-config value.
+
+    ``parse`` reads the text form (annotations, environment variables, flags); ``check_value``
+    the typed form (mesh config YAML, chart values), described for the chart by ``schema``;
+    ``text`` turns a typed value into the text the injector hands to the proxy or remora-init.
+    """
+
+    accepted: str = ""
+
+    def parse(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def check_value(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise Invalid(value, self.accepted)
+        return self.parse(value)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+    def text(self, value: Any) -> str:
+        return str(value)
 
 
-def _parse_memory(name: str, value: str) -> str:
-    if not _MEMORY.match(value) or memory_bytes(value) <= 0:
-        raise _fail(name, value, 'a positive memory quantity such as "64Mi", "1Gi" or "500M"')
-    return value
+class Choice(Domain):
+    def __init__(self, values: tuple[str, ...]) -> None:
+        self.values = values
+        self.accepted = "one of " + ", ".join(values)
+
+    def parse(self, text: str) -> str:
+        if text not in self.values:
+            raise Invalid(text, self.accepted)
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        return {"enum": list(self.values)}
 
 
-def _parse_image(name: str, value: str) -> str:
-    if not _IMAGE.match(value):
-        raise _fail(name, value, 'an image reference such as "registry.example/remora:0.1.0"')
-    return value
+class Boolean(Domain):
+    accepted = '"true" or "false"'
+
+    def parse(self, text: str) -> bool:
+        if text not in ("true", "false"):
+            raise Invalid(text, self.accepted)
+        return text == "true"
+
+    def check_value(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid(value, "true or false")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+    def text(self, value: Any) -> str:
+        return "true" if value else "false"
 
 
-def _parse_log_level(name: str, value: str) -> str:
-    if value not in LOG_LEVELS:
-        raise _fail(name, value, "one of " + ", ".join(LOG_LEVELS))
-    return value
+class Seconds(Domain):
+    """A non-negative number of seconds up to ``maximum``, such as "5" or "2.5"."""
+
+    _TEXT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.accepted = f"seconds from 0 to {maximum}, such as 5 or 2.5"
+
+    def parse(self, text: str) -> int | float:
+        if not self._TEXT.fullmatch(text) or float(text) > self.maximum:
+            raise Invalid(text, self.accepted)
+        return int(text) if text.isdigit() else float(text)
+
+    def check_value(self, value: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value <= self.maximum:
+            raise Invalid(value, self.accepted)
+        number: int | float = value
+        return number
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "minimum": 0, "maximum": self.maximum}
+
+    def text(self, value: Any) -> str:
+        # Integral floats print as integers, others in plain decimal rounded to microseconds,
+        # so parse() takes them.
+        return str(int(value)) if float(value).is_integer() else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def _parse_bool(name: str, value: str) -> bool:
-    if value not in ("true", "false"):
-        raise _fail(name, value, '"true" or "false"')
-    return value == "true"
+class Pattern(Domain):
+    def __init__(self, pattern: re.Pattern[str], accepted: str,
+                 positive: Callable[[str], float] | None = None) -> None:
+        self.pattern = pattern
+        self.accepted = accepted
+        self.positive = positive
+
+    def parse(self, text: str) -> str:
+        if not self.pattern.fullmatch(text) or (self.positive is not None and self.positive(text) <= 0):
+            raise Invalid(text, self.accepted)
+        return text
 
 
-def _parse_drain(name: str, value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_DRAIN_SECONDS:
-        raise _fail(name, value, f"whole seconds from 0 to {MAX_DRAIN_SECONDS}")
-    return int(value)
+class NetList(Domain):
+    """Ports or CIDRs, comma-separated; CIDRs travel as text (flags, env); "*" stays "*"."""
 
+    def __init__(self, parse: Callable[[str], Any], accepted: str) -> None:
+        self._parse = parse
+        self.accepted = accepted
 
-def _list_parser(parse: Callable[[str], Any], accepted: str) -> Callable[[str, str], Any]:
-    def parser(name: str, value: str) -> Any:
+    def parse(self, text: str) -> Any:
         try:
-            parsed = parse(value)
+            parsed = self._parse(text)
         except ValueError as e:
-            raise _fail(name, value, f"{accepted} ({e})") from None
-        # CIDRs travel as text (flags, env); "*" stays "*".
-        return parsed if isinstance(parsed, str) else tuple(v if isinstance(v, int) else str(v) for v in parsed)
+            raise ValueError(f"invalid value {text!r}; accepted: {self.accepted} ({e})") from None
+        if isinstance(parsed, str):
+            return parsed
+        return tuple(v if isinstance(v, int) else str(v) for v in parsed)
 
-    return parser
+    def text(self, value: Any) -> str:
+        return value if value == "*" else ",".join(str(v) for v in value)
 
 
 _PORTS = "a comma-separated list of port numbers 1-65535"
 _CIDRS = "a comma-separated list of IPv4/IPv6 CIDRs"
+CPU = Pattern(_CPU, 'a positive CPU quantity such as "100m", "500m", "1" or "1.5"', cpu_millis)
+MEMORY = Pattern(_MEMORY, 'a positive memory quantity such as "64Mi", "1Gi" or "500M"',
+                 memory_bytes)
+IMAGE = Pattern(_IMAGE, 'an image reference such as "registry.example/remora:0.1.0"')
+LOG_LEVEL = Choice(LOG_LEVELS)
+BOOLEAN = Boolean()
+DRAIN = Seconds(MAX_DRAIN_SECONDS)
+PORTS = NetList(netparse.parse_ports, _PORTS)
 
 
 @dataclass(frozen=True)
 class Annotation:
-    """One per-pod setting: ``remora.dev/<name>``."""
+    """One per-pod setting: ``remora.dev/<name>``.
+
+    ``mesh_key``: the mesh-config key (and chart value ``mesh.<key>``) holding its mesh-wide
+    default; ``proxy_env``: the proxy's environment variable the injector sets from it;
+    ``init_flag``: the remora-init flag it becomes.
+    """
 
     name: str
     default: str  # as the docs show it; the mesh config may change resource/image defaults
     example: str
-    accepted: str
+    accepted: str  # short form, for the README table
     meaning: str
-    parser: Callable[[str, str], Any]
+    domain: Domain
+    mesh_key: str | None = None
+    proxy_env: str | None = None
+    init_flag: str | None = None
 
     @property
     def key(self) -> str:
         return PREFIX + self.name
 
     def parse(self, value: str) -> Any:
-        return self.parser(self.name, value)
+        try:
+            return self.domain.parse(value)
+        except ValueError as e:
+            raise ValueError(f"annotation {self.key}: {e}") from None
+
+
+def _init(name: str, default: str, example: str, accepted: str, meaning: str,
+          domain: Domain) -> Annotation:
+    return Annotation(name, default, example, accepted, meaning, domain, init_flag="--" + name)
 
 
 ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("proxy-cpu", "100m (mesh config)", "200m", "CPU quantity",
-               "CPU request of the proxy container", _parse_cpu),
+               "CPU request of the proxy container", CPU),
     Annotation("proxy-cpu-limit", "2 (mesh config)", "1", "CPU quantity",
-               "CPU limit of the proxy container", _parse_cpu),
+               "CPU limit of the proxy container", CPU),
     Annotation("proxy-memory", "64Mi (mesh config)", "128Mi", "memory quantity",
-               "memory request of the proxy container", _parse_memory),
+               "memory request of the proxy container", MEMORY),
     Annotation("proxy-memory-limit", "256Mi (mesh config)", "512Mi", "memory quantity",
-               "memory limit of the proxy container", _parse_memory),
+               "memory limit of the proxy container", MEMORY),
     Annotation("proxy-image", "mesh config `proxyImage`", "registry.example/remora:0.1.0",
-               "image reference", "image of the proxy and init containers", _parse_image),
+               "image reference", "image of the proxy and init containers", IMAGE),
     Annotation("log-level", "info (mesh config `logLevel`)", "debug", ", ".join(LOG_LEVELS),
-               "proxy log level", _parse_log_level),
-    Annotation("include-inbound-ports", "* (all ports)", "8080,9090", "`*` or port list",
-               "inbound ports redirected to the proxy",
-               _list_parser(netparse.parse_port_selection, "`*` or " + _PORTS)),
-    Annotation("exclude-inbound-ports", "none (15020, 15021, 15090 always)", "9100",
-               "port list", "inbound ports never redirected",
-               _list_parser(netparse.parse_ports, _PORTS)),
-    Annotation("include-outbound-ports", "none", "443", "port list",
-               "outbound ports redirected even when their CIDR is excluded",
-               _list_parser(netparse.parse_ports, _PORTS)),
-    Annotation("exclude-outbound-ports", "none", "5432,6379", "port list",
-               "outbound ports never redirected", _list_parser(netparse.parse_ports, _PORTS)),
-    Annotation("exclude-outbound-cidrs", "none", "169.254.169.254/32", "CIDR list",
-               "destinations never redirected", _list_parser(netparse.parse_cidrs, _CIDRS)),
-    Annotation("include-outbound-cidrs", "* (all destinations)", "198.18.0.0/15,fd00::/8",
-               "`*` or CIDR list", "destinations redirected to the proxy",
-               _list_parser(netparse.parse_cidr_selection, "`*` or " + _CIDRS)),
+               "proxy log level", LOG_LEVEL, mesh_key="logLevel", proxy_env="REMORA_LOG_LEVEL"),
+    _init("include-inbound-ports", "* (all ports)", "8080,9090", "`*` or port list",
+          "inbound ports redirected to the proxy",
+          NetList(netparse.parse_port_selection, "`*` or " + _PORTS)),
+    _init("exclude-inbound-ports", "none (15020, 15021, 15090 always)", "9100",
+          "port list", "inbound ports never redirected", PORTS),
+    _init("include-outbound-ports", "none", "443", "port list",
+          "outbound ports redirected even when their CIDR is excluded", PORTS),
+    _init("exclude-outbound-ports", "none", "5432,6379", "port list",
+          "outbound ports never redirected", PORTS),
+    _init("exclude-outbound-cidrs", "none", "169.254.169.254/32", "CIDR list",
+          "destinations never redirected", NetList(netparse.parse_cidrs, _CIDRS)),
+    _init("include-outbound-cidrs", "* (all destinations)", "198.18.0.0/15,fd00::/8",
+          "`*` or CIDR list", "destinations redirected to the proxy",
+          NetList(netparse.parse_cidr_selection, "`*` or " + _CIDRS)),
     Annotation("opaque-ports", "none", "3306,6379", "port list",
-               "ports relayed as opaque TCP, with no protocol sniffing",
-               _list_parser(netparse.parse_ports, _PORTS)),
+               "ports relayed as opaque TCP, with no protocol sniffing", PORTS,
+               proxy_env="REMORA_OPAQUE_PORTS"),
     Annotation("native-sidecar", "true (mesh config `nativeSidecar`)", "false", "true, false",
                "proxy as a native sidecar (init container with restartPolicy Always; "
-               "Kubernetes 1.29+) instead of the first app container", _parse_bool),
+               "Kubernetes 1.29+) instead of the first app container", BOOLEAN,
+               mesh_key="nativeSidecar"),
     Annotation("hold-application", "true (mesh config `holdApplication`)", "false", "true, false",
                "without native sidecar: the apps start only once the proxy is ready "
-               "(postStart `remora-proxy wait`)", _parse_bool),
+               "(postStart `remora-proxy wait`)", BOOLEAN, mesh_key="holdApplication"),
     Annotation("rewrite-probes", "true (mesh config `rewriteProbes`)", "false", "true, false",
-               "rewrite HTTP/TCP/gRPC probes to the proxy's :15020/app-health/", _parse_bool),
+               "rewrite HTTP/TCP/gRPC probes to the proxy's :15020/app-health/", BOOLEAN,
+               mesh_key="rewriteProbes"),
     Annotation("drain-seconds", "5 (mesh config `drainSeconds`)", "30", f"0-{MAX_DRAIN_SECONDS}",
-               "seconds the proxy drains connections on shutdown", _parse_drain),
+               "seconds the proxy drains connections on shutdown", DRAIN,
+               mesh_key="drainSeconds", proxy_env="REMORA_DRAIN_SECONDS"),
+    Annotation("dns-capture", "true (mesh config `dnsCapture`)", "false", "true, false",
+               "send the pod's DNS queries (port 53) to the proxy, which answers mesh names "
+               "and forwards the rest (docs/dns.md)", BOOLEAN, mesh_key="dnsCapture",
+               proxy_env="REMORA_DNS_CAPTURE", init_flag="--dns-capture"),
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}
+BY_NAME: dict[str, Annotation] = {a.name: a for a in ANNOTATIONS}
+BY_MESH_KEY: dict[str, Annotation] = {a.mesh_key: a for a in ANNOTATIONS if a.mesh_key}
 # Keys under the prefix that are not settings (written by Remora itself).
 RESERVED = frozenset({STATUS_ANNOTATION})
 

@@ -343,7 +343,8 @@ class ProxyConfig:
     workload_labels: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        out: dict[str, Any] = to_jsonable(self)
+        return out
 
     def content_hash(self) -> str:
         """A version derived from content, so equal configs get equal versions."""
@@ -357,7 +358,7 @@ class ProxyConfig:
 
         With ``ignored`` (a list), fields this model does not know are skipped and their paths
         appended to it (a newer control plane's additions); without it they are errors."""
-        config = decode(cls, data, "config", ignored)
+        config: ProxyConfig = decode(cls, data, "config", ignored)
         validate(config)
         return config
 
@@ -388,7 +389,7 @@ def decode(tp: Any, value: Any, path: str, ignored: list[str] | None = None) -> 
                 kwargs[f.name] = decode(hints[f.name], value[f.name], f"{path}.{f.name}", ignored)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{path}.{f.name}: required")
-        return tp(**kwargs)
+        return typing.cast(Any, tp)(**kwargs)  # tp is a dataclass type (is_dataclass above)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -13,6 +13,7 @@ HEALTH_PORT = 15021  # /healthz/ready
 METRICS_PORT = 15090  # Prometheus text format
 DISCOVERY_PORT = 15012  # control plane: discovery stream and CA (mTLS)
 WEBHOOK_PORT = 9443  # injector's mutating webhook
+DNS_PORT = 15053  # the proxy's DNS server (UDP and TCP); the pod's port-53 traffic goes here
 MONITORING_PORT = 15014  # control plane and injector: /metrics and debug endpoints (HTTP)
 
 # Ports of the proxy itself: never redirected inbound.

@@ -6,6 +6,7 @@ Standard library only: the proxy imports this on its hot path and must stay smal
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN
 
@@ -25,7 +26,7 @@ def parse_spiffe_id(uri: str) -> tuple[str, str, str]:
     return m["td"], m["ns"], m["sa"]
 
 
-def spiffe_ids_of_peercert(peercert: dict | None) -> list[str]:
+def spiffe_ids_of_peercert(peercert: dict[str, Any] | None) -> list[str]:
     """SPIFFE URIs from ``ssl.SSLSocket.getpeercert()`` (cheap: no certificate parsing)."""
     if not peercert:
         return []

@@ -24,7 +24,7 @@ SUFFIXES = (".yaml", ".yml", ".json")
 
 def read_manifests(path: Path) -> list[dict[str, Any]]:
     """Every object in one file (multi-document YAML and ``kind: List`` are expanded)."""
-    out = []
+    out: list[dict[str, Any]] = []
     with path.open() as f:
         for doc in yaml.safe_load_all(f):
             if doc is None:

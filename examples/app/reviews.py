@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from examples.app.common import POD, VERSION, run
@@ -14,7 +16,7 @@ REVIEWS = {
 
 async def reviews(request: web.Request) -> web.Response:
     product = request.match_info["product"]
-    body = {"product": product, "version": VERSION, "pod": POD,
+    body: dict[str, Any] = {"product": product, "version": VERSION, "pod": POD,
             "reviews": [{"text": t} for t in REVIEWS.get(product, [])]}
     if VERSION != "v1":
         for r in body["reviews"]:

@@ -14,6 +14,7 @@ from local_cluster.netns import Pod, stop_process
 BIN = Path(sys.executable).parent
 INIT = str(BIN / "remora-init")
 PROBE = str(Path(__file__).with_name("origdst_probe.py"))
+RESOLVER = str(Path(__file__).parents[1] / "fake_resolver.py")
 APP_UID = 1000  # an application's uid: neither root nor the proxy
 
 
@@ -46,20 +47,31 @@ def dry_run_lines(*args: str, family: int = 4) -> list[str]:
 
 
 @contextlib.contextmanager
-def serving(pod: Pod, port: int, tag: str, uid: int = PROXY_UID,
-            ipv4_only: bool = False) -> Iterator[None]:
-    """A probe server on ``port`` in ``pod`` (as the proxy uid by default), stopped on exit."""
-    argv = [sys.executable, PROBE, "serve", str(port), tag, *(["4"] if ipv4_only else [])]
-    proc = pod.spawn(argv, uid=uid, gid=uid,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _ready(pod: Pod, argv: list[str], uid: int, what: str) -> Iterator[None]:
+    """Run ``argv`` in ``pod`` until the block ends, once it has printed ``ready``."""
+    proc = pod.spawn(argv, uid=uid, gid=uid, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode().strip()
-        assert line == "ready", f"probe server on {port} did not start: {proc.stderr.read1()!r}"
+        assert line == "ready", f"{what} did not start: {proc.stderr.read1()!r}"
         yield
     finally:
         stop_process(proc)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def serving(pod: Pod, port: int, tag: str, uid: int = PROXY_UID,
+            ipv4_only: bool = False) -> contextlib.AbstractContextManager[None]:
+    """A probe server on ``port`` in ``pod`` (as the proxy uid by default), stopped on exit."""
+    argv = [sys.executable, PROBE, "serve", str(port), tag, *(["4"] if ipv4_only else [])]
+    return _ready(pod, argv, uid, f"probe server on {port}")
+
+
+def resolving(pod: Pod, port: int, address: str, uid: int = APP_UID,
+              bind: str = "0.0.0.0") -> contextlib.AbstractContextManager[None]:
+    """A fake DNS server on ``port`` in ``pod`` answering every A query with ``address``."""
+    argv = [sys.executable, RESOLVER, str(port), address, bind]
+    return _ready(pod, argv, uid, f"fake resolver on {port}")
 
 
 def ask(pod: Pod, host: str, port: int, uid: int = APP_UID, gid: int | None = None,

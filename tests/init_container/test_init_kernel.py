@@ -7,10 +7,23 @@ assertion says where a connection landed and where it was going.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from init_kit import APP_UID, ask, dry_run_lines, init_ok, remora_lines, run_init, saved, serving
+from init_kit import (
+    APP_UID,
+    ask,
+    dry_run_lines,
+    init_ok,
+    remora_lines,
+    resolving,
+    run_init,
+    saved,
+    serving,
+)
 
 from control_plane.api.ports import (
+    DNS_PORT,
     HEALTH_PORT,
     INBOUND_PASSTHROUGH_SOURCE,
     INBOUND_PORT,
@@ -156,7 +169,7 @@ def test_verify_fails_when_nothing_is_in_place(node: Node) -> None:
     a = node.add_pod("a")
     res = run_init(a, "--verify")
     assert res.returncode == 1
-    assert "IPv4 chain REMORA_INBOUND is missing" in res.stderr
+    assert "IPv4 chain REMORA_DNS is missing" in res.stderr
 
 
 def test_ipv6_puts_the_passthrough_address_on_lo(node: Node) -> None:
@@ -167,3 +180,40 @@ def test_ipv6_puts_the_passthrough_address_on_lo(node: Node) -> None:
         init_ok(pod)
         assert "::6/128" in pod.exec(["ip", "-6", "addr", "show", "dev", "lo"]).stdout
     init_ok(pod, "--no-ipv6")
+
+
+# -- DNS capture: the app's port-53 queries go to the proxy's DNS port, the proxy's go out ----
+
+PROXY_ANSWER, RESOLVER_ANSWER = "198.18.250.1", "198.18.250.2"
+# REDIRECT delivers to 127.0.0.1; a UDP server must answer from there (a wildcard socket would
+# answer from the pod's IP, which conntrack does not map back), so the proxy binds loopback.
+LOOPBACK = "127.0.0.1"
+
+
+def _dig(pod, server: str, *opts: str, uid: int = APP_UID) -> str:
+    res = pod.exec(["dig", "+short", "+time=2", "+tries=1", *opts, f"@{server}", "svc.test"],
+                   uid=uid, gid=uid, timeout=20)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+def test_dns_queries_are_captured_over_udp_and_tcp_except_the_proxys(node: Node) -> None:
+    if not shutil.which("dig"):
+        pytest.skip("dig is not installed (apt-get install dnsutils)")
+    a, b = node.add_pod("a"), node.add_pod("b")
+    init_ok(a)
+    with resolving(a, DNS_PORT, PROXY_ANSWER, PROXY_UID, LOOPBACK), resolving(b, 53, RESOLVER_ANSWER, uid=0):
+        assert _dig(a, b.ip) == PROXY_ANSWER
+        assert _dig(a, b.ip, "+tcp") == PROXY_ANSWER
+        assert _dig(a, b.ip, uid=PROXY_UID) == RESOLVER_ANSWER  # the proxy forwarding
+        assert _dig(a, b.ip, "+tcp", uid=PROXY_UID) == RESOLVER_ANSWER
+
+
+def test_dns_capture_off_leaves_port_53_alone(node: Node) -> None:
+    if not shutil.which("dig"):
+        pytest.skip("dig is not installed (apt-get install dnsutils)")
+    a, b = node.add_pod("a"), node.add_pod("b")
+    init_ok(a, "--dns-capture", "false")
+    assert not [line for line in remora_lines(a) if "REMORA_DNS" in line]
+    with resolving(a, DNS_PORT, PROXY_ANSWER, PROXY_UID, LOOPBACK), resolving(b, 53, RESOLVER_ANSWER, uid=0):
+        assert _dig(a, b.ip) == RESOLVER_ANSWER

@@ -34,7 +34,8 @@ CASES = {
                    "--exclude-outbound-cidrs", "fd00:19::5"],
     "no_ipv6": ["--no-ipv6"],
     "custom_proxy": ["--proxy-uid", "2000", "--proxy-gid", "2001",
-                     "--inbound-port", "16006", "--outbound-port", "16001"],
+                     "--inbound-port", "16006", "--outbound-port", "16001", "--dns-port", "16053"],
+    "no_dns_capture": ["--dns-capture", "false", "--no-ipv6"],
 }
 
 

@@ -25,7 +25,7 @@ BAD_VALUES = {
     "include-outbound-ports": "http", "exclude-outbound-ports": "1-1024",
     "exclude-outbound-cidrs": "10.0.0.0/33", "include-outbound-cidrs": "example.com",
     "opaque-ports": "3306,,6379", "native-sidecar": "yes", "hold-application": "1",
-    "rewrite-probes": "True", "drain-seconds": "3601",
+    "rewrite-probes": "True", "drain-seconds": "3601", "dns-capture": "off",
 }
 
 
@@ -63,7 +63,8 @@ def test_security_contexts_and_contract_values() -> None:
     assert init["securityContext"]["runAsUser"] == 0
     assert init["securityContext"]["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
     assert init["command"] == ["remora-init", "--proxy-uid", "1337", "--proxy-gid", "1337",
-                               "--inbound-port", "15006", "--outbound-port", "15001"]
+                               "--inbound-port", "15006", "--outbound-port", "15001",
+                               "--dns-capture", "true"]
     sc = proxy["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"], sc["readOnlyRootFilesystem"]) == (
         1337, 1337, True, True)
@@ -77,6 +78,7 @@ def test_security_contexts_and_contract_values() -> None:
     assert (env["REMORA_WORKDIR"], env["REMORA_LOG_LEVEL"], env["REMORA_DRAIN_SECONDS"]) == (
         "/var/run/remora", "info", "5")
     assert "REMORA_OPAQUE_PORTS" not in env
+    assert env["REMORA_DNS_CAPTURE"] == "true"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     token = volumes["remora-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert (token["audience"], token["path"]) == ("remora-ca", "remora-token")
@@ -186,12 +188,12 @@ def test_mesh_config_file_and_configmap(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("nativeSidecar: 'no'\n", "nativeSidecar: 'no' is not a boolean"),
+    ("nativeSidecar: 'no'\n", "nativeSidecar: invalid value 'no'; accepted: true or false"),
     ("drainSeconds: -1\n", "drainSeconds: invalid value -1"),
     ("controlPlaneAddress: remora-control\n", "controlPlaneAddress: invalid value 'remora-control'"),
     ("resources: {requests: {cpu: 3}}\n", "resources: cpu request is above its limit"),
     ("resources: {requests: {gpu: 1}}\n", "resources.requests: accepted: a mapping with cpu and memory"),
-    ("logLevel: loud\n", "logLevel: invalid value 'loud'; accepted: trace, debug"),
+    ("logLevel: loud\n", "logLevel: invalid value 'loud'; accepted: one of trace, debug"),
     ("kind: ConfigMap\ndata: {}\n", "the ConfigMap has no data key 'mesh'"),
     ("a: [\n", "not valid YAML"),
     ("- 1\n", "accepted: a YAML mapping"),
@@ -208,6 +210,7 @@ def test_readme_annotation_table_is_current() -> None:
     assert (REPO / "docs" / "_readme-annotations.md").read_text() == readme_table()
     assert readme_table() in (REPO / "README.md").read_text(), "paste docs/_readme-annotations.md into README.md"
     documented = (REPO / "docs" / "injection.md").read_text()
+    assert readme_table() in documented, "paste docs/_readme-annotations.md into docs/injection.md"
     for a in ann.ANNOTATIONS:
         assert f"`{a.key}`" in documented, a.key
 

@@ -114,8 +114,8 @@ def test_every_annotation_reaches_init_and_proxy(webhook: Webhook) -> None:
         "remora-init", "--proxy-uid", "1337", "--proxy-gid", "1337", "--inbound-port", "15006",
         "--outbound-port", "15001", "--include-inbound-ports", "9080,9443",
         "--exclude-inbound-ports", "9100", "--include-outbound-ports", "443",
-        "--exclude-outbound-ports", "5432,6379", "--include-outbound-cidrs", "198.18.0.0/15,fd00::/8",
-        "--exclude-outbound-cidrs", "169.254.169.254/32"]
+        "--exclude-outbound-ports", "5432,6379", "--exclude-outbound-cidrs", "169.254.169.254/32",
+        "--include-outbound-cidrs", "198.18.0.0/15,fd00::/8", "--dns-capture", "false"]
     proxy = patched["spec"]["containers"][0]  # native-sidecar "false": first app container
     assert proxy["name"] == "remora-proxy" and "restartPolicy" not in proxy
     assert proxy["lifecycle"]["postStart"]["exec"]["command"] == [
@@ -124,8 +124,8 @@ def test_every_annotation_reaches_init_and_proxy(webhook: Webhook) -> None:
     assert proxy["resources"] == {"requests": {"cpu": "200m", "memory": "128Mi"},
                                   "limits": {"cpu": "1", "memory": "512Mi"}}
     env = {e["name"]: e.get("value") for e in proxy["env"]}
-    assert (env["REMORA_LOG_LEVEL"], env["REMORA_DRAIN_SECONDS"], env["REMORA_OPAQUE_PORTS"]) == (
-        "debug", "30", "5432,6379")
+    assert (env["REMORA_LOG_LEVEL"], env["REMORA_DRAIN_SECONDS"], env["REMORA_OPAQUE_PORTS"],
+            env["REMORA_DNS_CAPTURE"]) == ("debug", "30", "5432,6379", "false")
     assert patched["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "ratings"
 
 

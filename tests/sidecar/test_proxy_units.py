@@ -148,11 +148,13 @@ class _Args:
 def test_settings_errors_name_the_bad_value():
     with pytest.raises(SettingsError, match="no configuration source"):
         load({}, _Args())
-    with pytest.raises(SettingsError, match="drain-seconds: 'soon'"):
+    with pytest.raises(SettingsError, match="REMORA_DRAIN_SECONDS: invalid value 'soon'"):
         load({"REMORA_BOOTSTRAP": "b.json", "REMORA_DRAIN_SECONDS": "soon"}, _Args())
-    with pytest.raises(SettingsError, match="opaque-ports"):
+    with pytest.raises(SettingsError, match="--log-level: invalid value 'loud'"):
+        load({"REMORA_BOOTSTRAP": "b.json"}, _Args(log_level="loud"))
+    with pytest.raises(SettingsError, match="REMORA_OPAQUE_PORTS"):
         load({"REMORA_BOOTSTRAP": "b.json", "REMORA_OPAQUE_PORTS": "3306,99999"}, _Args())
-    s = load({"REMORA_BOOTSTRAP": "b.json", "REMORA_OPAQUE_PORTS": "3306, 25"},
+    s = load({"REMORA_BOOTSTRAP": "b.json", "REMORA_OPAQUE_PORTS": "3306,25"},
              _Args(drain_seconds="2.5", admin_port="16000"))
     assert (s.opaque_ports, s.drain_seconds, s.admin_port) == ((3306, 25), 2.5, 16000)
 
