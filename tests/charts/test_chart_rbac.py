@@ -21,13 +21,13 @@ ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
         ("security.istio.io", "peerauthentications"): READ,
         ("security.istio.io", "authorizationpolicies"): READ,
         ("authentication.k8s.io", "tokenreviews"): {"create"},
-        ("", "configmaps"): {"create", "update", "get", "list", "watch"},
+        ("", "configmaps"): {"create", "patch", "get", "list", "watch"},
     },
     ("Role", "remora-control"): {("", "secrets"): {"get", "create", "update"}},
     ("ClusterRole", "remora-injector"): {("", "namespaces"): {"list", "watch"}},
 }
 # Verbs RBAC can restrict to one object by name: the chart must (resourceNames).
-NAMED = {("", "configmaps"): {"get", "update"}, ("", "secrets"): {"get", "update"}}
+NAMED = {("", "configmaps"): {"get", "patch"}, ("", "secrets"): {"get", "update"}}
 
 
 def rbac_violations(objects: list[dict[str, Any]], ca_secret: str) -> list[str]:
