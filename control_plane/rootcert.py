@@ -62,9 +62,9 @@ class RootCertPublisher:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body = {"apiVersion": "v1", "kind": "ConfigMap", "data": data,
+            body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "data": data,
                     "metadata": {"name": TRUST_CONFIGMAP, "namespace": namespace, "labels": LABELS}}
-            self._api.create_namespaced_config_map(namespace, body)
+            self._api.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
             log.info("created ConfigMap %s/%s", namespace, TRUST_CONFIGMAP)
             return CREATED
         if (current.data or {}) == data:

@@ -179,13 +179,14 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
     except Exception as exc:  # urllib3: connection refused, TLS, DNS...
         raise TargetError(f"cannot reach the Kubernetes API server at {server} ({ctx}): "
                           f"{_first_line(exc)}") from None
-    running = [p.metadata.name for p in pods.items
-               if (p.status is None or p.status.phase in (None, "Running")) and not p.metadata.deletion_timestamp]
+    running = sorted(str(p.metadata.name) for p in pods.items if p.metadata is not None
+                     and p.metadata.deletion_timestamp is None
+                     and (p.status is None or p.status.phase in (None, "Running")))
     if not running:
         raise TargetError(f"no running remora-control pod in namespace {namespace} ({ctx}, {server}); "
                           "is Remora installed there (docs/install.md)? --control-plane-namespace chooses "
                           "another namespace")
-    pod = sorted(running)[0]
+    pod = running[0]
     forwards: list[Any] = []  # the port-forward lives as long as this target
 
     def connect() -> Any:

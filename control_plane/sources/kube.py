@@ -18,7 +18,7 @@ from typing import Any
 
 from control_plane.resources import key_of
 from control_plane.sources.base import Source
-from control_plane.sources.listwatch import Kind, ListWatch
+from control_plane.sources.listwatch import MISSING_RETRY, RETRY, Kind, ListWatch
 
 ISTIO_VERSIONS = ("v1", "v1beta1")  # Istio < 1.22 serves v1beta1 only
 KINDS = (
@@ -57,7 +57,7 @@ class KubeSource(Source):
         self._stop = threading.Event()
         self._tried: set[str] = set()  # kinds listed, or found not served, at least once
         self.state: dict[str, str] = {k.kind: "not listed yet" for k in kinds}  # for logs and /ready
-        self._timing = {n: v for n, v in (("retry", retry), ("missing_retry", missing_retry)) if v}
+        self._retry, self._missing_retry = retry or RETRY, missing_retry or MISSING_RETRY
         self._watchers: list[ListWatch] = []
 
     def waiting_for(self) -> list[str]:
@@ -91,6 +91,12 @@ class KubeSource(Source):
         if changed and self.ready:
             on_change()
 
+    @staticmethod
+    def _callback(later: Callable[..., None], fn: Callable[..., None], k: Kind,
+                  on_change: Callable[[], None]) -> Callable[..., None]:
+        """A watch thread's callback: ``fn(k, *args, on_change)`` on the event loop."""
+        return lambda *args: later(fn, k, *args, on_change)
+
     async def run(self, on_change: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
 
@@ -98,13 +104,10 @@ class KubeSource(Source):
             loop.call_soon_threadsafe(fn, *args)
 
         for k in self.kinds:
-            w = ListWatch(
-                self.client, k, stop=self._stop,
-                on_list=lambda items, version, k=k: later(self._listed, k, items, version, on_change),
-                on_event=lambda event, obj: later(self._apply, event, obj, on_change),
-                on_list_failed=lambda why, missing, k=k: later(self._unavailable, k, why, missing, on_change),
-                **self._timing,
-            )
+            w = ListWatch(self.client, k, stop=self._stop, on_list=self._callback(later, self._listed, k, on_change),
+                          on_event=lambda event, obj: later(self._apply, event, obj, on_change),
+                          on_list_failed=self._callback(later, self._unavailable, k, on_change),
+                          retry=self._retry, missing_retry=self._missing_retry)
             self._watchers.append(w)
             threading.Thread(target=w.run, daemon=True, name=f"watch-{k.plural}").start()
         try:
