@@ -159,13 +159,16 @@ class ListWatch:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        listed = False
+        listed = missing_reported = False
         while not self.stop.is_set():
             try:
                 if not listed:
                     items = self.list()
+                    if missing_reported:
+                        log.warning("%s: now served at %s", self.kind.plural,
+                                    self.kind.api_version(self.version or ""))
                     self.on_list(items, self.version or "")
-                    listed = True
+                    listed, missing_reported = True, False
                 self.watch()
                 self.stop.wait(0.2)  # the server ended the watch: resume from resource_version
                 continue
@@ -175,9 +178,12 @@ class ListWatch:
                 continue
             except NotServed as exc:
                 listed = False
+                # Once as a warning; a CRD that stays missing is a configuration, not news.
+                log.log(logging.DEBUG if missing_reported else logging.WARNING, "%s: %s; retrying every %.0fs",
+                        self.kind.plural, exc, self.missing_retry)
+                missing_reported = True
                 if self.on_list_failed:
                     self.on_list_failed(str(exc), True)
-                log.warning("%s: %s; retrying in %.0fs", self.kind.plural, exc, self.missing_retry)
                 self.stop.wait(self.missing_retry)
                 continue
             except Exception as exc:  # the API server went away, a bad response, RBAC...
