@@ -102,3 +102,18 @@ def test_bindings_give_each_deployment_its_own_role(chart: Rendered) -> None:
 def test_the_injector_never_touches_pods(chart: Rendered) -> None:
     rules = chart.get("ClusterRole", "remora-injector")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+
+
+def test_rbac_covers_every_kind_the_control_plane_watches(chart: Rendered) -> None:
+    from control_plane.rootcert import CONFIGMAPS, NAMESPACES
+    from control_plane.sources.kube import KINDS
+
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in chart.get("ClusterRole", "remora-control")["rules"]:
+        if rule.get("resourceNames"):
+            continue  # list and watch cannot be limited by name
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                granted.setdefault((group, res), set()).update(rule["verbs"])
+    for kind in (*KINDS, NAMESPACES, CONFIGMAPS):
+        assert {"list", "watch"} <= granted.get((kind.group, kind.plural), set()), kind
