@@ -344,3 +344,13 @@ def _serving_chain(port: int, root_pem: str, name: str) -> x509.Certificate:
     assert der is not None
     return x509.load_der_x509_certificate(der)
 
+
+
+def test_the_chart_and_the_control_plane_exclude_the_same_namespaces_by_default() -> None:
+    from control_plane.rootcert import DEFAULT_EXCLUDED
+
+    args = Rendered(render({}), {}).container("remora-control")["args"]
+    assert args[args.index("--root-cert-excluded-namespaces") + 1] == ",".join(DEFAULT_EXCLUDED)
+    custom = Rendered(render({"controlPlane": {"rootCertExcludedNamespaces": []}}), {})
+    args = custom.container("remora-control")["args"]
+    assert args[args.index("--root-cert-excluded-namespaces") + 1] == ""
