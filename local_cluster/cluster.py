@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from control_plane.api import tokens
-from control_plane.api.ports import TRUST_CONFIGMAP, TRUST_KEY
 from local_cluster import admission, config, manifests, services
 from local_cluster.manifests import ManifestError
 from local_cluster.netns import GATEWAY, Node
@@ -33,6 +32,7 @@ from local_cluster.procs import PidRecords
 
 log = logging.getLogger("remora.local.cluster")
 
+TRUST_CONFIGMAP, TRUST_KEY = "remora-ca-root-cert", "root-cert.pem"
 SYNC_DEBOUNCE = 0.1
 Key = tuple[str, str, str]
 
