@@ -20,6 +20,7 @@ from typing import Any
 
 from control_plane.api import model, tokens
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT, MONITORING_PORT
+from control_plane.rootcert import DEFAULT_EXCLUDED, RootCertPublisher
 
 SERVICE_DNS = "remora-control.remora-system.svc"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="remora-control", description=__doc__)
     p.add_argument("--source", choices=("files", "kube"), default="files")
     p.add_argument("--dir", type=Path, help="manifest directory (--source files)")
-    p.add_argument("--kubeconfig", help="kubeconfig file (--source kube; default: in-cluster)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (--source kube; default: $KUBECONFIG, else in-cluster)")
     p.add_argument("--ca-dir", type=Path,
                    help="CA directory: loaded when it holds ca-key.pem, else a root is generated there")
     p.add_argument("--ca-secret", metavar="NAMESPACE/NAME",
@@ -58,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cert-ttl", type=parse_ttl, default=dt.timedelta(hours=24))
     p.add_argument("--serving-ip", action="append", default=[],
                    help="extra IP SAN of the serving certificate (the pod IP); repeatable")
+    p.add_argument("--root-cert-excluded-namespaces", default=",".join(DEFAULT_EXCLUDED),
+                   metavar="NS,NS...",
+                   help="kube mode: namespaces that get no remora-ca-root-cert ConfigMap "
+                        f"(default {','.join(DEFAULT_EXCLUDED)}; '' for none)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--revision", default="default",
                    help="revision served (remora.dev/rev); adds remora-control-REV to the serving names")
@@ -152,6 +157,9 @@ async def serve(args: argparse.Namespace) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(server.run_source()), asyncio.create_task(server.debouncer.run())]
+        if args.source == "kube":  # injected pods mount the roots from a ConfigMap in their namespace
+            excluded = [n.strip() for n in args.root_cert_excluded_namespaces.split(",") if n.strip()]
+            tasks.append(asyncio.create_task(RootCertPublisher(client, bundle, excluded).run()))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for t in [*tasks, stopper]:

@@ -347,7 +347,9 @@ class DiscoveryServer:
 
     async def _ready(self, request: web.Request) -> web.Response:
         if self.builder is None:
-            return web.Response(status=503, text="no configuration built yet\n")
+            waiting: list[str] = getattr(self.source, "waiting_for", list)()  # kube: kinds not listed yet
+            detail = "".join(f"waiting for {w}\n" for w in waiting)
+            return web.Response(status=503, text="no configuration built yet\n" + detail)
         return web.Response(text="ready\n")
 
     def monitoring_app(self) -> web.Application:

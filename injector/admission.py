@@ -17,6 +17,13 @@ NEVER_NAMESPACES = frozenset({"kube-system", "kube-public"})
 
 INJECTED, SKIPPED, DENIED = "injected", "skipped", "denied"
 
+# Another mesh's sidecar: (mesh, its proxy container, the annotation its injector records).
+# Two proxies in one pod would both capture its traffic; the first mesh keeps the pod.
+OTHER_MESHES = (
+    ("Istio", "istio-proxy", "sidecar.istio.io/status"),
+    ("Linkerd", "linkerd-proxy", "linkerd.io/proxy-version"),
+)
+
 
 @dataclass
 class Outcome:
@@ -60,6 +67,21 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, namespace_labels: Mappin
     return None
 
 
+def other_mesh(pod: Mapping[str, Any]) -> str | None:
+    """Why the pod already belongs to another mesh (a sentence), or None."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    annotations = meta.get("annotations") or {}
+    names = {c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])}
+    for mesh, container, annotation in OTHER_MESHES:
+        found = [f"container {container}"] if container in names else []
+        found += [f"annotation {annotation}"] if annotation in annotations else []
+        if found:
+            return (f"not injected: the pod already carries {mesh}'s sidecar ({' and '.join(found)}); "
+                    f"remove it, or label the pod {ann.INJECT_LABEL}: \"false\" to silence this")
+    return None
+
+
 def decide(
     pod: dict[str, Any], namespace: str, namespace_labels: Mapping[str, str] | None, mesh: MeshConfig
 ) -> Outcome:
@@ -75,6 +97,9 @@ def decide(
                 "watch is starting or lagging); retry in a few seconds"))
         if reason is not None:
             return Outcome(SKIPPED, reason=reason)
+        taken = other_mesh(pod)
+        if taken:  # allowed unchanged, and the user is told why (an admission warning)
+            return Outcome(SKIPPED, reason="other-mesh", message=taken, warnings=[taken])
         injected = template.inject_pod(pod, mesh)
     except ValueError as e:
         return Outcome(DENIED, reason="invalid", message=str(e))

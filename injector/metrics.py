@@ -26,7 +26,8 @@ class Counters:
             log.info("injected pod %s (totals: %s)", pod_name, self.summary())
         elif outcome.result == SKIPPED:
             self.skipped[outcome.reason] += 1
-            log.info("skipped pod %s: %s (totals: %s)", pod_name, outcome.reason, self.summary())
+            why = outcome.reason + (f" ({outcome.message})" if outcome.message else "")
+            log.info("skipped pod %s: %s (totals: %s)", pod_name, why, self.summary())
         elif outcome.result == DENIED:
             self.denied += 1
             log.warning("denied pod %s: %s (totals: %s)", pod_name, outcome.message, self.summary())

@@ -21,6 +21,8 @@ from control_plane.api.ports import (
     OUTBOUND_PORT,
     PROXY_GID,
     PROXY_UID,
+    TRUST_CONFIGMAP,
+    TRUST_KEY,
 )
 from control_plane.api.version import version
 from injector import probes
@@ -34,8 +36,6 @@ WORKDIR = "/var/run/remora"
 TOKEN_DIR = "/var/run/secrets/remora/tokens"
 TOKEN_FILE = "remora-token"
 TRUST_DIR = "/var/run/secrets/remora/trust"
-TRUST_CONFIGMAP = "remora-ca-root-cert"
-TRUST_KEY = "root-cert.pem"
 TOKEN_EXPIRATION_SECONDS = 43200
 WAIT_TIMEOUT_SECONDS = 60
 

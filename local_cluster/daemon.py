@@ -202,7 +202,8 @@ class Daemon:
         out["revisions"] = self.cluster.revisions.view() if self.cluster.revisions else []
         out["node"] = {"netns": self.node.netns, "bridge": f"br0 {netns.GATEWAY}/16",
                        "webhook": self.cluster.webhook_url,
-                       "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}"}
+                       "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}",
+                       "monitoring": f"{netns.GATEWAY}:{MONITORING_PORT}"}  # remoractl's target
         return web.json_response(out)
 
     async def _objects(self, request: web.Request) -> list[dict[str, Any]]:

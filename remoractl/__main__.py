@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from remoractl.cli import build_parser
+from remoractl.target import TargetError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except TargetError as exc:
+        print(f"remoractl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a user sees one line, never a traceback (REMORACTL_DEBUG=1 shows it)
+        if os.environ.get("REMORACTL_DEBUG"):
+            raise
+        what = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"remoractl {args.command}: {what} ({type(exc).__name__}; "
+              "REMORACTL_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

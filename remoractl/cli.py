@@ -1,7 +1,10 @@
 """``remoractl`` subcommands: each is a module with ``add_parser(subparsers)`` and ``run(args)``.
 
 To add a subcommand, write ``remoractl/<name>.py`` with those two functions and list the module
-name in ``SUBCOMMANDS``.
+name in ``SUBCOMMANDS``. A command that talks to the control plane calls
+``remoractl.target.add_target_args(parser)`` and ``remoractl.target.resolve(args).get(path)``: it
+then finds the local cluster or the kubeconfig's cluster like the others, and the test of every
+live command's one-line error picks it up by itself.
 """
 
 from __future__ import annotations

@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from remoractl import meshapi
-
-DEFAULT_URL = meshapi.DEFAULT_CONTROL_PLANE_URL
+from remoractl.target import TargetError, add_target_args, resolve
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -38,22 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--control-plane-url", default=DEFAULT_URL,
-                   help=f"remora-control monitoring address (default {DEFAULT_URL})")
+    add_target_args(p)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-
-
-def fetch(base: str, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
-    url = base.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise SystemExit(f"remoractl: cannot reach the control plane at {base}: {reason} "
-                         "(set --control-plane-url)") from None
 
 
 def _short(v: str | None) -> str:
@@ -103,17 +85,26 @@ def config_summary(body: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except TargetError as exc:
+        print(f"remoractl {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = resolve(args)
     if args.command == "proxy-config":
         pid = f"{args.pod}.{args.namespace}" if args.namespace else args.pod
-        code, body = fetch(args.control_plane_url, "/debug/config", {"proxy": pid})
+        code, body = target.get("/debug/config", {"proxy": pid})
         if code != 200:
-            print(f"remoractl: {body.get('error', body)}", file=sys.stderr)
+            print(f"remoractl: {_error(body)}", file=sys.stderr)
             return 1
         print(json.dumps(body, indent=2) if args.output == "json" else config_summary(body))
         return 0
-    code, body = fetch(args.control_plane_url, "/debug/proxies")
+    code, body = target.get("/debug/proxies")
     if code != 200:
-        print(f"remoractl: control plane answered {code}: {body}", file=sys.stderr)
+        print(f"remoractl: {target.where} answered {code}: {_error(body)}", file=sys.stderr)
         return 1
     injector = meshapi.component_version(args.injector_url, "injector")
     for p in body["proxies"]:
@@ -136,3 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(notes)} configuration field(s) not implemented yet (no effect):")
         print("\n".join(f"  {n}" for n in notes))
     return 0
+
+
+def _error(body: Any) -> str:
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)

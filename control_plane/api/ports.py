@@ -24,3 +24,8 @@ INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6"
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 CA_TOKEN_AUDIENCE = "remora-ca"
+
+# The ConfigMap the control plane keeps in every namespace with the mesh's trust roots (Istio's
+# istio-ca-root-cert); injected pods mount it.
+TRUST_CONFIGMAP = "remora-ca-root-cert"
+TRUST_KEY = "root-cert.pem"

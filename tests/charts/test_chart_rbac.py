@@ -21,13 +21,13 @@ ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
         ("security.istio.io", "peerauthentications"): READ,
         ("security.istio.io", "authorizationpolicies"): READ,
         ("authentication.k8s.io", "tokenreviews"): {"create"},
-        ("", "configmaps"): {"create", "update", "get", "list", "watch"},
+        ("", "configmaps"): {"create", "patch", "get", "list", "watch"},
     },
     ("Role", "remora-control"): {("", "secrets"): {"get", "create", "update"}},
     ("ClusterRole", "remora-injector"): {("", "namespaces"): {"list", "watch"}},
 }
 # Verbs RBAC can restrict to one object by name: the chart must (resourceNames).
-NAMED = {("", "configmaps"): {"get", "update"}, ("", "secrets"): {"get", "update"}}
+NAMED = {("", "configmaps"): {"get", "patch"}, ("", "secrets"): {"get", "update"}}
 
 
 def rbac_violations(objects: list[dict[str, Any]], ca_secret: str) -> list[str]:
@@ -102,3 +102,18 @@ def test_bindings_give_each_deployment_its_own_role(chart: Rendered) -> None:
 def test_the_injector_never_touches_pods(chart: Rendered) -> None:
     rules = chart.get("ClusterRole", "remora-injector")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+
+
+def test_rbac_covers_every_kind_the_control_plane_watches(chart: Rendered) -> None:
+    from control_plane.rootcert import CONFIGMAPS, NAMESPACES
+    from control_plane.sources.kube import KINDS
+
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in chart.get("ClusterRole", "remora-control")["rules"]:
+        if rule.get("resourceNames"):
+            continue  # list and watch cannot be limited by name
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                granted.setdefault((group, res), set()).update(rule["verbs"])
+    for kind in (*KINDS, NAMESPACES, CONFIGMAPS):
+        assert {"list", "watch"} <= granted.get((kind.group, kind.plural), set()), kind

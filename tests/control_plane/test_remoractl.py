@@ -1,14 +1,27 @@
-"""remoractl proxy-status / proxy-config against a real control plane's monitoring port."""
+"""remoractl proxy-status / proxy-config against a real control plane's monitoring port, and every
+live command's one-line answer when there is no control plane to reach."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 from cp_harness import FakeRuntime, RunningControlPlane, running_client
+from kube_kit import CORE, kmock_api, write_kubeconfig
 
 from remoractl.cli import build_parser
+from remoractl.target import URL_FLAG, TargetError, resolve
+
+REMORACTL = str(Path(sys.executable).parent / "remoractl")
 
 
 async def remoractl(*argv: str) -> tuple[int, str, str]:
@@ -51,10 +64,82 @@ async def test_status_and_config(control_plane: RunningControlPlane) -> None:
         assert code == 1 and "no connected proxy 'ghost.shop'" in err
 
 
-async def test_unreachable_control_plane_is_one_clear_line() -> None:
-    try:
-        await remoractl("proxy-status", "--control-plane-url", "http://127.0.0.1:9")
-    except SystemExit as exc:
-        assert "cannot reach the control plane at http://127.0.0.1:9" in str(exc)
-    else:
-        raise AssertionError("expected SystemExit")
+def live_commands() -> dict[str, list[str]]:
+    """Every subcommand that talks to a control plane (it takes --control-plane-url), with
+    placeholder values for its positional arguments."""
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    found = {}
+    for name, p in sub.choices.items():
+        if any(URL_FLAG in a.option_strings for a in p._actions):
+            found[name] = ["x" for a in p._actions if not a.option_strings and a.nargs not in ("?", "*")]
+    return found
+
+
+def test_the_live_commands_are_found() -> None:
+    assert {"proxy-status", "proxy-config"} <= set(live_commands())
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([REMORACTL, *argv], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line(res: subprocess.CompletedProcess[str], *expect: str) -> None:
+    assert res.returncode != 0, res
+    assert "Traceback" not in res.stderr and res.stdout == "", res
+    (line,) = res.stderr.splitlines()
+    for text in expect:
+        assert text in line, line
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nowhere(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment with no local cluster and no kubeconfig."""
+    home = tmp_path_factory.mktemp("home")
+    return {"REMORA_LOCAL_DIR": str(home / "no-cluster"), "KUBECONFIG": "", "HOME": str(home)}
+
+
+@pytest.mark.parametrize("command", sorted(live_commands()))
+def test_each_live_command_against_an_unreachable_target_is_one_line(
+    command: str, nowhere: dict[str, str], tmp_path: Path
+) -> None:
+    args = [command, *live_commands()[command]]
+    port = closed_port()
+    assert_one_line(run_cli(*args, URL_FLAG, f"http://127.0.0.1:{port}"),
+                    f"cannot reach the control plane at 127.0.0.1:{port}: Connection refused")
+    assert_one_line(run_cli(*args, URL_FLAG, "http://[::1"), "is not an address such as")
+    assert_one_line(run_cli(*args, env=nowhere), "no control plane to talk to", "remoractl local up")
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")
+    assert_one_line(run_cli(*args, "--kubeconfig", str(kubeconfig), env=nowhere),
+                    f"cannot reach the Kubernetes API server at http://127.0.0.1:{port}")
+    assert_one_line(run_cli(*args, "--kubeconfig", str(kubeconfig), "--context", "prod", env=nowhere),
+                    "kubeconfig", "prod")
+
+
+async def test_kubeconfig_target_without_a_control_plane_pod_says_so(tmp_path: Path) -> None:
+    async with kmock_api(tmp_path, CORE) as api:
+        kube = RemoraKubeArgs(api.kubeconfig)
+        with pytest.raises(TargetError, match="no running remora-control pod in namespace remora-system"):
+            await asyncio.to_thread(resolve, kube)
+        # A running pod with the chart's labels is the one port-forwarded to.
+        api.add("v1/pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "remora-control-7d9f", "namespace": "remora-system",
+            "labels": {"app.kubernetes.io/name": "remora", "app.kubernetes.io/component": "control-plane"}},
+            "status": {"phase": "Running"}})
+        target = await asyncio.to_thread(resolve, kube)
+        assert target.where.startswith("remora-control pod remora-system/remora-control-7d9f")
+
+
+@dataclass
+class RemoraKubeArgs:
+    kubeconfig: str
+    context: str | None = "kmock"
+    control_plane_url: str | None = None
+    control_plane_namespace: str = "remora-system"

@@ -25,7 +25,7 @@ from typing import Any
 
 import kmock
 import yaml
-from kmock._internal import parsing
+from kube_kit import resource, write_kubeconfig
 
 BIN = Path(sys.executable).parent  # the virtualenv's console scripts
 NAMESPACES = {
@@ -33,23 +33,6 @@ NAMESPACES = {
     "plain": {},
     "kube-system": {},
 }
-
-
-def _parse_path(path: str, _original=parsing.parse_path) -> parsing.ParsedPath:
-    # kmock 0.8 reads /api/v1/namespaces[/name] as a namespace with no resource (it cannot
-    # list Namespaces at all); read it as the cluster-scoped resource it is.
-    parts = path.strip("/").split("/")
-    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
-        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None)
-    return _original(path)
-
-
-parsing.parse_path = _parse_path
-
-
-def _resource(kind: str, namespaced: bool) -> kmock.ResourceInfo:
-    return kmock.ResourceInfo(kind=kind, namespaced=namespaced,
-                              verbs={"list", "watch", "get", "create", "patch", "delete"})
 
 
 class KubeEmulator:
@@ -65,10 +48,10 @@ class KubeEmulator:
 
     async def _main(self) -> None:
         self.k8s = kmock.KubernetesEmulator()
-        self.k8s.resources["v1/pods"] = _resource("Pod", True)
-        self.k8s.resources["v1/namespaces"] = _resource("Namespace", False)
+        self.k8s.resources["v1/pods"] = resource("Pod")
+        self.k8s.resources["v1/namespaces"] = resource("Namespace", False)
         self.k8s.resources["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"] = \
-            _resource("MutatingWebhookConfiguration", False)
+            resource("MutatingWebhookConfiguration", False)
         for name, labels in NAMESPACES.items():
             self.k8s.objects["v1/namespaces", None, name] = {
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
@@ -104,13 +87,7 @@ class KubeEmulator:
         return json.loads(json.dumps(obj.raw, default=dict))  # kmock's views -> plain JSON
 
     def kubeconfig(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": "test"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
-        }))
-        return path
+        return write_kubeconfig(path, self.url)
 
 
 def free_port() -> int:

@@ -152,6 +152,32 @@ def test_skipped_pods_are_allowed_unchanged(webhook: Webhook, case: str) -> None
     assert _skipped(webhook, reason) == before + 1  # counted under its reason
 
 
+def _istio_sidecar() -> dict[str, Any]:
+    pod = pods.deployment_pod()
+    pod["spec"]["containers"].append({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0"})
+    return pod
+
+
+def _linkerd_annotation() -> dict[str, Any]:
+    pod = pods.job_pod()
+    pod["metadata"]["annotations"] = {"linkerd.io/proxy-version": "edge-24.11.1"}
+    return pod
+
+
+@pytest.mark.parametrize(("make", "expect"), [
+    (_istio_sidecar, "Istio's sidecar (container istio-proxy)"),
+    (_linkerd_annotation, "Linkerd's sidecar (annotation linkerd.io/proxy-version)"),
+])
+def test_a_pod_of_another_mesh_is_left_alone_with_the_reason(webhook: Webhook, make, expect: str) -> None:
+    before = _skipped(webhook, "other-mesh")
+    response = webhook.review(pods.admission_review(make()))["response"]
+    assert response["allowed"] is True and "patch" not in response
+    (warning,) = response["warnings"]
+    assert warning.startswith("not injected: the pod already carries " + expect)
+    assert _skipped(webhook, "other-mesh") == before + 1
+    assert expect in webhook.log.read_text()
+
+
 def _skipped(webhook: Webhook, reason: str) -> int:
     return _metric(webhook, f'remora_injector_pods_skipped_total{{reason="{reason}"}}')
 

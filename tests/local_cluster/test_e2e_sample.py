@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from lc_kit import LocalCluster, local_cluster
+from lc_kit import REMORACTL, LocalCluster, local_cluster
 
 from local_cluster import sample
 from local_cluster.procs import PidRecords, is_alive
@@ -64,6 +64,23 @@ def test_requests_succeed_split_and_identities(cluster: LocalCluster) -> None:
 def test_exec_reaches_the_app_through_the_mesh(cluster: LocalCluster) -> None:
     out = cluster.ok("exec", "-n", "demo", "loadgen", "--", "curl", "-s", "-m", "5", "http://web:8080/")
     assert json.loads(out)["reviewsVersion"] in ("v1", "v2")
+
+
+def test_proxy_status_and_config_from_the_host_with_no_flags(cluster: LocalCluster) -> None:
+    # As a user would: the local cluster's state directory says where its control plane is.
+    env = {**cluster.env, "KUBECONFIG": ""}
+    run = lambda *a: subprocess.run([REMORACTL, *a], env=env, capture_output=True, text=True,  # noqa: E731
+                                    timeout=30)
+    res = run("proxy-status")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    header, *rows = res.stdout.splitlines()
+    assert header.split()[:2] == ["NAME", "STATUS"]
+    synced = {r.split()[0].split(".")[0].split("-")[0] for r in rows if r.split()[1] == "SYNCED"}
+    assert {"web", "catalog", "reviews", "loadgen"} <= synced, res.stdout
+    web = next(r.split()[0] for r in rows if r.startswith("web-"))
+    res = run("proxy-config", web)
+    assert res.returncode == 0, res.stderr
+    assert "catalog.demo.svc.cluster.local" in res.stdout and "inbound mTLS: STRICT" in res.stdout, res.stdout
 
 
 def test_down_leaves_nothing(cluster: LocalCluster) -> None:
