@@ -98,6 +98,7 @@ class PodRunner:
                     probes.parse(c.spec[kind], c.spec, "0.0.0.0")
         self.dirs: dict[str, Path] | None = None  # set once the volumes exist
         self.stopping = False
+        self.terminating = False  # deleted: out of the endpoints, containers still running
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.task: asyncio.Task | None = None
         self.tasks: list[asyncio.Task] = []  # one per long-running container
@@ -111,7 +112,8 @@ class PodRunner:
     @property
     def ready(self) -> bool:
         watched = [c for c in self.containers.values() if c.kind != INIT]
-        return self.phase == "Running" and all(c.ready for c in watched)
+        return (self.phase == "Running" and not self.terminating
+                and all(c.ready for c in watched))
 
     def proxy_version(self) -> str:
         raw = (self.pod["metadata"].get("annotations") or {}).get(ann.STATUS_ANNOTATION)

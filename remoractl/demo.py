@@ -14,8 +14,9 @@ import sys
 import time
 from typing import Any
 
-from local_cluster import client, config, sample
+from local_cluster import client, config
 from local_cluster.client import ClusterError
+from local_cluster.testing import sample
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
