@@ -35,7 +35,7 @@ from local_cluster.podenv import SpecError, resolve_port
 from local_cluster.pods import APP, PodRunner
 from local_cluster.procs import PidRecords
 from local_cluster.rollouts import PodView
-from local_cluster.store import Key, Store
+from local_cluster.store import Key, Store, now_rfc3339
 
 log = logging.getLogger("remora.local.cluster")
 
@@ -329,7 +329,7 @@ class Cluster:
         self.submitted.pop(("Pod", ns, name), None)
         if runner is not None:
             serving = runner.ready
-            runner.terminating = True  # out of the endpoints before any signal
+            runner.terminating, runner.deleted_at = True, now_rfc3339()  # out of the endpoints first
             if serving:
                 await self.sync_endpoints()
                 await asyncio.sleep(ENDPOINT_PROPAGATION)
@@ -459,6 +459,8 @@ class Cluster:
                 if runner is None or not runner.ip:
                     continue
                 obj = {**obj, "status": runner.k8s_status()}
+                if runner.terminating:  # what the API server sets on delete
+                    obj["metadata"] = {**obj["metadata"], "deletionTimestamp": runner.deleted_at}
             fname = f"{kind.lower()}.{ns or '_'}.{name}.yaml"
             out[fname] = yaml.safe_dump(obj, sort_keys=True)
         return out
@@ -516,7 +518,8 @@ class Cluster:
                                            strict=True)),
                          "terminating": (ns, name) in self.terminating,
                          "serviceAccount": r.pod["spec"].get("serviceAccountName") or "default",
-                         "labels": r.pod["metadata"].get("labels") or {}})
+                         "labels": r.pod["metadata"].get("labels") or {},
+                         "annotations": r.pod["metadata"].get("annotations") or {}})
         backends = self.backends()
         svcs = []
         for svc in self.of_kind("Service"):

@@ -233,7 +233,14 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def _injector(state: config.StateDir, args: argparse.Namespace) -> int:
-    out = client.checked(state, "POST", "/injector", {"meshConfig": parse_sets(args.set)})
+    from injector import meshconfig
+
+    overrides = parse_sets(args.set)
+    try:
+        meshconfig.from_dict(overrides)  # the injector's own check, before it is restarted
+    except meshconfig.MeshConfigError as e:
+        raise ClusterError(str(e)) from None
+    out = client.checked(state, "POST", "/injector", {"meshConfig": overrides})
     shown = ", ".join(f"{k}={v}" for k, v in sorted(out["meshConfig"].items()))
     print(f"injector restarted with mesh config: {shown}")
     return 0
