@@ -24,7 +24,7 @@ import pytest
 from lc_kit import REMORACTL, LocalCluster, local_cluster
 
 from control_plane.api.ports import MONITORING_PORT
-from local_cluster import meshstats, nsutil
+from local_cluster import nsutil
 from local_cluster.netns import GATEWAY
 from local_cluster.testing import sample
 
@@ -44,20 +44,6 @@ def upgrade(lc: LocalCluster, tmp: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run([REMORACTL, "upgrade", "--cluster", "local", "-n", "demo",
                            "--state-file", str(tmp / "upgrade.json"), *args],
                           env=lc.env, capture_output=True, text=True, timeout=600)
-
-
-def loadgen_codes(lc: LocalCluster) -> dict[str, float]:
-    """Response codes the loadgen's own proxy counted for loadgen -> web, since it started."""
-    pods = [p for p in sample.pods(lc.state) if p["name"] == "loadgen"]
-    (workload, samples), = sample.scrape(pods).values()
-    assert isinstance(samples, dict), samples
-    edge = next(e for e in meshstats.edges({"loadgen": (workload, samples)})
-                if e.direction == "outbound" and e.service.startswith("web."))
-    return dict(edge.codes)
-
-
-def window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
 
 
 def control_plane_proxies(lc: LocalCluster) -> dict[str, dict[str, Any]]:
@@ -108,14 +94,14 @@ def test_a_next_version_rolls_out_in_waves_with_zero_failed_requests(
     assert "not restarted: pod demo/loadgen" in dry.stdout and "a bare pod" in dry.stdout
     assert {p["name"] for p in sample.pods(cluster.state)} == old  # a dry run changes nothing
 
-    before = loadgen_codes(cluster)
+    before = sample.loadgen_codes(cluster.state)
     with Watcher(cluster) as watch:
         res = upgrade(cluster, tmp_path, "--max-unavailable", "2", "--observe", "3", "--timeout", "120")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "wave 1/2: restarted" in res.stdout and "wave 2/2: restarted" in res.stdout, res.stdout
     assert watch.max_rolling <= 2, res.stdout
     assert not watch.unavailable, watch.unavailable
-    codes = window(before, loadgen_codes(cluster))
+    codes = sample.codes_between(before, sample.loadgen_codes(cluster.state))
     assert sum(codes.values()) > 50 and set(codes) <= {"200"}, codes
 
     pods = [p for p in sample.pods(cluster.state) if p["workload"] in APPS]
@@ -134,7 +120,7 @@ def test_b_a_bad_release_stops_at_the_first_wave_and_rolls_back(
     pods = {p["workload"]: p["name"] for p in sample.pods(cluster.state)}
     cluster.ok("injector", "--set", "proxyVersion=0.1.2", "--set", "controlPlaneAddress=198.18.0.1:1")
     try:
-        before = loadgen_codes(cluster)
+        before = sample.loadgen_codes(cluster.state)
         res = upgrade(cluster, tmp_path, "--max-unavailable", "1", "--timeout", "15", "--observe", "2")
         assert res.returncode == 1, res.stdout + res.stderr
         first = "catalog"  # waves go in (namespace, kind, name) order
@@ -149,7 +135,7 @@ def test_b_a_bad_release_stops_at_the_first_wave_and_rolls_back(
                 break
             time.sleep(0.5)
         assert now == pods  # the failed wave's old pod was never removed; the rest untouched
-        codes = window(before, loadgen_codes(cluster))
+        codes = sample.codes_between(before, sample.loadgen_codes(cluster.state))
         assert sum(codes.values()) > 20 and set(codes) <= {"200"}, codes
         assert not (tmp_path / "upgrade.json").exists()
     finally:
