@@ -3,9 +3,9 @@ drives the reconcilers.
 
 Objects live in ``store.Store``; every write returns a change. Three reconcilers act on them:
 pods (one ``PodRunner`` each), workloads (``rollouts.Controller``: Deployments, StatefulSets,
-DaemonSets, their revisions and rollouts) and services (hosts entries in every pod, DNAT rules
-in the node namespace, and the YAML export in ``<state>/objects`` that the control plane's files
-source reads). Whatever changes (a write, a pod becoming Ready) marks the cluster dirty, and one
+DaemonSets, their revisions and rollouts) and services (``servicesync.ServicesSync``: hosts
+entries in every pod, DNAT rules in the node namespace, and the YAML export in
+``<state>/objects`` that the control plane's files source reads). Whatever changes (a write, a pod becoming Ready) marks the cluster dirty, and one
 loop then runs the workload reconciler and the services sync.
 
 A pod is deleted as kubelet and the endpoints controller do it: it leaves the endpoints first
@@ -19,22 +19,18 @@ import asyncio
 import contextlib
 import copy
 import logging
-import os
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from control_plane.api import tokens
 from local_cluster import admission, config, manifests, rollouts, services
 from local_cluster.manifests import ManifestError
 from local_cluster.netns import GATEWAY, Node
-from local_cluster.podenv import SpecError, resolve_port
+from local_cluster.podenv import SpecError
 from local_cluster.pods import APP, PodRunner
 from local_cluster.procs import PidRecords
 from local_cluster.rollouts import PodView
+from local_cluster.servicesync import ServicesSync
 from local_cluster.store import Key, Store, now_rfc3339
 
 log = logging.getLogger("remora.local.cluster")
@@ -69,15 +65,13 @@ class Cluster:
         self.workloads = rollouts.Controller(self.store.get, self.store.put, self)
         self.terminating: dict[tuple[str, str], asyncio.Task] = {}
         self._reconcile_lock = asyncio.Lock()
-        self._rules_lock = asyncio.Lock()
         self.submitted: dict[Key, dict[str, Any]] = {}  # as applied (pods: before admission)
         self.runners: dict[tuple[str, str], PodRunner] = {}
         self.vips = services.VipAllocator()
         self.token_key = tokens.load_key(state.token_key)
         self._node_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._written: dict[str, str] = {}
-        self._rules = ""
+        self.services_sync = ServicesSync(state, node, self.store, self.runners)
         self._sync_task: asyncio.Task | None = None
         self.stopping = False
         self._store({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
@@ -172,9 +166,9 @@ class Cluster:
         self._store(obj)
         if kind == "Namespace":
             self._store_default_account(key[2])
-            self._write_namespaces_file()
+            self.services_sync.write_namespaces_file()
         if kind == "Service":
-            self._write_all_hosts()
+            self.services_sync.write_all_hosts()
         return ("configured" if old else "created"), []
 
     async def _apply_pod(self, pod: dict[str, Any]) -> tuple[str, list[str]]:
@@ -320,9 +314,9 @@ class Cluster:
         self.submitted.pop(key, None)
         self.store.remove(key)
         if kind == "Service":
-            self._write_all_hosts()
+            self.services_sync.write_all_hosts()
         if kind == "Namespace":
-            self._write_namespaces_file()
+            self.services_sync.write_namespaces_file()
 
     async def _delete_pod(self, ns: str, name: str) -> None:
         runner = self.runners.get((ns, name))
@@ -391,19 +385,6 @@ class Cluster:
             raise ManifestError(f"pod {pod} is not running yet ({runner.phase})")
         return runner.exec_command(container, argv)
 
-    def _write_all_hosts(self) -> None:
-        svcs = self.of_kind("Service")
-        for (ns, name), runner in self.runners.items():
-            pod = self.node.pods.get(config.pod_netns_name(ns, name))
-            if pod is not None and runner.netns:
-                pod.write_hosts(services.host_entries(svcs, ns))
-
-    def _write_namespaces_file(self) -> None:
-        docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": o["metadata"]["name"], "labels": o["metadata"].get("labels") or {}}}
-            for o in self.of_kind("Namespace")]
-        _atomic_write(self.state.namespaces_file, yaml.safe_dump_all(docs, sort_keys=True))
-
     async def _wait_webhook(self, timeout: float = 30.0) -> None:
         """failurePolicy Fail: wait a little for the injector to come up, then refuse."""
         loop = asyncio.get_running_loop()
@@ -444,67 +425,7 @@ class Cluster:
                 log.exception("reconciling failed")
 
     async def sync_endpoints(self) -> None:
-        async with self._rules_lock:
-            self.sync_now()
-            await asyncio.to_thread(self._sync_rules)
-
-    def exports(self) -> dict[str, str]:
-        """File name -> YAML of every object the control plane reads."""
-        out = {}
-        for (kind, ns, name), obj in self.objects.items():
-            if kind not in manifests.CONTROL_PLANE_KINDS:
-                continue
-            if kind == "Pod":
-                runner = self.runners.get((ns, name))
-                if runner is None or not runner.ip:
-                    continue
-                obj = {**obj, "status": runner.k8s_status()}
-                if runner.terminating:  # what the API server sets on delete
-                    obj["metadata"] = {**obj["metadata"], "deletionTimestamp": runner.deleted_at}
-            fname = f"{kind.lower()}.{ns or '_'}.{name}.yaml"
-            out[fname] = yaml.safe_dump(obj, sort_keys=True)
-        return out
-
-    def sync_now(self) -> None:
-        self.state.objects.mkdir(parents=True, exist_ok=True)
-        wanted = self.exports()
-        for fname, text in wanted.items():
-            if self._written.get(fname) != text:
-                _atomic_write(self.state.objects / fname, text)
-        for fname in set(self._written) - set(wanted):
-            with contextlib.suppress(FileNotFoundError):
-                (self.state.objects / fname).unlink()
-        self._written = wanted
-
-    def backends(self) -> dict[tuple[str, int], list[services.Endpoint]]:
-        out: dict[tuple[str, int], list[services.Endpoint]] = {}
-        for svc in self.of_kind("Service"):
-            spec, ns = svc.get("spec") or {}, svc["metadata"]["namespace"]
-            ready = [r for (pns, _), r in sorted(self.runners.items())
-                     if pns == ns and r.ready
-                     and manifests.selector_matches(spec.get("selector"), r.pod["metadata"].get("labels"))]
-            for port in spec.get("ports") or []:
-                eps = []
-                for r in ready:
-                    ports = [p for c in r.pod["spec"]["containers"] for p in c.get("ports") or []]
-                    try:
-                        target = resolve_port(ports, port.get("targetPort", port["port"]), "Service")
-                    except SpecError:
-                        continue
-                    eps.append(services.Endpoint(r.ip, target))
-                out[(spec["clusterIP"], port["port"])] = eps
-        return out
-
-    def _sync_rules(self) -> None:
-        rules = services.dnat_rules(self.backends())
-        if rules == self._rules:
-            return
-        proc = subprocess.run(["ip", "netns", "exec", self.node_netns, "iptables-restore"],
-                              input=rules, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log.error("iptables-restore in %s failed: %s", self.node_netns, proc.stderr.strip())
-            return
-        self._rules = rules
+        await self.services_sync.sync()
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -520,7 +441,7 @@ class Cluster:
                          "serviceAccount": r.pod["spec"].get("serviceAccountName") or "default",
                          "labels": r.pod["metadata"].get("labels") or {},
                          "annotations": r.pod["metadata"].get("annotations") or {}})
-        backends = self.backends()
+        backends = self.services_sync.backends()
         svcs = []
         for svc in self.of_kind("Service"):
             spec = svc.get("spec") or {}
@@ -531,10 +452,3 @@ class Cluster:
                          "clusterIP": spec["clusterIP"], "ports": ports,
                          "endpoints": sorted(eps)})
         return {"pods": pods, "services": svcs, "workloads": self.workload_statuses()}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -158,8 +158,8 @@ class Daemon:
         netns.sysctl(self.node.netns, "net.ipv4.ip_forward", "1")  # VIP DNAT routes via br0
         port = free_port(WEBHOOK_PORT)
         self.cluster = Cluster(st, self.node, f"https://127.0.0.1:{port}")
-        self.cluster._write_namespaces_file()
-        self.cluster.sync_now()
+        self.cluster.services_sync.write_namespaces_file()
+        self.cluster.services_sync.sync_now()
         bin_dir = config.BIN_DIR
         control = [str(bin_dir / "remora-control"), "--source", "files", "--dir", str(st.objects),
                    "--ca-dir", str(st.ca), "--token-key", str(st.token_key),
