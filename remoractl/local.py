@@ -124,11 +124,20 @@ def format_status(status: dict[str, Any], namespace: str | None) -> str:
     for s in svcs:
         srows.append([s["namespace"], s["name"], s["clusterIP"], ",".join(s["ports"]),
                       ",".join(s["endpoints"]) or "<none>"])
+    wls = [w for w in status.get("workloads", []) if namespace in (None, w["namespace"])]
+    wrows = [["NAMESPACE", "WORKLOAD", "READY", "UP-TO-DATE", "REVISION", "ROLLOUT"]]
+    for w in wls:
+        state = "complete" if w["complete"] else ("STALLED" if w["stalled"] else "in progress")
+        wrows.append([w["namespace"], f"{w['kind'].lower()}/{w['name']}",
+                      f"{w['readyReplicas']}/{w['desired']}", str(w["updatedReplicas"]),
+                      str(w["revision"]), state])
     comps = ", ".join(f"{c['name']} {'running' if c['running'] else 'DOWN'}"
                       + (f" ({c['restarts']} restarts)" if c["restarts"] else "")
                       for c in status.get("components", []))
     parts = [f"components: {comps}" if comps else ""]
     parts.append(_table(rows) if pods else "no pods")
+    if wls:
+        parts.append(_table(wrows))
     parts.append(_table(srows) if svcs else "no services")
     return "\n\n".join(p for p in parts if p)
 

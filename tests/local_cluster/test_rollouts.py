@@ -125,6 +125,9 @@ def test_daemonset_restart_and_clear_errors(lc: LocalCluster) -> None:
     assert "successfully rolled out" in lc.ok("rollout", "status", "-n", "ro", "daemonset/agent")
     (new,) = pods(lc, "agent")
     assert new != old
+    table = lc.ok("status", "-n", "ro")
+    row = next(line.split() for line in table.splitlines() if "daemonset/agent" in line)
+    assert row == ["ro", "daemonset/agent", "1/1", "1", "2", "complete"], table
     res = lc.ctl("rollout", "restart", "-n", "ro", "deployment/nope")
     assert res.returncode == 1 and 'deployment "nope" not found in namespace ro' in res.stderr
     res = lc.ctl("rollout", "undo", "-n", "ro", "web")

@@ -23,8 +23,11 @@ class FakeCluster:
 
     name = "fake"
 
-    def __init__(self, names: list[str], broken: set[str] = frozenset()) -> None:
+    def __init__(self, names: list[str], broken: set[str] = frozenset(),
+                 failing: set[str] = frozenset()) -> None:
         self.version = {n: "0.1.0" for n in names}
+        self.failing = failing  # new pods of these answer half their requests with 503
+        self.scrapes = 0
         self.stamp = {n: "" for n in names}  # the template's restartedAt
         self.broken = broken
         self.calls: list[tuple[str, str]] = []
@@ -63,7 +66,13 @@ class FakeCluster:
                 for n, v in self.version.items()}
 
     def metrics(self, pod: PodInfo) -> dict:
-        return {}
+        self.scrapes += 1  # counters grow with every scrape: 10 requests each time
+        bad = pod.owner_name in self.failing and pod.status["proxyVersion"] == "0.2.0"
+        n = 10.0 * self.scrapes
+        return {("remora_requests_total", (("direction", "inbound"), ("response_code", "200"))):
+                n / 2 if bad else n,
+                ("remora_requests_total", (("direction", "inbound"), ("response_code", "503"))):
+                n / 2 if bad else 0.0}
 
 
 
@@ -98,6 +107,14 @@ def test_a_failed_gate_rolls_back_that_workload_and_stops(tmp_path: Path, capsys
     assert "wave 2 failed; rolled back deployment/d/b; later waves were not started" in err
     assert "rollout not complete (progress deadline exceeded)" in err
     assert "pod b-0.2.0: Init:remora-proxy, 0/2 containers ready" in err
+
+
+def test_a_worse_error_rate_fails_the_gate_and_rolls_back(tmp_path: Path, capsys) -> None:
+    b = FakeCluster(["a", "b"], failing={"a"})
+    assert upgrade.Upgrade(b, args(tmp_path, observe=0.01)).run() == 1
+    assert b.calls == [("restart", "a"), ("undo", "a")]
+    err = capsys.readouterr().err
+    assert "deployment/d/a: error rate 50.0% on the new pods vs 0.0% before" in err, err
 
 
 def test_a_dry_run_changes_nothing(tmp_path: Path, capsys) -> None:
