@@ -3,7 +3,8 @@ load, upgraded by `remoractl upgrade`.
 
 (a) A "next" proxy version (the injector's proxyVersion raised; the proxy code is the same and
     runs as that version, see docs/upgrading.md) rolls out in waves that respect
-    --max-unavailable, with zero failed requests, every restarted proxy SYNCED on the new version.
+    --max-unavailable, with zero failed requests, every restarted proxy SYNCED on the new version;
+    interrupted after its first wave, the command resumes where it stopped.
 (b) A bad release (its proxies cannot reach the control plane, so they never become Ready)
     stops at the first wave, which is rolled back; the other workloads keep their pods; the exit
     code and message say what happened; traffic keeps flowing.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -40,10 +42,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield lc
 
 
+def upgrade_argv(tmp: Path, *args: str) -> list[str]:
+    return [REMORACTL, "upgrade", "--cluster", "local", "-n", "demo",
+            "--state-file", str(tmp / "upgrade.json"), *args]
+
+
 def upgrade(lc: LocalCluster, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([REMORACTL, "upgrade", "--cluster", "local", "-n", "demo",
-                           "--state-file", str(tmp / "upgrade.json"), *args],
-                          env=lc.env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(upgrade_argv(tmp, *args), env=lc.env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def control_plane_proxies(lc: LocalCluster) -> dict[str, dict[str, Any]]:
@@ -95,10 +101,25 @@ def test_a_next_version_rolls_out_in_waves_with_zero_failed_requests(
     assert {p["name"] for p in sample.pods(cluster.state)} == old  # a dry run changes nothing
 
     before = sample.loadgen_codes(cluster.state)
+    cmd = ["--max-unavailable", "2", "--observe", "3", "--timeout", "120"]
     with Watcher(cluster) as watch:
-        res = upgrade(cluster, tmp_path, "--max-unavailable", "2", "--observe", "3", "--timeout", "120")
+        # Interrupted once the first wave is restarted, then run again: it resumes.
+        proc = subprocess.Popen(upgrade_argv(tmp_path, *cmd), env=cluster.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = ""
+        for line in proc.stdout:
+            first += line
+            if line.startswith("wave 1/2: restarted"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, first + out + err
+        assert "run the same command again to resume" in err
+        assert (tmp_path / "upgrade.json").exists()
+        res = upgrade(cluster, tmp_path, *cmd)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "wave 1/2: restarted" in res.stdout and "wave 2/2: restarted" in res.stdout, res.stdout
+    assert "resuming 2 in flight" in res.stdout and "resumed wave: passed" in res.stdout, res.stdout
+    assert "2 workload(s) to restart in 1 wave(s)" in res.stdout, res.stdout
     assert watch.max_rolling <= 2, res.stdout
     assert not watch.unavailable, watch.unavailable
     codes = sample.codes_between(before, sample.loadgen_codes(cluster.state))
