@@ -46,6 +46,13 @@ def workload(kind: str, name: str) -> dict:
                                   "spec": {"containers": [{"name": "app"}]}}}}
 
 
+def rolled(name: str, status: dict) -> dict:
+    """A Deployment at generation 2 with this status, as its controller would have written it."""
+    obj = workload("Deployment", name)
+    obj["metadata"]["generation"] = 2
+    return {**obj, "status": status}
+
+
 @pytest.fixture
 async def k8s(tmp_path: Path):
     emulator = kmock.KubernetesEmulator()
@@ -57,6 +64,16 @@ async def k8s(tmp_path: Path):
                                             "metadata": {"name": "remora-mesh", "namespace": "remora-system"},
                                             "data": {"mesh": yaml.safe_dump(mesh)}}),
         ("apps/v1/deployments", "shop", workload("Deployment", "web")),
+        ("apps/v1/deployments", "shop", rolled("done", {
+            "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1})),
+        ("apps/v1/deployments", "shop", rolled("halfway", {
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1})),
+        ("apps/v1/deployments", "shop", rolled("stuck", {
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False",
+                            "reason": "ProgressDeadlineExceeded"}]})),
+        ("apps/v1/deployments", "shop", rolled("unobserved", {
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1})),
         ("apps/v1/statefulsets", "shop", workload("StatefulSet", "db")),
         ("apps/v1/replicasets", "shop", {**workload("ReplicaSet", "web-abc"),
                                          "metadata": {"name": "web-abc", "namespace": "shop",
@@ -119,6 +136,19 @@ async def test_restart_sets_restarted_at_and_undo_puts_the_previous_template_bac
     assert template_annotations(emulator, "apps/v1/statefulsets", "db")[RESTARTED_AT] != previous
     await asyncio.to_thread(backend.undo, db, previous)
     assert template_annotations(emulator, "apps/v1/statefulsets", "db")[RESTARTED_AT] == previous
+
+
+async def test_rollout_progress_is_read_from_the_deployment_status(k8s) -> None:
+    _, backend = k8s
+
+    async def state(name: str) -> tuple[bool, bool]:
+        done, stalled, _ = await asyncio.to_thread(backend.rollout, up.Workload("Deployment", "shop", name))
+        return done, stalled
+
+    assert await state("done") == (True, False)
+    assert await state("halfway") == (False, False)  # an old replica is still there
+    assert await state("stuck") == (False, True)
+    assert await state("unobserved") == (False, False)  # the controller has not seen the restart
 
 
 async def test_unreachable_control_plane_is_a_clear_error(k8s) -> None:
