@@ -319,6 +319,10 @@ class Cluster:
             self.services_sync.write_namespaces_file()
 
     async def _delete_pod(self, ns: str, name: str) -> None:
+        pending = self.terminating.get((ns, name))
+        if pending is not None and pending is not asyncio.current_task():
+            await asyncio.gather(pending, return_exceptions=True)  # one deletion per pod
+            return
         runner = self.runners.get((ns, name))
         self.submitted.pop(("Pod", ns, name), None)
         if runner is not None:
@@ -334,6 +338,7 @@ class Cluster:
 
     async def shutdown(self) -> None:
         self.stopping = True
+        await asyncio.gather(*self.terminating.values(), return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in list(self.runners.values())),
                              return_exceptions=True)
         self.runners.clear()

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 from lc_kit import LocalCluster, local_cluster
 
+from local_cluster import netns
+
 pytestmark = pytest.mark.root
 
 OBJECTS = """
@@ -136,3 +138,12 @@ def test_daemonset_restart_and_clear_errors(lc: LocalCluster) -> None:
     assert res.returncode == 1 and "no revision 42" in res.stderr
     res = lc.ctl("injector", "--set", "proxyVerion=1")
     assert res.returncode == 1 and "unknown key(s) proxyVerion" in res.stderr
+
+
+def test_deleting_the_namespace_mid_rollout_leaves_nothing(lc: LocalCluster) -> None:
+    lc.ok("rollout", "restart", "-n", "ro", "deployment/web")
+    time.sleep(0.5)  # a surge pod is starting, an old one may be terminating
+    assert "Namespace ro deleted" in lc.ok("delete", "-f", "-", input=OBJECTS)
+    assert [p["name"] for p in lc.status()["pods"] if p["namespace"] == "ro"] == []
+    assert [w for w in lc.status()["workloads"] if w["namespace"] == "ro"] == []
+    assert not [n for n in netns.list_netns() if n.startswith(f"{lc.prefix}-ro-")]
