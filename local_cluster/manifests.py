@@ -41,6 +41,7 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
 DEFAULT_NAMESPACE = "default"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+HASH_LABEL = "pod-template-hash"  # which revision (template) a workload's pod was made from
 
 
 class ManifestError(ValueError):
@@ -189,7 +190,7 @@ def pod_for(workload: dict[str, Any], name: str, template_hash: str) -> dict[str
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {**tmeta, "name": name, "namespace": meta["namespace"],
-                     "labels": {**(tmeta.get("labels") or {}), "pod-template-hash": template_hash},
+                     "labels": {**(tmeta.get("labels") or {}), HASH_LABEL: template_hash},
                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": workload["kind"],
                                           "name": meta["name"], "controller": True}]},
         "spec": copy.deepcopy(template.get("spec") or {}),

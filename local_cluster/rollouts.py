@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from local_cluster import manifests
-from local_cluster.manifests import WORKLOAD_KINDS, ManifestError
+from local_cluster.manifests import HASH_LABEL, WORKLOAD_KINDS, ManifestError
 from local_cluster.store import Key, now_rfc3339
 
-__all__ = ["WORKLOAD_KINDS", "Controller", "PodView", "Step", "plan_ordered", "plan_rolling"]
+__all__ = ["HASH_LABEL", "WORKLOAD_KINDS", "Controller", "PodView", "Step", "plan_ordered", "plan_rolling"]
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-HASH_LABEL = "pod-template-hash"  # manifests.pod_for sets it
 DEFAULT_HISTORY = 10
 DEFAULT_PROGRESS_DEADLINE = 600
 

@@ -24,9 +24,9 @@ from injector import meshconfig
 from injector.template import template_hash
 from local_cluster import client, config, meshstats, nsutil
 from local_cluster.netns import GATEWAY
+from local_cluster.rollouts import RESTARTED_AT
 from remoractl.upgrade_plan import Expected, PodInfo, UpgradeError, Workload, parse_status
 
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -250,15 +250,17 @@ class KubeBackend:
     def rollout(self, w: Workload) -> tuple[bool, bool, str]:
         obj = self._read(w)
         st, gen = obj.status, obj.metadata.generation or 0
-        observed = (st.observed_generation or 0) >= gen if st else False
+        if st is None:
+            return False, False, "no status yet"
+        observed = (st.observed_generation or 0) >= gen
         if w.kind == "Deployment":
             want = obj.spec.replicas if obj.spec.replicas is not None else 1
-            conds = {c.type: c for c in (st.conditions or [])} if st else {}
+            conds = {c.type: c for c in (st.conditions or [])}
             stalled = getattr(conds.get("Progressing"), "reason", "") == "ProgressDeadlineExceeded"
             done = observed and (st.updated_replicas or 0) == want and (st.replicas or 0) == want \
                 and (st.available_replicas or 0) == want
-            return done, stalled, f"{st.updated_replicas or 0}/{want} updated, " \
-                                  f"{st.available_replicas or 0} available" if st else "no status yet"
+            return done, stalled, (f"{st.updated_replicas or 0}/{want} updated, "
+                                   f"{st.available_replicas or 0} available")
         if w.kind == "StatefulSet":
             want = obj.spec.replicas if obj.spec.replicas is not None else 1
             done = observed and st.update_revision == st.current_revision and \
