@@ -19,6 +19,7 @@ ORIGIN  ?= $(CURDIR)
 
 help:
 	@echo "make demo   - start the mesh on this host, drive traffic through injected sidecars, show results"
+	@echo "              (KEEP=1: leave it running; UPGRADE=1: then roll out a next proxy version)"
 	@echo "make test   - install, lint (ruff, mypy) and run every test"
 	@echo "make bench  - run the benchmarks in perf/"
 	@echo "make clean  - remove the virtualenv"
@@ -46,7 +47,7 @@ test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv
-	$(VENV)/bin/remoractl demo $(if $(KEEP),--keep,)
+	$(VENV)/bin/remoractl demo $(if $(KEEP),--keep,) $(if $(UPGRADE),--upgrade,)
 
 bench: venv
 	$(VENV)/bin/python perf/run --out $(ORIGIN)/perf/results

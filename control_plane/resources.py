@@ -126,6 +126,10 @@ def parse_pod(obj: Mapping[str, Any]) -> Workload:
                 named[p["name"]] = p["containerPort"]
     opaque = annotations.get(OPAQUE_PORTS_ANNOTATION)
     phase = status.get("phase", "Running")
+    # As EndpointSlices do: a pod whose Ready condition is False (starting, or failing its
+    # readiness probe) gets no traffic; no conditions at all (static files) counts as ready.
+    unready = any(c.get("type") == "Ready" and c.get("status") == "False"
+                  for c in status.get("conditions") or [])
     return Workload(
         name=meta["name"],
         namespace=meta.get("namespace", "default"),
@@ -135,7 +139,8 @@ def parse_pod(obj: Mapping[str, Any]) -> Workload:
         injected=STATUS_ANNOTATION in annotations,
         named_ports=named,
         opaque_ports=_port_list(opaque) if opaque else (),
-        ready=phase not in ("Failed", "Succeeded") and not meta.get("deletionTimestamp"),
+        ready=(phase not in ("Failed", "Succeeded") and not meta.get("deletionTimestamp")
+               and not unready),
     )
 
 

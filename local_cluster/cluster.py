@@ -1,9 +1,16 @@
-"""The local cluster's API server: the object store, admission, and reconciling pods.
+"""The local cluster's API server: admission and writes into the store, and the one loop that
+drives the reconcilers.
 
-Objects are kept in memory by the daemon and exported as YAML into ``<state>/objects`` (what
-the control plane's files source reads: pods with status.podIP, services with their VIP).
-Pods are run by ``PodRunner``; services become hosts entries in every pod and DNAT rules in the
-node namespace.
+Objects live in ``store.Store``; every write returns a change. Three reconcilers act on them:
+pods (one ``PodRunner`` each), workloads (``rollouts.Controller``: Deployments, StatefulSets,
+DaemonSets, their revisions and rollouts) and services (``servicesync.ServicesSync``: hosts
+entries in every pod, DNAT rules in the node namespace, and the YAML export in
+``<state>/objects`` that the control plane's files source reads). Whatever changes (a write, a pod becoming Ready) marks the cluster dirty, and one
+loop then runs the workload reconciler and the services sync.
+
+A pod is deleted as kubelet and the endpoints controller do it: it leaves the endpoints first
+(not Ready in the export, out of the DNAT rules), then, after ``ENDPOINT_PROPAGATION`` seconds
+for the control plane to push that to every client proxy, its containers get SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,36 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime as dt
 import logging
-import os
-import subprocess
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from control_plane.api import tokens
-from local_cluster import admission, config, manifests, nodedns, revisions, services
+from local_cluster import admission, config, manifests, nodedns, revisions, rollouts, services
 from local_cluster.manifests import ManifestError
 from local_cluster.netns import GATEWAY, Node
-from local_cluster.podenv import SpecError, resolve_port
+from local_cluster.podenv import SpecError
 from local_cluster.pods import APP, PodRunner
 from local_cluster.procs import PidRecords
+from local_cluster.rollouts import PodView
+from local_cluster.servicesync import ServicesSync
+from local_cluster.store import Key, Store, now_rfc3339
 
 log = logging.getLogger("remora.local.cluster")
 
 TRUST_CONFIGMAP, TRUST_KEY = "remora-ca-root-cert", "root-cert.pem"
 SYNC_DEBOUNCE = 0.1
-Key = tuple[str, str, str]
+ENDPOINT_PROPAGATION = 2.0  # seconds between leaving the endpoints and SIGTERM
 
 
 def _strip_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
     """The object as submitted: what `apply` compares to decide "unchanged"."""
     out = copy.deepcopy(obj)
-    for f in ("uid", "creationTimestamp", "resourceVersion"):
+    for f in ("uid", "creationTimestamp", "resourceVersion", "generation"):
         out["metadata"].pop(f, None)
     out.pop("status", None)
     if out["kind"] == "Service":
@@ -57,32 +60,28 @@ class Cluster:
         self.webhook_url = webhook_url
         self.revisions: revisions.Revisions | None = None  # set by the daemon
         self.pids = PidRecords(state.pids)
-        self.objects: dict[Key, dict[str, Any]] = {}
+        self.store = Store()
+        self.store.listeners.append(lambda _change: self.mark_dirty())
+        self.objects = self.store.objects
+        self.workloads = rollouts.Controller(self.store.get, self.store.put, self)
+        self.terminating: dict[tuple[str, str], asyncio.Task] = {}
+        self._reconcile_lock = asyncio.Lock()
         self.submitted: dict[Key, dict[str, Any]] = {}  # as applied (pods: before admission)
         self.runners: dict[tuple[str, str], PodRunner] = {}
         self.vips = services.VipAllocator()
         self.token_key = tokens.load_key(state.token_key)
         self._node_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._written: dict[str, str] = {}
-        self._rules = ""
-        self._version = 0
+        self.services_sync = ServicesSync(state, node, self.store, self.runners)
         self._sync_task: asyncio.Task | None = None
+        self.stopping = False
         self._store({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
         self._store_default_account("default")
 
     # ---- the store ---------------------------------------------------------------------------
 
     def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
-        self._version += 1
-        meta = obj["metadata"]
-        old = self.objects.get(manifests.key(obj))
-        meta["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
-        meta["creationTimestamp"] = (old["metadata"]["creationTimestamp"] if old else
-                                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        meta["resourceVersion"] = str(self._version)
-        self.objects[manifests.key(obj)] = obj
-        self.mark_dirty()
+        self.store.put(obj)
         return obj
 
     def _store_default_account(self, namespace: str) -> None:
@@ -92,8 +91,7 @@ class Cluster:
                          "metadata": {"name": "default", "namespace": namespace}})
 
     def of_kind(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return [o for (k, ns, _), o in sorted(self.objects.items())
-                if k == kind and (namespace is None or ns == namespace)]
+        return self.store.of_kind(kind, namespace)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         obj = self.objects.get(("Namespace", "", namespace))
@@ -149,8 +147,8 @@ class Cluster:
         obj = copy.deepcopy(obj)
         if kind == "Pod":
             result = await self._apply_pod(obj)
-        elif kind == "Deployment":
-            result = await self._apply_deployment(obj)
+        elif kind in rollouts.WORKLOAD_KINDS:
+            result = await self._apply_workload(obj)
         else:
             result = self._apply_plain(obj)
         self.submitted[key] = submitted
@@ -169,9 +167,9 @@ class Cluster:
         self._store(obj)
         if kind == "Namespace":
             self._store_default_account(key[2])
-            self._write_namespaces_file()
+            self.services_sync.write_namespaces_file()
         if kind == "Service":
-            self._write_all_hosts()
+            self.services_sync.write_all_hosts()
         return ("configured" if old else "created"), []
 
     async def _apply_pod(self, pod: dict[str, Any]) -> tuple[str, list[str]]:
@@ -199,21 +197,86 @@ class Cluster:
         runner.start()
         return "created", warnings
 
-    async def _apply_deployment(self, dep: dict[str, Any]) -> tuple[str, list[str]]:
-        key = manifests.key(dep)
+    async def _apply_workload(self, obj: dict[str, Any]) -> tuple[str, list[str]]:
+        key = manifests.key(obj)
         old = self.objects.get(key)
-        self._store(dep)
-        wanted = manifests.deployment_pods(dep)
-        names = {p["metadata"]["name"] for p in wanted}
-        stale = [name for (ns, name), r in self.runners.items()
-                 if ns == key[1] and manifests.owner(r.pod) == key[2] and name not in names]
-        await asyncio.gather(*(self._delete_pod(key[1], n) for n in stale))
-        warnings: list[str] = []
-        for pod in wanted:
-            if (key[1], pod["metadata"]["name"]) not in self.runners:
-                _, w = await self._apply_pod(pod)
-                warnings += w
+        rollouts.rolling_params(obj["kind"], obj.get("spec") or {}, rollouts.replicas_of(obj))
+        self.workloads.observe(obj, cause="apply")
+        self._store(obj)
+        # The first step now (pods appear, or go when scaled down, before apply answers); the
+        # rest of a rollout is driven by the loop as pods become Ready.
+        warnings, deleting = await self._reconcile_workload(obj)
+        await asyncio.gather(*deleting)
         return ("configured" if old else "created"), sorted(set(warnings))
+
+    async def _reconcile_workload(self, obj: dict[str, Any]) -> tuple[list[str], list[asyncio.Task]]:
+        async with self._reconcile_lock:
+            before = set(self.terminating)
+            warnings = await self.workloads.reconcile(obj)
+            return warnings, [t for k, t in self.terminating.items() if k not in before]
+
+    async def reconcile_workloads(self) -> None:
+        for kind in rollouts.WORKLOAD_KINDS:
+            for obj in self.of_kind(kind):
+                try:
+                    await self._reconcile_workload(obj)
+                except (ManifestError, SpecError, admission.AdmissionDenied,
+                        admission.WebhookUnavailable) as e:
+                    log.warning("%s: %s", manifests.describe(obj), e)
+
+    # ---- rollouts ------------------------------------------------------------------------------
+
+    def workload(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        kind = {k.lower(): k for k in rollouts.WORKLOAD_KINDS}.get(kind.lower().rstrip("s"), kind)
+        obj = self.objects.get((kind, namespace, name))
+        if obj is None or kind not in rollouts.WORKLOAD_KINDS:
+            raise ManifestError(f'{kind.lower()} "{name}" not found in namespace {namespace}; '
+                                "rollouts apply to deployment, statefulset and daemonset")
+        return obj
+
+    def rollout(self, action: str, kind: str, namespace: str, name: str,
+                to_revision: int = 0) -> dict[str, Any]:
+        obj = self.workload(kind, namespace, name)
+        out: dict[str, Any] = {}
+        if action == "restart":
+            obj = self.workloads.restart(obj)
+        elif action == "undo":
+            obj, out["rolledBackTo"] = self.workloads.undo(obj, to_revision)
+        elif action != "status":
+            raise ManifestError(f"unknown rollout action {action!r}; use restart, undo or status")
+        if action != "status":
+            self.submitted.pop(manifests.key(obj), None)  # a later apply of the file is a change
+        return {**out, **self.workloads.status(obj), "history": self.workloads.history(obj)}
+
+    def workload_statuses(self) -> list[dict[str, Any]]:
+        return [self.workloads.status(o) for kind in rollouts.WORKLOAD_KINDS
+                for o in self.of_kind(kind)]
+
+    # ---- the pods reconciler, as the workload controllers see it --------------------------------
+
+    def pods_of(self, kind: str, namespace: str, name: str) -> list[PodView]:
+        return [PodView(n, (r.pod["metadata"].get("labels") or {}).get(rollouts.HASH_LABEL, ""),
+                        r.ready)
+                for (ns, n), r in sorted(self.runners.items())
+                if ns == namespace and manifests.owner_ref(r.pod) == (kind, name)
+                and (ns, n) not in self.terminating]
+
+    def is_terminating(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.terminating
+
+    async def create_pod(self, pod: dict[str, Any]) -> list[str]:
+        _, warnings = await self._apply_pod(pod)
+        return warnings
+
+    def delete_pod_soon(self, namespace: str, name: str) -> None:
+        if (namespace, name) not in self.terminating:
+            task = asyncio.create_task(self._delete_pod(namespace, name))
+            self.terminating[(namespace, name)] = task
+            task.add_done_callback(lambda _t: self._terminated(namespace, name))
+
+    def _terminated(self, namespace: str, name: str) -> None:
+        self.terminating.pop((namespace, name), None)
+        self.mark_dirty()
 
     async def delete(self, objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results = []
@@ -233,35 +296,48 @@ class Cluster:
         kind, ns, name = key
         if kind == "Namespace":
             inside = [k for k in self.objects if k[1] == name]
-            await asyncio.gather(*(self._delete(k) for k in inside if k[0] in ("Pod", "Deployment")))
+            await asyncio.gather(*(self._delete(k) for k in inside
+                                   if k[0] in ("Pod", *rollouts.WORKLOAD_KINDS)))
             for k in inside:
                 await self._delete(k)
-        elif kind == "Deployment":
+        elif kind in rollouts.WORKLOAD_KINDS:
+            self.objects.pop(key, None)  # first, so that the loop does not recreate its pods
+            self.workloads.forget(key)
             owned = [n for (pns, n), r in self.runners.items()
-                     if pns == ns and manifests.owner(r.pod) == name]
+                     if pns == ns and manifests.owner_ref(r.pod) == (kind, name)]
             await asyncio.gather(*(self._delete_pod(ns, n) for n in owned))
         elif kind == "Pod":
             await self._delete_pod(ns, name)
         elif kind == "Service":
             self.vips.release(ns, name)
         self.submitted.pop(key, None)
-        if self.objects.pop(key, None) is not None:
-            self.mark_dirty()
+        self.store.remove(key)
         if kind == "Service":
-            self._write_all_hosts()
+            self.services_sync.write_all_hosts()
         if kind == "Namespace":
-            self._write_namespaces_file()
+            self.services_sync.write_namespaces_file()
 
     async def _delete_pod(self, ns: str, name: str) -> None:
+        pending = self.terminating.get((ns, name))
+        if pending is not None and pending is not asyncio.current_task():
+            await asyncio.gather(pending, return_exceptions=True)  # one deletion per pod
+            return
         runner = self.runners.get((ns, name))
         self.submitted.pop(("Pod", ns, name), None)
         if runner is not None:
+            serving = runner.ready
+            runner.terminating, runner.deleted_at = True, now_rfc3339()  # out of the endpoints first
+            if serving:
+                await self.sync_endpoints()
+                await asyncio.sleep(ENDPOINT_PROPAGATION)
             await runner.stop()
             self.runners.pop((ns, name), None)
-        self.objects.pop(("Pod", ns, name), None)
+        self.store.remove(("Pod", ns, name))
         self.mark_dirty()
 
     async def shutdown(self) -> None:
+        self.stopping = True
+        await asyncio.gather(*self.terminating.values(), return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in list(self.runners.values())),
                              return_exceptions=True)
         self.runners.clear()
@@ -314,19 +390,6 @@ class Cluster:
             raise ManifestError(f"pod {pod} is not running yet ({runner.phase})")
         return runner.exec_command(container, argv)
 
-    def _write_all_hosts(self) -> None:
-        svcs = self.of_kind("Service")
-        for (ns, name), runner in self.runners.items():
-            pod = self.node.pods.get(config.pod_netns_name(ns, name))
-            if pod is not None and runner.netns:
-                pod.write_hosts(services.host_entries(svcs, ns))
-
-    def _write_namespaces_file(self) -> None:
-        docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": o["metadata"]["name"], "labels": o["metadata"].get("labels") or {}}}
-            for o in self.of_kind("Namespace")]
-        _atomic_write(self.state.namespaces_file, yaml.safe_dump_all(docs, sort_keys=True))
-
     async def _wait_webhook(self, timeout: float = 30.0) -> None:
         """failurePolicy Fail: wait a little for the injector to come up, then refuse."""
         loop = asyncio.get_running_loop()
@@ -355,71 +418,19 @@ class Cluster:
                 self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
 
     async def _sync_loop(self) -> None:
-        while True:
+        """The one loop: workloads towards their revisions, then services and the export."""
+        while not self.stopping:
             await self._dirty.wait()
             await asyncio.sleep(SYNC_DEBOUNCE)
             self._dirty.clear()
             try:
-                self.sync_now()
-                await asyncio.to_thread(self._sync_rules)
+                await self.reconcile_workloads()
+                await self.sync_endpoints()
             except Exception:
-                log.exception("syncing the exported state failed")
+                log.exception("reconciling failed")
 
-    def exports(self) -> dict[str, str]:
-        """File name -> YAML of every object the control plane reads."""
-        out = {}
-        for (kind, ns, name), obj in self.objects.items():
-            if kind not in manifests.CONTROL_PLANE_KINDS:
-                continue
-            if kind == "Pod":
-                runner = self.runners.get((ns, name))
-                if runner is None or not runner.ip:
-                    continue
-                obj = {**obj, "status": runner.k8s_status()}
-            fname = f"{kind.lower()}.{ns or '_'}.{name}.yaml"
-            out[fname] = yaml.safe_dump(obj, sort_keys=True)
-        return out
-
-    def sync_now(self) -> None:
-        self.state.objects.mkdir(parents=True, exist_ok=True)
-        wanted = self.exports()
-        for fname, text in wanted.items():
-            if self._written.get(fname) != text:
-                _atomic_write(self.state.objects / fname, text)
-        for fname in set(self._written) - set(wanted):
-            with contextlib.suppress(FileNotFoundError):
-                (self.state.objects / fname).unlink()
-        self._written = wanted
-
-    def backends(self) -> dict[tuple[str, int], list[services.Endpoint]]:
-        out: dict[tuple[str, int], list[services.Endpoint]] = {}
-        for svc in self.of_kind("Service"):
-            spec, ns = svc.get("spec") or {}, svc["metadata"]["namespace"]
-            ready = [r for (pns, _), r in sorted(self.runners.items())
-                     if pns == ns and r.ready
-                     and manifests.selector_matches(spec.get("selector"), r.pod["metadata"].get("labels"))]
-            for port in spec.get("ports") or []:
-                eps = []
-                for r in ready:
-                    ports = [p for c in r.pod["spec"]["containers"] for p in c.get("ports") or []]
-                    try:
-                        target = resolve_port(ports, port.get("targetPort", port["port"]), "Service")
-                    except SpecError:
-                        continue
-                    eps.append(services.Endpoint(r.ip, target))
-                out[(spec["clusterIP"], port["port"])] = eps
-        return out
-
-    def _sync_rules(self) -> None:
-        rules = services.dnat_rules(self.backends())
-        if rules == self._rules:
-            return
-        proc = subprocess.run(["ip", "netns", "exec", self.node_netns, "iptables-restore"],
-                              input=rules, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log.error("iptables-restore in %s failed: %s", self.node_netns, proc.stderr.strip())
-            return
-        self._rules = rules
+    async def sync_endpoints(self) -> None:
+        await self.services_sync.sync()
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -429,9 +440,13 @@ class Cluster:
             pods.append({"namespace": ns, "name": name, **r.status(),
                          "defaultContainer": self.default_container(r),
                          "workload": manifests.owner(r.pod) or name,
+                         "owner": dict(zip(("kind", "name"), manifests.owner_ref(r.pod) or ("", ""),
+                                           strict=True)),
+                         "terminating": (ns, name) in self.terminating,
                          "serviceAccount": r.pod["spec"].get("serviceAccountName") or "default",
-                         "labels": r.pod["metadata"].get("labels") or {}})
-        backends = self.backends()
+                         "labels": r.pod["metadata"].get("labels") or {},
+                         "annotations": r.pod["metadata"].get("annotations") or {}})
+        backends = self.services_sync.backends()
         svcs = []
         for svc in self.of_kind("Service"):
             spec = svc.get("spec") or {}
@@ -441,11 +456,4 @@ class Cluster:
             svcs.append({"namespace": svc["metadata"]["namespace"], "name": svc["metadata"]["name"],
                          "clusterIP": spec["clusterIP"], "ports": ports,
                          "endpoints": sorted(eps)})
-        return {"pods": pods, "services": svcs}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        return {"pods": pods, "services": svcs, "workloads": self.workload_statuses()}

@@ -5,7 +5,8 @@
 It creates the node namespace (bridge br0), runs the control plane in it on 198.18.0.1:15012
 and the injector webhook on 127.0.0.1, and serves the CLI over ``<state>/daemon.sock``
 (HTTP/JSON): ``GET /healthz``, ``GET /status``, ``POST /apply``, ``POST /delete``,
-``POST /exec``, ``POST /shutdown``. The CLI writes nothing itself: every change goes through
+``POST /exec``, ``POST /rollout`` (restart, undo, status), ``POST /injector`` (mesh-config
+overrides, then the injector restarts), ``POST /shutdown``. The CLI writes nothing itself: every change goes through
 this socket, so the daemon is the only writer of the state directory.
 """
 
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from control_plane.api import tokens
 from control_plane.api.ports import DISCOVERY_PORT, MONITORING_PORT, WEBHOOK_PORT
-from local_cluster import config, manifests, netns, nodedns, revisions
+from local_cluster import admission, config, manifests, netns, nodedns, revisions
 from local_cluster.cluster import Cluster
 from local_cluster.manifests import ManifestError
 from local_cluster.procs import PidRecords
@@ -95,6 +96,12 @@ class Component:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
+    async def restart(self) -> None:
+        """Stop the process and start it again at once (a rollout of this component)."""
+        await self.stop()
+        self.stopping = False
+        self.start()
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
@@ -121,9 +128,13 @@ class Component:
                 await self.task
 
 
-def write_mesh_config(state: config.StateDir) -> None:
-    """The injector's mesh config: pods reach the control plane on the node's bridge address."""
-    mesh = {"controlPlaneAddress": f"{netns.GATEWAY}:{DISCOVERY_PORT}"}
+def write_mesh_config(state: config.StateDir, overrides: dict[str, Any] | None = None) -> None:
+    """The injector's mesh config: pods reach the control plane on the node's bridge address.
+
+    ``overrides`` (``remoractl local injector --set``) go on top: a new ``proxyVersion`` is how
+    the local cluster stands in for a new proxy release (see docs/upgrading.md).
+    """
+    mesh = {"controlPlaneAddress": f"{netns.GATEWAY}:{DISCOVERY_PORT}", **(overrides or {})}
     state.mesh_config.write_text(yaml.safe_dump(mesh))
 
 
@@ -148,9 +159,9 @@ class Daemon:
         netns.sysctl(self.node.netns, "net.ipv4.ip_forward", "1")  # VIP DNAT routes via br0
         port = free_port(WEBHOOK_PORT)
         self.cluster = Cluster(st, self.node, f"https://127.0.0.1:{port}")
-        self.cluster._write_namespaces_file()
+        self.cluster.services_sync.write_namespaces_file()
         self.cluster.revisions = revisions.Revisions(st, self.node.netns, self.cluster.pids)
-        self.cluster.sync_now()
+        self.cluster.services_sync.sync_now()
         bin_dir = config.BIN_DIR
         control = [str(bin_dir / "remora-control"), "--source", "files", "--dir", str(st.objects),
                    "--ca-dir", str(st.ca), "--token-key", str(st.token_key),
@@ -180,6 +191,8 @@ class Daemon:
             web.post("/apply", self.apply),
             web.post("/delete", self.delete),
             web.post("/exec", self.exec),
+            web.post("/rollout", self.rollout),
+            web.post("/injector", self.injector),
             web.post("/shutdown", self.shutdown),
             web.post("/revisions", self.add_revision),
             web.delete("/revisions/{name}", self.remove_revision),
@@ -249,6 +262,32 @@ class Daemon:
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=404)
         return web.json_response({"ok": True})
+
+    async def rollout(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            out = self.cluster.rollout(body["action"], body["kind"], body["namespace"],
+                                       body["name"], int(body.get("toRevision") or 0))
+        except ManifestError as e:
+            return web.json_response({"error": str(e)}, status=404)
+        return web.json_response(out)
+
+    async def injector(self, request: web.Request) -> web.Response:
+        """Mesh-config overrides for the injector (a new proxy release, in effect), then restart it."""
+        body = await request.json()
+        overrides = body.get("meshConfig") or {}
+        if not isinstance(overrides, dict):
+            return web.json_response({"error": "meshConfig must be a mapping"}, status=400)
+        write_mesh_config(self.state, overrides)
+        injector = next(c for c in self.components if c.name == "injector")
+        await injector.restart()
+        await asyncio.sleep(0.5)  # the old listener is gone; wait for the new one
+        try:
+            await self.cluster._wait_webhook(timeout=20)
+        except admission.WebhookUnavailable as e:
+            return web.json_response({"error": f"the injector did not come back with these "
+                                               f"overrides: {e}"}, status=400)
+        return web.json_response({"meshConfig": yaml.safe_load(self.state.mesh_config.read_text())})
 
     async def shutdown(self, request: web.Request) -> web.Response:
         await self.stop()

@@ -24,6 +24,8 @@ KINDS: dict[tuple[str, str], bool] = {
     ("", "Service"): True,
     ("", "Pod"): True,
     ("apps", "Deployment"): True,
+    ("apps", "StatefulSet"): True,
+    ("apps", "DaemonSet"): True,
     ("networking.istio.io", "VirtualService"): True,
     ("networking.istio.io", "DestinationRule"): True,
     ("security.istio.io", "PeerAuthentication"): True,
@@ -31,7 +33,7 @@ KINDS: dict[tuple[str, str], bool] = {
 }
 # Applied in this order so that what a pod needs (namespace, account, services) exists first.
 ORDER = ("Namespace", "ServiceAccount", "ConfigMap", "Service", "DestinationRule",
-         "VirtualService", "PeerAuthentication", "AuthorizationPolicy", "Pod", "Deployment")
+         "VirtualService", "PeerAuthentication", "AuthorizationPolicy", "Pod", "Deployment", "StatefulSet", "DaemonSet")
 # Kinds the control plane's files source reads (the rest stay in the local store only).
 CONTROL_PLANE_KINDS = frozenset({"Namespace", "ServiceAccount", "Service", "Pod", "VirtualService",
                                  "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"})
@@ -50,6 +52,8 @@ CONTROL_PLANE_KINDS = CONTROL_PLANE_KINDS | {k for _, k in TRAFFIC_KINDS}
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
 DEFAULT_NAMESPACE = "default"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+HASH_LABEL = "pod-template-hash"  # which revision (template) a workload's pod was made from
 
 
 class ManifestError(ValueError):
@@ -109,14 +113,14 @@ def _check_spec(obj: dict[str, Any], where: str) -> None:
     spec = obj.get("spec") or {}
     if kind == "Pod":
         check_pod_spec(spec, f"{where}: Pod {obj['metadata']['name']}")
-    elif kind == "Deployment":
+    elif kind in WORKLOAD_KINDS:
         template = spec.get("template")
         if not isinstance(template, dict):
-            raise ManifestError(f"{where}: Deployment {obj['metadata']['name']} needs spec.template")
+            raise ManifestError(f"{where}: {kind} {obj['metadata']['name']} needs spec.template")
         replicas = spec.get("replicas", 1)
         if not isinstance(replicas, int) or replicas < 0:
             raise ManifestError(f"{where}: spec.replicas must be a whole number >= 0, not {replicas!r}")
-        check_pod_spec(template.get("spec") or {}, f"{where}: Deployment {obj['metadata']['name']}")
+        check_pod_spec(template.get("spec") or {}, f"{where}: {kind} {obj['metadata']['name']}")
     elif kind == "Service":
         for i, port in enumerate(spec.get("ports") or []):
             if not isinstance(port.get("port"), int):
@@ -190,39 +194,40 @@ def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def pod_for(workload: dict[str, Any], name: str, template_hash: str) -> dict[str, Any]:
+    """A pod from a workload's template, owned by it (what its ReplicaSet would create)."""
+    meta = workload["metadata"]
+    template = (workload.get("spec") or {}).get("template") or {}
+    tmeta = copy.deepcopy(template.get("metadata") or {})
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {**tmeta, "name": name, "namespace": meta["namespace"],
+                     "labels": {**(tmeta.get("labels") or {}), HASH_LABEL: template_hash},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": workload["kind"],
+                                          "name": meta["name"], "controller": True}]},
+        "spec": copy.deepcopy(template.get("spec") or {}),
+    }
+
+
 def deployment_pods(dep: dict[str, Any]) -> list[dict[str, Any]]:
     """The pods a Deployment's ReplicaSet would create: ``<name>-<hash>-<index>``."""
-    meta, spec = dep["metadata"], dep.get("spec") or {}
-    template = spec["template"]
-    h = template_hash(template)
-    pods = []
-    for i in range(spec.get("replicas", 1)):
-        tmeta = copy.deepcopy(template.get("metadata") or {})
-        labels = {**(tmeta.get("labels") or {}), "pod-template-hash": h}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                **tmeta,
-                "name": f"{meta['name']}-{h}-{i}",
-                "generateName": f"{meta['name']}-{h}-",
-                "namespace": meta["namespace"],
-                "labels": labels,
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                                     "name": meta["name"], "controller": True}],
-            },
-            "spec": copy.deepcopy(template.get("spec") or {}),
-        }
-        pods.append(pod)
-    return pods
+    h = template_hash(dep["spec"]["template"])
+    return [pod_for(dep, f"{dep['metadata']['name']}-{h}-{i}", h)
+            for i in range((dep.get("spec") or {}).get("replicas", 1))]
+
+
+def owner_ref(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the workload that controls ``pod``, if any."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") in WORKLOAD_KINDS:
+            return ref["kind"], ref.get("name", "")
+    return None
 
 
 def owner(pod: dict[str, Any]) -> str | None:
-    """The name of the Deployment that owns ``pod``, if any."""
-    for ref in pod["metadata"].get("ownerReferences") or []:
-        if ref.get("kind") == "Deployment":
-            return ref.get("name")
-    return None
+    """The name of the workload that owns ``pod``, if any."""
+    ref = owner_ref(pod)
+    return ref[1] if ref else None
 
 
 def selector_matches(selector: dict[str, str] | None, labels: dict[str, str] | None) -> bool:

@@ -60,7 +60,28 @@ class Container:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "state": self.state, "reason": self.reason,
                 "exitCode": self.exit_code, "restartCount": self.restarts, "ready": self.ready,
-                "started": self.started.is_set()}
+                "started": self.started.is_set(), "probeError": self.probe_error}
+
+
+# The local cluster runs every image from this checkout. The proxy container of a pod the injector
+# stamped with proxy version X runs as version X, so that a "next" release can be rehearsed by
+# changing the injector's proxyVersion alone (docs/upgrading.md).
+PROXY_CONTAINER, VERSION_ENV = "remora-proxy", "REMORA_VERSION_OVERRIDE"
+
+
+def stamped_version(pod: dict[str, Any]) -> str:
+    """The proxy version the injector stamped into ``remora.dev/status`` ("" when none)."""
+    raw = (pod["metadata"].get("annotations") or {}).get(ann.STATUS_ANNOTATION)
+    try:
+        version = json.loads(raw).get("proxyVersion", "") if raw else ""
+    except (ValueError, AttributeError):
+        return ""
+    return version if isinstance(version, str) else ""
+
+
+def image_env(pod: dict[str, Any], container: str) -> dict[str, str]:
+    version = stamped_version(pod) if container == PROXY_CONTAINER else ""
+    return {VERSION_ENV: version} if version else {}
 
 
 def _signal_group(pid: int | None, sig: int) -> None:
@@ -98,6 +119,8 @@ class PodRunner:
                     probes.parse(c.spec[kind], c.spec, "0.0.0.0")
         self.dirs: dict[str, Path] | None = None  # set once the volumes exist
         self.stopping = False
+        self.terminating = False  # deleted: out of the endpoints, containers still running
+        self.deleted_at = ""
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.task: asyncio.Task | None = None
         self.tasks: list[asyncio.Task] = []  # one per long-running container
@@ -111,14 +134,11 @@ class PodRunner:
     @property
     def ready(self) -> bool:
         watched = [c for c in self.containers.values() if c.kind != INIT]
-        return self.phase == "Running" and all(c.ready for c in watched)
+        return (self.phase == "Running" and not self.terminating
+                and all(c.ready for c in watched))
 
     def proxy_version(self) -> str:
-        raw = (self.pod["metadata"].get("annotations") or {}).get(ann.STATUS_ANNOTATION)
-        try:
-            return json.loads(raw).get("proxyVersion", "") if raw else ""
-        except ValueError:
-            return ""
+        return stamped_version(self.pod)
 
     def status(self) -> dict[str, Any]:
         watched = [c for c in self.containers.values() if c.kind != INIT]
@@ -232,6 +252,7 @@ class PodRunner:
     def _launch_argv(self, c: Container) -> tuple[list[str], dict[str, str]]:
         facts = podenv.facts_of(self.pod, self.ip, self.host.host_ip, self.host.node_netns)
         env = podenv.container_env(c.spec, facts, self.host.configmaps(self.namespace))
+        env.update(image_env(self.pod, c.name))
         argv = podenv.container_argv(c.spec, env)
         uid, gid = self.uids[c.name]
         mounts = volumes.mounts(c.spec, self.dirs)  # type: ignore[arg-type]  # made before launch

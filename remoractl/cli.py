@@ -13,7 +13,7 @@ import argparse
 import importlib
 from types import ModuleType
 
-SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status")
+SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status", "upgrade")
 SUBCOMMANDS += ("version", "analyze", "check")
 
 

@@ -3,7 +3,10 @@
 Starts the local cluster, applies examples/manifests (web -> catalog -> reviews v1/v2, a
 loadgen pod, reviews split 80/20, STRICT mTLS), lets the loadgen drive traffic, prints one row
 per edge from the proxies' :15090 metrics, checks the split and mTLS, then tears everything
-down (also on Ctrl-C). ``--keep`` leaves it running.
+down (also on Ctrl-C). ``--keep`` leaves it running. ``--upgrade`` then rehearses a proxy
+release: the injector is told to inject the next patch version, and ``remoractl upgrade``
+restarts every workload in health-gated waves while the loadgen keeps calling (the requests that
+failed meanwhile are counted; see docs/upgrading.md).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import sys
 import time
 from typing import Any
 
-from local_cluster import client, config, sample
+from local_cluster import client, config
 from local_cluster.client import ClusterError
+from local_cluster.testing import sample
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -24,6 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of traffic to measure")
     p.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
     p.add_argument("--json", action="store_true", help="also print the measurement as JSON")
+    p.add_argument("--upgrade", action="store_true",
+                   help="then roll out a next proxy version with remoractl upgrade, under load")
     return p
 
 
@@ -102,6 +108,36 @@ def _looking_around(state: config.StateDir) -> None:
         _say(f"  {ctl} {cmd}")
 
 
+def next_version(version: str) -> str:
+    """The next patch release of ``version`` (0.1.0 -> 0.1.1; anything else gets ``.1``)."""
+    head, _, last = version.rpartition(".")
+    return f"{head}.{int(last) + 1}" if head and last.isdigit() else f"{version}.1"
+
+
+def show_upgrade(state: config.StateDir) -> bool:
+    """A new proxy version rolled out by `remoractl upgrade` under the loadgen's traffic."""
+    import tempfile
+
+    from injector import meshconfig
+    from remoractl import upgrade
+    from remoractl.cli import build_parser
+
+    nxt = next_version(meshconfig.load(state.mesh_config).proxy_version)
+    _say(f"\n[upgrade 1/2] a new proxy release: remoractl local injector --set proxyVersion={nxt}")
+    client.checked(state, "POST", "/injector", {"meshConfig": {"proxyVersion": nxt}})
+    cmd = ["upgrade", "-n", "demo", "--max-unavailable", "2", "--observe", "5", "--cluster", "local"]
+    _say(f"[upgrade 2/2] remoractl {' '.join(cmd)}  (the loadgen keeps calling web)")
+    before = sample.loadgen_codes(state)
+    with tempfile.TemporaryDirectory() as tmp:
+        rc = upgrade.run(build_parser().parse_args([*cmd, "--state-file", f"{tmp}/state.json"]))
+    codes = sample.codes_between(before, sample.loadgen_codes(state))
+    total, failed = sum(codes.values()), sum(v for c, v in codes.items() if c[:1] not in "23")
+    versions = sorted({p["proxyVersion"] for p in sample.pods(state)})
+    _say(f"during the upgrade: {total:.0f} requests from loadgen to web, {failed:.0f} failed; "
+         f"proxy versions now: {', '.join(versions)} (loadgen is a bare pod: reported, not restarted)")
+    return rc == 0 and failed == 0
+
+
 def run(args: argparse.Namespace) -> int:
     state = config.StateDir.from_env()
     if client.running(state):
@@ -155,6 +191,8 @@ def _demo(state: config.StateDir, args: argparse.Namespace) -> int:
     _say(" done")
     _say("[5/5] results, from the proxies' own metrics (:15090/metrics of every pod)")
     good = report(m) and not not_injected
+    if args.upgrade:
+        good = show_upgrade(state) and good
     if args.json:
         _say(sample.as_json(m))
     if args.keep:

@@ -6,6 +6,8 @@
     remoractl local status [-n NAMESPACE]
     remoractl local logs POD [-c CONTAINER] [-n NAMESPACE] [-f]
     remoractl local exec POD [-c CONTAINER] [-n NAMESPACE] -- CMD...
+    remoractl local rollout restart|undo|status|history KIND/NAME [-n NAMESPACE] [--to-revision N]
+    remoractl local injector --set KEY=VALUE ... (mesh-config overrides; restarts the injector)
     remoractl local down
     remoractl local revision add|remove|list   (control plane + injector revisions)
 
@@ -53,6 +55,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     # REMAINDER: argparse's own "--" handling breaks under nested subcommands; _exec splits it.
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD",
                     help="the command and its arguments, after --")
+    ro = action("rollout", "restart, undo or watch a deployment/statefulset/daemonset rollout")
+    ro.add_argument("rollout_action", choices=("restart", "undo", "status", "history"))
+    ro.add_argument("workload", help="KIND/NAME, e.g. deployment/web")
+    ro.add_argument("--to-revision", type=int, default=0, help="undo: this revision (default: previous)")
+    ro.add_argument("--timeout", type=float, default=300.0, help="status: seconds to wait")
+    ro.add_argument("-w", "--watch", action=argparse.BooleanOptionalAction, default=True,
+                    help="status: wait until the rollout finishes (default)")
+    inj = action("injector", "override the injector's mesh config (e.g. proxyVersion) and restart it")
+    inj.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a mesh-config key, e.g. proxyVersion=0.2.0 (YAML value; repeatable)")
     action("down", "remove everything the local cluster made (safe to run twice)")
     local_revision.add_parser(sub)
     return p
@@ -115,11 +127,20 @@ def format_status(status: dict[str, Any], namespace: str | None) -> str:
     for s in svcs:
         srows.append([s["namespace"], s["name"], s["clusterIP"], ",".join(s["ports"]),
                       ",".join(s["endpoints"]) or "<none>"])
+    wls = [w for w in status.get("workloads", []) if namespace in (None, w["namespace"])]
+    wrows = [["NAMESPACE", "WORKLOAD", "READY", "UP-TO-DATE", "REVISION", "ROLLOUT"]]
+    for w in wls:
+        state = "complete" if w["complete"] else ("STALLED" if w["stalled"] else "in progress")
+        wrows.append([w["namespace"], f"{w['kind'].lower()}/{w['name']}",
+                      f"{w['readyReplicas']}/{w['desired']}", str(w["updatedReplicas"]),
+                      str(w["revision"]), state])
     comps = ", ".join(f"{c['name']} {'running' if c['running'] else 'DOWN'}"
                       + (f" ({c['restarts']} restarts)" if c["restarts"] else "")
                       for c in status.get("components", []))
     parts = [f"components: {comps}" if comps else ""]
     parts.append(_table(rows) if pods else "no pods")
+    if wls:
+        parts.append(_table(wrows))
     parts.append(_table(srows) if svcs else "no services")
     return "\n\n".join(p for p in parts if p)
 
@@ -173,6 +194,70 @@ def _down(state: config.StateDir, args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout(state: config.StateDir, args: argparse.Namespace) -> int:
+    kind, sep, name = args.workload.partition("/")
+    if not sep or not name:
+        raise ClusterError(f"{args.workload!r}: name the workload as KIND/NAME, e.g. deployment/web")
+    action = "status" if args.rollout_action == "history" else args.rollout_action
+    body = {"action": action, "kind": kind, "namespace": args.namespace, "name": name,
+            "toRevision": args.to_revision}
+    out = client.checked(state, "POST", "/rollout", body)
+    what = f"{out['kind'].lower()}.apps/{out['name']}"
+    if args.rollout_action == "history":
+        print(_table([["REVISION", "TEMPLATE-HASH", "CHANGE-CAUSE"]]
+                     + [[str(r["revision"]), r["hash"], r["cause"] or "<none>"] for r in out["history"]]))
+        return 0
+    if action == "restart":
+        print(f"{what} restarted")
+        return 0
+    if action == "undo":
+        print(f"{what} rolled back (to revision {out['rolledBackTo']})")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    last = ""
+    while True:
+        if out["message"] != last:
+            print(out["message"], flush=True)
+            last = out["message"]
+        if out["complete"]:
+            return 0
+        if out["stalled"] or not args.watch or time.monotonic() > deadline:
+            return 1
+        time.sleep(0.5)
+        out = client.checked(state, "POST", "/rollout", body)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a mapping; values are YAML (``true``, ``5``, ``0.2.0``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise ClusterError(f"--set {pair!r}: expected KEY=VALUE, e.g. proxyVersion=0.2.0")
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError:
+            value = v
+        out[k] = v if k.endswith("Version") else value  # versions stay strings (0.10 != 0.1)
+    return out
+
+
+def _injector(state: config.StateDir, args: argparse.Namespace) -> int:
+    from injector import meshconfig
+
+    overrides = parse_sets(args.set)
+    try:
+        meshconfig.from_dict(overrides)  # the injector's own check, before it is restarted
+    except meshconfig.MeshConfigError as e:
+        raise ClusterError(str(e)) from None
+    out = client.checked(state, "POST", "/injector", {"meshConfig": overrides})
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(out["meshConfig"].items()))
+    print(f"injector restarted with mesh config: {shown}")
+    return 0
+
+
 ACTIONS = {"up": _up, "apply": _apply_or_delete, "delete": _apply_or_delete, "status": _status,
-           "logs": _logs, "exec": _exec, "down": _down}
+           "logs": _logs, "exec": _exec, "down": _down, "rollout": _rollout, "injector": _injector}
 ACTIONS["revision"] = local_revision.run

@@ -1,4 +1,4 @@
-"""Two meshed pods for real-kernel tests: the pair lives in ``local_cluster.meshpair`` (perf uses
+"""Two meshed pods for real-kernel tests: the pair lives in ``local_cluster.testing.meshpair`` (perf uses
 it too); this module re-exports it and adds what only tests need (the aiohttp test apps).
 
     mesh = Mesh.start(node, bin_dir, services=[Service("echo", 8080)])
@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from local_cluster import meshpair
-from local_cluster.meshpair import *  # noqa: F403
-from local_cluster.meshpair import APP_UID, ProxyHandle, Service  # noqa: F401 - re-exported
+from local_cluster.testing import meshpair
+from local_cluster.testing.meshpair import *  # noqa: F403
+from local_cluster.testing.meshpair import APP_UID, ProxyHandle, Service  # noqa: F401 - re-exported
 
 APPS = str(Path(__file__).resolve().parent / "sidecar" / "apps.py")  # test apps (aiohttp etc.)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.ca import CertificateAuthority
-from local_cluster.meshpair import Mesh, Service
+from local_cluster.testing.meshpair import Mesh, Service
 from perf.bench import certs, haproxy, nginx
 from perf.bench.procstat import wait_for_port
 from perf.bench.topology import (

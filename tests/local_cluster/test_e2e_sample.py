@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 from lc_kit import REMORACTL, LocalCluster, local_cluster
 
-from local_cluster import sample
 from local_cluster.procs import PidRecords, is_alive
+from local_cluster.testing import sample
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 TD = "spiffe://cluster.local/ns/demo/sa"

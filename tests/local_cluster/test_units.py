@@ -217,3 +217,12 @@ def test_admission_response_is_applied_as_json_patch() -> None:
                            "status": {"message": "annotation remora.dev/x: bad"}}}
     with pytest.raises(admission.AdmissionDenied, match="remora.dev/x: bad"):
         admission.apply_response(pod, review, denied)
+
+
+def test_the_proxy_runs_as_the_version_it_was_stamped_with() -> None:
+    from local_cluster import pods
+
+    pod = {"metadata": {"annotations": {"remora.dev/status": json.dumps({"proxyVersion": "0.1.1"})}}}
+    assert pods.image_env(pod, "remora-proxy") == {"REMORA_VERSION_OVERRIDE": "0.1.1"}
+    assert pods.image_env(pod, "app") == {}
+    assert pods.image_env({"metadata": {"annotations": {"remora.dev/status": "{"}}}, "remora-proxy") == {}

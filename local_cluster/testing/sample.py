@@ -15,6 +15,7 @@ from typing import Any
 
 from control_plane.api.ports import METRICS_PORT
 from local_cluster import client, config, manifests, meshstats, nsutil
+from local_cluster.cluster import ENDPOINT_PROPAGATION
 
 MANIFESTS = config.REPO_ROOT / "examples" / "manifests"
 NAMESPACE = "demo"
@@ -76,6 +77,9 @@ def wait_ready(state: config.StateDir, timeout: float = 120.0,
         if progress:
             progress(len(ready), len(current))
         if current and len(ready) == len(current):
+            # Ready pods become endpoints in every client proxy only after the control plane
+            # pushed them: measure from then on, not from the last readiness change.
+            time.sleep(ENDPOINT_PROPAGATION)
             return current
         if time.monotonic() > deadline:
             late = ", ".join(f"{p['name']} ({p['reason'] or p['phase']}, {p['ready']})"
@@ -182,3 +186,22 @@ def as_json(m: Measurement) -> str:
              "requests": e.requests, "ok": e.ok, "peers": sorted(e.peers),
              "p50": e.quantile(0.5), "p99": e.quantile(0.99)} for e in m.edges],
     }, indent=2)
+
+
+def loadgen_codes(state: config.StateDir) -> dict[str, float]:
+    """Response codes the loadgen's own proxy counted for loadgen -> web since it started."""
+    current = [p for p in pods(state) if p["name"] == "loadgen"]
+    if not current:
+        raise client.ClusterError("no loadgen pod in namespace demo")
+    (workload, samples), = scrape(current).values()
+    if isinstance(samples, str):
+        raise client.ClusterError(f"cannot scrape the loadgen's proxy: {samples}")
+    for e in meshstats.edges({"loadgen": (workload, samples)}):
+        if e.direction == "outbound" and e.service.startswith("web."):
+            return dict(e.codes)
+    return {}
+
+
+def codes_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
