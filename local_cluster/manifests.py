@@ -32,7 +32,7 @@ KINDS: dict[tuple[str, str], bool] = {
     ("security.istio.io", "AuthorizationPolicy"): True,
 }
 # Applied in this order so that what a pod needs (namespace, account, services) exists first.
-ORDER = ("Namespace", "ServiceAccount", "ConfigMap", "Service", "DestinationRule",
+ORDER: tuple[str, ...] = ("Namespace", "ServiceAccount", "ConfigMap", "Service", "DestinationRule",
          "VirtualService", "PeerAuthentication", "AuthorizationPolicy", "Pod", "Deployment", "StatefulSet", "DaemonSet")
 # Kinds the control plane's files source reads (the rest stay in the local store only).
 CONTROL_PLANE_KINDS = frozenset({"Namespace", "ServiceAccount", "Service", "Pod", "VirtualService",

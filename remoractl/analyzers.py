@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -185,30 +185,50 @@ def conflicts(mesh: Mesh) -> list[Message]:
                                    f"({host}): only the first one is used"))
     for vs in mesh.virtual_services:
         earlier: list[model.RouteMatch | None] = []  # None: a catch-all route
-        for i, route in enumerate(vs.routes):
-            for j, match in enumerate(route.matches or (None,)):
+        for i, vr in enumerate(vs.routes):
+            matches = vr.route.matches
+            for j, match in enumerate(matches or (None,)):
                 if any(_covers(e, match) for e in earlier):
                     where = f"spec.http[{i}]" + (f".match[{j}]" if match is not None else "")
                     out.append(Message("IST0131", _res("VirtualService", vs.namespace, vs.name),
                                        f"{where} is shadowed by an earlier route and never matches"))
-            earlier += list(route.matches or (None,))
+            earlier += list(matches or (None,))
     return out
 
 
+def _string_covers(a: model.StringMatch | None, b: model.StringMatch | None) -> bool:
+    """Does every value ``b`` matches also match ``a``? (False when it cannot be told: regex.)"""
+    if a is None:
+        return True
+    if b is None or a.regex is not None or b.regex is not None:
+        return False
+    if a.exact is not None:
+        return b.exact == a.exact
+    if a.prefix is not None:
+        value = b.exact if b.exact is not None else b.prefix
+        return value is not None and value.startswith(a.prefix)
+    return True  # a matches any present value; b requires one
+
+
 def _covers(a: model.RouteMatch | None, b: model.RouteMatch | None) -> bool:
-    """Does every request matching ``b`` also match ``a``?"""
+    """Does every request matching ``b`` also match ``a``? Conservative: unsure means no."""
     if a is None:
         return True
     if b is None:
-        return a == model.RouteMatch()
-    if a.method not in (None, b.method) or any(b.headers.get(k) != v for k, v in a.headers.items()):
+        return a == model.RouteMatch(name=a.name)
+    if a.ignore_uri_case != b.ignore_uri_case or a.port not in (None, b.port):
         return False
-    if a.path_exact is not None:
-        return b.path_exact == a.path_exact
-    if a.path_prefix is not None:
-        path = b.path_exact if b.path_exact is not None else b.path_prefix
-        return path is not None and path.startswith(a.path_prefix)
-    return True
+    if a.source_namespace not in (None, b.source_namespace):
+        return False
+    if any(b.source_labels.get(k) != v for k, v in a.source_labels.items()):
+        return False
+    if a.without_headers and a.without_headers != b.without_headers:
+        return False
+    for mine, theirs in ((a.headers, b.headers), (a.query_params, b.query_params)):
+        if any(k not in theirs or not _string_covers(v, theirs[k]) for k, v in mine.items()):
+            return False
+    return all(_string_covers(getattr(a, f), getattr(b, f))
+               for f in ("uri", "scheme", "method", "authority"))
 
 
 def policies(mesh: Mesh) -> list[Message]:
@@ -235,7 +255,7 @@ def policies(mesh: Mesh) -> list[Message]:
     return out
 
 
-def annotations(mesh: Mesh) -> list[Message]:
+def annotation_values(mesh: Mesh) -> list[Message]:
     """``remora.dev/`` annotations and labels on pods, pod templates and namespaces."""
     out = []
     for obj in mesh.objects:
@@ -269,11 +289,11 @@ def annotations(mesh: Mesh) -> list[Message]:
     return out
 
 
-ANALYZERS = (not_implemented, references, conflicts, policies, annotations)
+ANALYZERS = (not_implemented, references, conflicts, policies, annotation_values)
 
 
-def analyze(objects: list[Mapping[str, Any]], root_namespace: str = "remora-system") -> list[Message]:
-    mesh = Mesh(objects, root_namespace)
+def analyze(objects: Sequence[Mapping[str, Any]], root_namespace: str = "remora-system") -> list[Message]:
+    mesh = Mesh(list(objects), root_namespace)
     found = [m for a in ANALYZERS for m in a(mesh)]
     return sorted(set(found), key=lambda m: (LEVELS.index(m.level), m.resource, m.code, m.text))
 

@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def plan(args: argparse.Namespace) -> list:
     if args.pre_install:
         return pre
     _local_defaults(args)
-    install = [partial(checks.control_plane_ready, args.control_plane_url),
+    install: list[Callable[[], checks.Result]] = [
+               partial(checks.control_plane_ready, args.control_plane_url),
                partial(checks.injector_ready, args.injector_url)]
     if args.webhook_address and args.webhook_ca:
         install.append(partial(checks.webhook_certificate, args.webhook_address, args.webhook_ca,

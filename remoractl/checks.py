@@ -257,8 +257,10 @@ def kube_namespaces_and_roots(kubeconfig: str | None) -> tuple[list[dict[str, An
     namespaces = [raw(n) for n in api.list_namespace().items]
     cms = {}
     for cm in api.list_config_map_for_all_namespaces(field_selector=f"metadata.name={ROOT_CERT_CONFIGMAP}").items:
-        if cm.metadata.name == ROOT_CERT_CONFIGMAP:  # also where a server ignores the selector
-            cms[cm.metadata.namespace] = raw(cm)
+        body: dict[str, Any] = raw(cm)
+        meta = body.get("metadata") or {}
+        if meta.get("name") == ROOT_CERT_CONFIGMAP:  # also where a server ignores the selector
+            cms[str(meta.get("namespace"))] = body
     return namespaces, cms
 
 

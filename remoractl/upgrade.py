@@ -136,7 +136,7 @@ class Upgrade:
         pl = up.plan(self._pods(), want)
         for what, why in pl.reported:
             _say(f"  not restarted: {what}: {why}")
-        inflight = [Workload(**{k: v for k, v in w.items() if k in ("kind", "namespace", "name")})
+        inflight = [Workload(str(w["kind"]), str(w["namespace"]), str(w["name"]))
                     for w in state.inflight]
         todo = [w for w in pl.restart if w.id not in {i.id for i in inflight}]
         waves = up.waves(todo, self.args.max_unavailable) if todo else []

@@ -190,7 +190,7 @@ class KubeBackend:
             return ref.kind, ref.name
         key = f"{namespace}/{ref.name}"
         if key not in cache:
-            rs = self.apps.read_namespaced_replica_set(ref.name, namespace)
+            rs: Any = self.apps.read_namespaced_replica_set(ref.name, namespace)
             dep = next((r for r in rs.metadata.owner_references or [] if r.kind == "Deployment"), None)
             cache[key] = ("Deployment", dep.name) if dep else ("ReplicaSet", ref.name)
         return cache[key]
@@ -204,6 +204,7 @@ class KubeBackend:
             raise self._err("listing pods", e) from None
         cache: dict[str, tuple[str, str]] = {}
         out = []
+        pod: Any
         for pod in items:
             meta, st = pod.metadata, pod.status
             if meta.deletion_timestamp:

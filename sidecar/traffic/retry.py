@@ -78,4 +78,4 @@ def should_retry(p: RetryPolicy, retries_done: int, outcome: Outcome) -> bool:
 def backoff(retry_number: int, rand: Callable[[], float] = random.random) -> float:
     """Envoy's fully jittered exponential back-off before retry ``retry_number`` (1-based)."""
     ceiling = min(MAX_INTERVAL, (2 ** retry_number - 1) * BASE_INTERVAL)
-    return rand() * ceiling
+    return float(rand() * ceiling)
