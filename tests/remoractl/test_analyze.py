@@ -160,7 +160,7 @@ spec:
 kind: DestinationRule
 metadata: {name: tp, namespace: shop}
 spec: {host: reviews.shop.svc.cluster.local, trafficPolicy: {tls: {mode: SIMPLE}}}
-""", "spec.trafficPolicy is not implemented yet"),
+""", "spec.trafficPolicy.tls.mode SIMPLE is not implemented yet"),
     ("RMR0002", """
 ---
 kind: PeerAuthentication
@@ -176,11 +176,17 @@ def test_each_code_on_a_broken_setup(code: str, extra: str, expected: str) -> No
 
 def test_match_coverage() -> None:
     from control_plane.api.model import RouteMatch as M
-    assert analyzers._covers(M(path_prefix="/a"), M(path_exact="/a/b", method="GET"))
-    assert not analyzers._covers(M(path_prefix="/a", method="POST"), M(path_exact="/a/b", method="GET"))
-    assert not analyzers._covers(M(headers={"x": "1"}), M(path_prefix="/"))
-    assert analyzers._covers(M(headers={"x": "1"}), M(headers={"x": "1", "y": "2"}))
-    assert analyzers._covers(None, M(path_exact="/"))
+    from control_plane.api.model import StringMatch as S
+    assert analyzers._covers(M(uri=S(prefix="/a")), M(uri=S(exact="/a/b"), method=S(exact="GET")))
+    assert not analyzers._covers(M(uri=S(prefix="/a"), method=S(exact="POST")),
+                                 M(uri=S(exact="/a/b"), method=S(exact="GET")))
+    assert not analyzers._covers(M(headers={"x": S(exact="1")}), M(uri=S(prefix="/")))
+    assert analyzers._covers(M(headers={"x": S(exact="1")}),
+                             M(headers={"x": S(exact="1"), "y": S(exact="2")}))
+    assert analyzers._covers(None, M(uri=S(exact="/")))
+    # A regex is never judged to cover anything: unsure means not shadowed.
+    assert not analyzers._covers(M(uri=S(regex="/a.*")), M(uri=S(exact="/a/b")))
+    assert not analyzers._covers(M(port=8080), M())
 
 
 def remoractl(*argv: str) -> tuple[int, str, str]:
