@@ -118,7 +118,40 @@ def must_show_calls(target: str) -> dict:
     return out
 
 
+def serve_h2_echo(port: int) -> None:
+    """Plain HTTP/2 with prior knowledge (not gRPC): every response is the request's headers
+    as a JSON list of [name, value] pairs."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def handle(sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        with sock:
+            sock.sendall(conn.data_to_send())
+            while data := sock.recv(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        body = json.dumps([list(h) for h in ev.headers]).encode()
+                        conn.send_headers(ev.stream_id, [
+                            (":status", "200"), ("content-type", "application/json"),
+                            ("content-length", str(len(body)))])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    srv = socket.create_server(("0.0.0.0", port))
+    print(port, flush=True)
+    while True:
+        client, _ = srv.accept()
+        threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "h2echo":
+        serve_h2_echo(int(argv[1]))
+        return 0
     if argv[0] == "serve":
         server, port = start_app(f"0.0.0.0:{argv[1]}", AppState())
         print(port, flush=True)
@@ -142,7 +175,8 @@ def main(argv: list[str]) -> int:
                 code = e.code().name
             print(json.dumps({"code": code}), flush=True)
         return 0
-    print(f"usage: {Path(__file__).name} serve PORT | call HOST:PORT | stream HOST:PORT SPEC",
+    print(f"usage: {Path(__file__).name} serve PORT | h2echo PORT | call HOST:PORT | "
+          "xfcc HOST:PORT | stream HOST:PORT SPEC",
           file=sys.stderr)
     return 2
 
