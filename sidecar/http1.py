@@ -25,6 +25,7 @@ from control_plane.api.model import Endpoint, OutboundPort
 
 from .http import replies
 from .http.exchange import Authorizer, Exchange, authorize, current_router, decide_outbound
+from .http.h1 import MAX_HEAD_BYTES, MAX_RESPONSE_HEAD_BYTES, BadRequest, framing_header
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
@@ -33,8 +34,6 @@ from .tls import ALPN_H1
 from .upstream import Connector, UpstreamError
 
 log = logging.getLogger("remora.http1")
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more is refused with 400
-MAX_RESPONSE_HEAD_BYTES = 256 * 1024  # an upstream sending more gets its connection aborted
 POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
 POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
@@ -69,10 +68,6 @@ class H1Context:
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
     authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
-
-
-class BadRequest(Exception):
-    pass
 
 
 class _Target:
@@ -466,7 +461,8 @@ class H1Downstream(asyncio.Protocol):
 
     def _head(self, method: bytes, version: str, keep_alive: bool, upgrade: bool) -> None:
         ctx = self.ctx
-        cl = te = None
+        cl = None
+        chunked = False
         hosts = 0
         self.host = b""
         has_id = False
@@ -477,14 +473,8 @@ class H1Downstream(asyncio.Protocol):
             if lname not in _REQ_SPECIAL:  # the common case: an end-to-end header
                 out.append(b"%s: %s\r\n" % (name, value))
                 continue
-            if lname == b"content-length":
-                if cl is not None or not value.strip().isdigit():
-                    raise BadRequest("invalid or repeated Content-Length")
-                cl = value.strip()
-            elif lname == b"transfer-encoding":
-                if te is not None or value.strip().lower() != b"chunked":
-                    raise BadRequest("unsupported Transfer-Encoding")
-                te = value
+            if lname == b"content-length" or lname == b"transfer-encoding":
+                cl, chunked = framing_header(lname, value, cl, chunked)
             elif lname == b"connection":
                 conn_tokens.update(t.strip().lower() for t in value.split(b","))
             elif lname == b"upgrade":
@@ -504,7 +494,7 @@ class H1Downstream(asyncio.Protocol):
         if conn_tokens:  # rare: headers named in Connection are hop-by-hop too
             out = [out[0], *(h for h in out[1:]
                              if h.split(b":", 1)[0].lower() not in conn_tokens)]
-        if cl is not None and te is not None:
+        if cl is not None and chunked:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
@@ -512,7 +502,7 @@ class H1Downstream(asyncio.Protocol):
             out.append(b"x-request-id: %s\r\n" % request_id())
         if self.xfcc:
             out.append(self.xfcc)
-        if te is not None:
+        if chunked:
             out.append(b"transfer-encoding: chunked\r\n")
         elif cl is not None:
             out.append(b"content-length: %s\r\n" % cl)
@@ -522,8 +512,8 @@ class H1Downstream(asyncio.Protocol):
         self.busy = True
         self.method = method
         self.req_head = b"".join(out)
-        self.req_chunked = te is not None
-        self.req_has_body = te is not None or (cl is not None and cl != b"0")
+        self.req_chunked = chunked
+        self.req_has_body = chunked or (cl is not None and cl != b"0")
         self.req_body = []
         self.req_done = False
         self.keep_alive = keep_alive

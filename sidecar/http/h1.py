@@ -50,8 +50,10 @@ def _refusal(e: Exception) -> str:
     return str(cause if isinstance(cause, BadRequest) else e) or type(e).__name__
 
 
-def _framing_header(lname: bytes, value: bytes, cl: bytes | None, te: bool) -> tuple[bytes | None, bool]:
-    """Check one framing header (smuggling defences); the updated (content-length, chunked)."""
+def framing_header(lname: bytes, value: bytes, cl: bytes | None, te: bool) -> tuple[bytes | None, bool]:
+    """Check one framing header (smuggling defences); the updated (content-length, chunked).
+
+    The one copy of these rules: the HTTP/1.1 relay's head builder calls it too."""
     if lname == b"content-length":
         value = value.strip()
         if cl is not None or not value.isdigit():
@@ -197,7 +199,7 @@ class H1ServerCodec(_Writer):
             return
         lname = name.lower()
         if lname == b"content-length" or lname == b"transfer-encoding":
-            self.cl, self.te = _framing_header(lname, value, self.cl, self.te)
+            self.cl, self.te = framing_header(lname, value, self.cl, self.te)
         elif lname == b"host":
             self.hosts += 1
             self.host = value

@@ -118,7 +118,40 @@ def must_show_calls(target: str) -> dict:
     return out
 
 
+def serve_h2_echo(port: int) -> None:
+    """Plain HTTP/2 with prior knowledge (not gRPC): every response is the request's headers
+    as a JSON list of [name, value] pairs."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def handle(sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        with sock:
+            sock.sendall(conn.data_to_send())
+            while data := sock.recv(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        body = json.dumps([list(h) for h in ev.headers]).encode()
+                        conn.send_headers(ev.stream_id, [
+                            (":status", "200"), ("content-type", "application/json"),
+                            ("content-length", str(len(body)))])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    srv = socket.create_server(("0.0.0.0", port))
+    print(port, flush=True)
+    while True:
+        client, _ = srv.accept()
+        threading.Thread(target=handle, args=(client,), daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "h2echo":
+        serve_h2_echo(int(argv[1]))
+        return 0
     if argv[0] == "serve":
         server, port = start_app(f"0.0.0.0:{argv[1]}", AppState())
         print(port, flush=True)
@@ -142,7 +175,8 @@ def main(argv: list[str]) -> int:
                 code = e.code().name
             print(json.dumps({"code": code}), flush=True)
         return 0
-    print(f"usage: {Path(__file__).name} serve PORT | call HOST:PORT | stream HOST:PORT SPEC",
+    print(f"usage: {Path(__file__).name} serve PORT | h2echo PORT | call HOST:PORT | "
+          "xfcc HOST:PORT | stream HOST:PORT SPEC",
           file=sys.stderr)
     return 2
 
@@ -213,6 +247,7 @@ class Relay:
     routers: list[StubRouter]
     in_ctx: H2Context
     registry: set
+    closes: list[int]
 
     async def run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -240,10 +275,11 @@ async def running_relay(app_options: list | None = None):
 
     in_pool, out_pool = H2Pool(in_conn), H2Pool(out_conn)
     registry: set = set()  # open downstream connections, as the runtime keeps them
+    closes: list[int] = []  # one entry per downstream close the relay counted
     in_ctx = H2Context(router=None, outbound_port=None, inbound_target=("127.0.0.1", app_port),
                        connector=in_conn, peer_identity=CLIENT_ID, stats=stats,
                        draining=lambda: False, pool=in_pool, registry=registry,
-                       local_identity=SERVER_ID)
+                       closed=lambda: closes.append(1), local_identity=SERVER_ID)
     inbound = await loop.create_server(factory(in_ctx), "127.0.0.1", 0)
     in_port = inbound.sockets[0].getsockname()[1]
     router = StubRouter(Endpoint(address="127.0.0.1", port=in_port, identity=SERVER_ID))
@@ -251,12 +287,13 @@ async def running_relay(app_options: list | None = None):
     out_ctx = H2Context(router=router, outbound_port=None, inbound_target=None,
                         connector=out_conn, peer_identity=None, stats=stats,
                         draining=lambda: draining[0], pool=out_pool, registry=registry,
-                        current_router=lambda: routers[-1],
+                        closed=lambda: closes.append(1), current_router=lambda: routers[-1],
                         original_dst=("198.18.0.10", 80))
     outbound = await loop.create_server(factory(out_ctx), "127.0.0.1", 0)
     try:
         yield Relay(state, app_port, outbound.sockets[0].getsockname()[1], router, stats,
-                    out_conn, in_conn, draining, downstreams, routers, in_ctx, registry)
+                    out_conn, in_conn, draining, downstreams, routers, in_ctx, registry,
+                    closes)
     finally:
         for srv in (outbound, inbound):
             srv.close()
@@ -344,6 +381,20 @@ async def test_config_push_applies_to_the_next_request_on_an_open_http2_connecti
     assert await relay.run(calls) == (b"x", grpc.StatusCode.UNAVAILABLE)
     outbound = [d for d in relay.downstreams if d.ctx.inbound_target is None]
     assert len(outbound) == 1  # the push reached the connection that was already open
+
+
+async def test_each_downstream_close_is_counted_exactly_once(relay):
+    def call():
+        with relay.channel() as ch:
+            return method(ch, "Unary")(b"x", timeout=5)
+    assert await relay.run(call) == b"x"
+    assert await relay.run(call) == b"x"  # a second client connection, same pooled upstream
+    deadline = time.monotonic() + 3
+    while sum(d.closed for d in relay.downstreams) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    closed = [d for d in relay.downstreams if d.closed]
+    assert len(closed) == 2 and len(relay.closes) == 2  # the two app connections, once each
+    assert all(d not in relay.registry for d in closed)
 
 
 async def test_pooled_connections_are_not_shared_across_expected_identities(relay):

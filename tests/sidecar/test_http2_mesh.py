@@ -25,11 +25,13 @@ pytestmark = pytest.mark.root
 APP = str(Path(__file__).with_name("test_http2.py"))  # the gRPC app and client (see there)
 GRPC_PORT = 50051
 H2C_PORT = 8081  # nghttpd, plain HTTP/2 with prior knowledge
+ECHO_PORT = 8082  # plain HTTP/2 app answering with the request headers it received
 
 
 def start_mesh(node, bin_dir) -> Mesh:
     m = Mesh.start(node, bin_dir, [Service("echo", GRPC_PORT, protocol="grpc"),
-                                   Service("h2web", H2C_PORT, protocol="http2")])
+                                   Service("h2web", H2C_PORT, protocol="http2"),
+                                   Service("h2echo", ECHO_PORT, protocol="http2")])
     try:
         m.spawn_app([sys.executable, APP, "serve", str(GRPC_PORT)])
         www = m.tmp / "www"
@@ -37,8 +39,10 @@ def start_mesh(node, bin_dir) -> Mesh:
         (www / "index.html").write_bytes(b"x" * 1024)
         os.chmod(www, 0o755)
         m.spawn_app(["nghttpd", "--no-tls", "-d", str(www), str(H2C_PORT)])
+        m.spawn_app([sys.executable, APP, "h2echo", str(ECHO_PORT)])
         m.wait_port(m.server, GRPC_PORT)
         m.wait_port(m.server, H2C_PORT)
+        m.wait_port(m.server, ECHO_PORT)
     except BaseException:
         m.close()
         raise
@@ -107,6 +111,17 @@ def test_forged_xfcc_from_a_grpc_client_never_reaches_the_app(mesh):
     assert r.returncode == 0, r.stderr + mesh.logs()
     # The app saw one XFCC, the server proxy's statement about the mTLS-verified client.
     assert json.loads(r.stdout)["x-seen-xfcc"] == f"By={SERVER_ID};URI={CLIENT_ID}"
+
+
+def test_forged_xfcc_from_a_plain_http2_client_never_reaches_the_app(mesh):
+    r = mesh.client.exec(["nghttp", "-H", "x-forwarded-client-cert: By=x;URI=spiffe://evil",
+                          "-H", "x-request-id: given-1", f"http://h2echo:{ECHO_PORT}/who"],
+                         uid=APP_UID, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr + mesh.logs()
+    seen = json.loads(r.stdout)
+    assert [v for n, v in seen if n == "x-forwarded-client-cert"] == [
+        f"By={SERVER_ID};URI={CLIENT_ID}"]
+    assert [v for n, v in seen if n == "x-request-id"] == ["given-1"]  # kept, never doubled
 
 
 def test_drain_lets_an_inflight_grpc_stream_finish(mesh):
