@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from control_plane import istio
+from control_plane import authz_selection, istio
 from control_plane.api import model
 from control_plane.api.model import (
     Cluster,
@@ -205,6 +205,9 @@ class SnapshotBuilder:
         ports = dict(workload.port_modes) if workload else {}
         return model.InboundPolicy(mtls_mode=mode, port_mtls=ports)
 
+    def authz_for(self, w: Workload | None, namespace: str) -> tuple[model.AuthzPolicy, ...]:
+        return authz_selection.policies_for(self.registry, self.root_namespace, w, namespace)
+
     def _opaque_for(self, w: Workload | None) -> tuple[int, ...]:
         ports = set(self._base.opaque_ports)
         if w is not None:
@@ -223,8 +226,10 @@ class SnapshotBuilder:
     def snapshot_for(self, key: ProxyKey) -> Snapshot:
         w = self.workload(key)
         inbound = self.inbound_for(key.namespace, w.labels if w else None)
+        inbound = dataclasses.replace(inbound, authz=self.authz_for(w, key.namespace))
         opaque = self._opaque_for(w)
-        cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque)
+        cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque,
+                     inbound.authz)
         snap = self._cache.get(cache_key)
         if snap is None:
             cfg = dataclasses.replace(self._base, inbound=inbound, opaque_ports=opaque)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane import istio, resources
+from control_plane import authz, istio, resources
 from control_plane.resources import Service, SliceEndpoint, Workload
 
 log = logging.getLogger("remora.control.registry")
@@ -32,6 +32,7 @@ class Registry:
     destination_rules: dict[str, istio.DestinationRule] = field(default_factory=dict)  # by host
     virtual_services: dict[str, istio.VirtualService] = field(default_factory=dict)  # by host
     peer_authentications: list[istio.PeerAuthentication] = field(default_factory=list)
+    authorization_policies: list[authz.AuthorizationPolicy] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -86,11 +87,9 @@ class Registry:
             self.unsupported.extend(notes)
             self.peer_authentications.append(pa)
         elif kind == "AuthorizationPolicy":
-            meta = obj["metadata"]
-            self.unsupported.append(
-                f"AuthorizationPolicy/{meta.get('namespace', 'default')}/{meta['name']}: "
-                "AuthorizationPolicy is not implemented yet (no effect)"
-            )
+            ap, notes = authz.parse_authorization_policy(obj)
+            self.unsupported.extend(notes)
+            self.authorization_policies.append(ap)
 
     def pod_by_ip(self) -> dict[str, Workload]:
         return {w.ip: w for w in self.workloads.values() if w.ip}
