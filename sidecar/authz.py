@@ -349,10 +349,11 @@ def check_tcp(gate: Gate | None) -> bool:
     return eng is None or eng.evaluate(gate.attrs, gate.stats).allowed
 
 
-def check_http(gate: Gate | None, method: bytes | str, path: bytes | str, host: bytes | str,
-               headers: Iterable[tuple[bytes | str, bytes | str]]) -> bool:
+def check_http(gate: Gate | None, method: bytes | str, path: bytes | str,
+               host: bytes | str | None, headers: Iterable[tuple[bytes | str, bytes | str]]) -> bool:
     """Whether one HTTP request (HTTP/1.1 or HTTP/2, at its head) may reach the app; the
-    caller answers False with 403 ``RBAC: access denied`` (gRPC: grpc-status 7)."""
+    caller answers False with 403 ``RBAC: access denied`` (gRPC: grpc-status 7). ``host``:
+    the :authority, or None to take the Host header."""
     if gate is None:
         return True
     eng = engine_for(gate.policies())
@@ -366,8 +367,9 @@ def check_http(gate: Gate | None, method: bytes | str, path: bytes | str, host: 
             continue
         v = _text(value)
         hdrs[n] = f"{hdrs[n]},{v}" if n in hdrs else v
+    host_text = _text(host) if host is not None else hdrs.get("host", "")
     a = Attrs(c.source_ip, c.principal, c.dest_ip, c.dest_port, c.sni, True, _text(method),
-              normalize_path(_text(path)), _text(host), hdrs)
+              normalize_path(_text(path)), host_text, hdrs)
     return eng.evaluate(a, gate.stats).allowed
 
 

@@ -24,6 +24,7 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .authz import DENIED_BODY, Gate, check_http
 from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
@@ -40,7 +41,7 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
-REASONS = {400: b"Bad Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
+REASONS = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway", 503: b"Service Unavailable",
            504: b"Gateway Timeout", 404: b"Not Found", 431: b"Request Header Fields Too Large"}
 
 # Request headers that need a look; every other header is copied as it came.
@@ -74,6 +75,7 @@ class H1Context:
     # connection too) and the original destination that selects the service port in it.
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
+    authz: Gate | None = None  # inbound: AuthorizationPolicy for this connection
 
 
 class BadRequest(Exception):
@@ -566,6 +568,9 @@ class H1Downstream(asyncio.Protocol):
         """Where the current request goes; None when it was answered locally."""
         ctx = self.ctx
         if ctx.direction != OUTBOUND:
+            if not check_http(ctx.authz, self.method, self.url, None, self.headers):
+                self._local_reply(403, DENIED_BODY.decode(), newline=False)
+                return None
             if self.target is None:
                 self.target = _Target(Endpoint(*ctx.inbound_target), None, 5.0, "http/1.1",
                                       INBOUND)
@@ -851,8 +856,8 @@ class H1Downstream(asyncio.Protocol):
         self.flush()
         self.transport.close()
 
-    def _local_reply(self, status: int, message: str) -> None:
-        body = message.encode() + b"\n"
+    def _local_reply(self, status: int, message: str, newline: bool = True) -> None:
+        body = message.encode() + (b"\n" if newline else b"")
         self.resp_started = True
         close = not self.keep_alive or not self.req_done or self.ctx.draining()
         self.wbuf.append(

@@ -36,6 +36,8 @@ from h2.errors import ErrorCodes
 
 from control_plane.api.model import Endpoint
 
+from .authz import DENIED_BODY, GRPC_PERMISSION_DENIED, Gate, check_http
+
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
     from sidecar.routing import Router
@@ -77,6 +79,7 @@ class H2Context:
     peer_identity: str | None  # downstream peer's SPIFFE ID (inbound mTLS), else None
     stats: Stats
     draining: Callable[[], bool]
+    authz: Gate | None = None  # inbound: AuthorizationPolicy for this connection
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -550,7 +553,8 @@ class _Exchange:
         else:
             body = message.encode()
             if self.grpc:
-                code = GRPC_DEADLINE_EXCEEDED if status == 504 else GRPC_UNAVAILABLE
+                code = {504: GRPC_DEADLINE_EXCEEDED, 403: GRPC_PERMISSION_DENIED}.get(
+                    status, GRPC_UNAVAILABLE)
                 headers = [(b":status", str(status).encode()), (b"content-type", b"application/grpc"),
                            (b"grpc-status", code), (b"grpc-message", body)]
             else:
@@ -837,7 +841,7 @@ class H2Downstream(_Side):
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
             return
         headers = _filter(ev.headers)
-        method = path = b""
+        method = path = authority = b""
         has_id = False
         ex = _Exchange(self, sid, headers)
         for name, value in headers:
@@ -846,6 +850,7 @@ class H2Downstream(_Side):
             elif name == b":path":
                 path = value
             elif name == b":authority":
+                authority = value
                 ex.service = value.decode("ascii", "replace")
             elif name == b"x-request-id":
                 has_id = True
@@ -860,6 +865,9 @@ class H2Downstream(_Side):
         if self.inbound_endpoint is not None:
             ex.peer = ctx.peer_identity
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
+            if not check_http(ctx.authz, method, path, authority or None, headers):
+                ex.local_reply(403, DENIED_BODY.decode())
+                return
             endpoint, alpn = self.inbound_endpoint, "h2"
         else:
             endpoint = self._route(ex, method, path, headers)
