@@ -42,6 +42,7 @@ class ServerSettings:
     mesh_mtls_mode: str = model.PERMISSIVE
     debounce_quiet: float = 0.1
     debounce_max: float = 10.0
+    keepalive: float = 30.0  # seconds between WebSocket pings to each proxy
 
 
 class Connection:
@@ -130,7 +131,7 @@ class DiscoveryServer:
     # -- the discovery stream ----------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * 1024 * 1024)
+        ws = web.WebSocketResponse(heartbeat=self.settings.keepalive, max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
         peer = request.remote or "?"
         conn: Connection | None = None
