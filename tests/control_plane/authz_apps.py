@@ -1,7 +1,7 @@
 """Apps for the AuthorizationPolicy mesh tests, run inside pods as a non-proxy uid.
 
     python authz_apps.py serve HTTP_PORT GRPC_PORT TCP_PORT...
-        HTTP/1.1 on HTTP_PORT: any method and path → 200 "ok <METHOD> <path>\n";
+        HTTP/1.1 on HTTP_PORT: any method and path → 200 "ok <METHOD> <path> xfcc=<XFCC or ->\n";
         gRPC on GRPC_PORT: /authz.Echo/Unary echoes; TCP_PORTs: "hello " + each line (tcp-echo)
     python authz_apps.py grpc TARGET      one unary call; prints the status code name
     python authz_apps.py tcp HOST PORT    sends "world\n"; prints the reply or "rejected"
@@ -25,7 +25,8 @@ def _http(port: int) -> None:
             n = int(self.headers.get("Content-Length") or 0)
             if n:
                 self.rfile.read(n)
-            body = f"ok {self.command} {self.path}\n".encode()
+            xfcc = self.headers.get("x-forwarded-client-cert", "-")
+            body = f"ok {self.command} {self.path} xfcc={xfcc}\n".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -467,3 +467,23 @@ def test_audit_root_namespace_selector_and_grpc_allow(az: Authz) -> None:
     assert counter(m, policy="foo/audit-all", action="AUDIT", result="audited") >= 2
     assert counter(m, policy="remora-system/mesh-deny-deletes", result="denied") >= 1
     assert counter(m, policy="foo/not-me") == 0
+
+
+def test_plaintext_h2c_and_unknown_methods_are_http_on_a_permissive_inbound(az: Authz) -> None:
+    """Detection: an unmeshed client's h2c (preface + SETTINGS in one segment) and a PROPFIND
+    reach the app through the HTTP handlers (counted, policed), not as raw bytes."""
+    h2c = f"http://{az.server_ip}:{H2_PORT}"
+    h1 = f"http://{az.server_ip}:8000"
+    az.policies(policy("detect", "DENY", [
+        {"to": [{"operation": {"paths": ["/ip"]}}]},
+        {"to": [{"operation": {"methods": ["PROPFIND"], "paths": ["/locked"]}}]}]))
+    before = az.metrics()
+    assert az.code("outsider", url=f"{h2c}/index.html", h2=True) == 200
+    assert az.code("outsider", url=f"{h2c}/ip", h2=True) == 403
+    code, body = az.curl("outsider", url=f"{h1}/dav/", method="PROPFIND",
+                         headers={"x-forwarded-client-cert": "By=forged;URI=spiffe://evil"})
+    assert (code, body) == (200, "ok PROPFIND /dav/ xfcc=-\n")  # the forged identity was removed
+    assert az.code("outsider", url=f"{h1}/locked", method="PROPFIND") == 403
+    after = az.metrics()
+    assert counter(after, policy="foo/detect", result="denied") - counter(
+        before, policy="foo/detect", result="denied") == 2
