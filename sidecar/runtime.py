@@ -144,8 +144,9 @@ class ProxyRuntime:
         self.servers.append(await admin.serve("::", s.agent_port, self._agent))
         self.listeners = [
             Listener("outbound", bind("::", s.outbound_port),
-                     lambda c: outbound.on_accept(self, c)),
-            Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c)),
+                     lambda c: outbound.on_accept(self, c), self.stats.fd_exhausted),
+            Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c),
+                     self.stats.fd_exhausted),
         ]
         if s.control_plane and not s.bootstrap:
             self._start_discovery()
