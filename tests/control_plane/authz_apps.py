@@ -5,10 +5,13 @@
         gRPC on GRPC_PORT: /authz.Echo/Unary echoes; TCP_PORTs: "hello " + each line (tcp-echo)
     python authz_apps.py grpc TARGET      one unary call; prints the status code name
     python authz_apps.py tcp HOST PORT    sends "world\n"; prints the reply or "rejected"
+    python authz_apps.py tls HOST PORT SNI  sends a TLS ClientHello naming SNI, then a newline;
+                                            prints "relayed" (the echo answered) or "rejected"
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import socketserver
@@ -103,6 +106,22 @@ def tcp_call(host: str, port: int) -> None:
     print(data.decode().strip() or "rejected")
 
 
+def tls_probe(host: str, port: int, sni: str) -> None:
+    import ssl
+
+    out = ssl.MemoryBIO()
+    obj = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            s.sendall(out.read() + b"\n")
+            data = s.recv(100)
+    except OSError:
+        data = b""
+    print("relayed" if data.startswith(b"hello") else "rejected")
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "serve":
@@ -111,3 +130,5 @@ if __name__ == "__main__":
         grpc_call(args[0])
     elif mode == "tcp":
         tcp_call(args[0], int(args[1]))
+    elif mode == "tls":
+        tls_probe(args[0], int(args[1]), args[2])

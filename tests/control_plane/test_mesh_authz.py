@@ -487,3 +487,18 @@ def test_plaintext_h2c_and_unknown_methods_are_http_on_a_permissive_inbound(az: 
     after = az.metrics()
     assert counter(after, policy="foo/detect", result="denied") - counter(
         before, policy="foo/detect", result="denied") == 2
+
+
+def test_connection_sni_of_app_tls_on_a_plaintext_port(az: Authz) -> None:
+    """App TLS from an unmeshed client (PERMISSIVE) is relayed opaque; its ClientHello's SNI is
+    the connection.sni a TCP rule sees."""
+    az.policies(policy("sni", "DENY", [{"when": [{"key": "connection.sni", "values": ["*.blocked"]}]}]))
+
+    def probe(sni: str) -> str:
+        r = az.mesh.pods["outsider"].exec([sys.executable, APPS, "tls", az.server_ip, "9001", sni],
+                                          uid=APP_UID, timeout=20)
+        return r.stdout.strip()
+
+    assert probe("api.allowed") == "relayed"
+    assert probe("api.blocked") == "rejected"
+    assert counter(az.metrics(), policy="foo/sni", action="DENY", result="denied") >= 1

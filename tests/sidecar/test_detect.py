@@ -4,6 +4,8 @@ bytes arrive, nothing HTTP-shaped is taken for opaque)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -71,3 +73,26 @@ def test_preface_with_anything_after_is_h2_and_mutated_preface_is_not(
     mutated[pos] = byte
     got = classify(bytes(mutated) + tail)
     assert got == H2 if mutated == bytearray(H2_PREFACE) else got != H2
+
+
+def _client_hello(server_hostname: str | None) -> bytes:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2"])
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_hostname)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def test_client_hello_sni_and_alpn_for_connection_sni() -> None:
+    from sidecar.tls import client_hello_alpns, client_hello_sni
+
+    hello = _client_hello("api.example")
+    assert classify(hello) == TLS
+    assert client_hello_sni(hello) == "api.example"
+    assert client_hello_alpns(hello) == [b"h2"]
+    assert client_hello_sni(_client_hello(None)) == ""
+    assert client_hello_sni(b"GET / HTTP/1.1\r\n") == ""
+    assert client_hello_sni(hello[:20]) == ""
