@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     tune_malloc()
     soft, _ = raise_nofile()
-    logging.getLogger("remora.proxy").info("open-files limit: %d", soft)
+    logging.getLogger("remora.proxy").debug("open-files limit: %d", soft)
 
     async def _main() -> int:
         rt = ProxyRuntime(s)
