@@ -10,6 +10,7 @@ that needs HTTP attributes never matches, and a DENY rule applies without them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import posixpath
@@ -84,6 +85,7 @@ def _ip(value: str) -> _Ip | None:
     return ip
 
 
+@functools.lru_cache(maxsize=4096)
 def _net(value: str) -> _Net:
     return ipaddress.ip_network(value, strict=False)
 
@@ -187,20 +189,23 @@ def _condition_value(key: str, a: Attrs) -> str | None:
             "destination.port": str(a.dest_port), "connection.sni": a.sni}.get(key, "")
 
 
+_IP_KEYS = ("source.ip", "remote.ip", "destination.ip")
+
+
+def _values_hit(key: str, values: tuple[str, ...], value: str) -> bool:
+    if key in _IP_KEYS:
+        return _in_blocks(values, value)
+    if key == "destination.port":
+        return value in values
+    return _any(values, value)
+
+
 def _condition_matches(c: AuthzCondition, a: Attrs) -> bool:
     value = _condition_value(c.key, a)
     if value is None:  # request.headers on TCP, inside a DENY rule: does not apply
         return True
-    if c.key in ("source.ip", "remote.ip", "destination.ip"):
-        def hit(vs: tuple[str, ...]) -> bool:
-            return _in_blocks(vs, value)
-    elif c.key == "destination.port":
-        def hit(vs: tuple[str, ...]) -> bool:
-            return value in vs
-    else:
-        def hit(vs: tuple[str, ...]) -> bool:
-            return _any(vs, value)
-    return (not c.values or hit(c.values)) and not (c.not_values and hit(c.not_values))
+    return ((not c.values or _values_hit(c.key, c.values, value))
+            and not (c.not_values and _values_hit(c.key, c.not_values, value)))
 
 
 def rule_matches(rule: AuthzRule, a: Attrs, allow_side: bool) -> bool:
