@@ -125,12 +125,23 @@ def _in_blocks(blocks: Iterable[str], ip: str) -> bool:
     return addr is not None and any(addr in _net(b) for b in blocks)
 
 
+def split_absolute(target: str) -> tuple[str, str] | None:
+    """(authority, path) of an absolute-form request target (http://host/path), else None."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    authority, slash, path = rest.partition("/")
+    return authority, slash + path if slash else "/"
+
+
 def normalize_path(raw: str) -> str:
     """The path policies see: no query or fragment, dot segments and repeated slashes removed
-    (what the app most likely resolves), so /public/../admin is checked as /admin."""
-    path = raw.split("?", 1)[0].split("#", 1)[0]
+    (what the app most likely resolves), so /public/../admin is checked as /admin. An
+    absolute-form target is checked by its path, as the app will serve it."""
+    absolute = split_absolute(raw)
+    path = (absolute[1] if absolute else raw).split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
-        return path  # "*" (OPTIONS) or absolute-form, checked as sent
+        return path  # "*" (OPTIONS) or authority-form (CONNECT), checked as sent
     norm = posixpath.normpath(path)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
@@ -372,9 +383,14 @@ def check_http(gate: Gate | None, method: bytes | str, path: bytes | str,
             continue
         v = _text(value)
         hdrs[n] = f"{hdrs[n]},{v}" if n in hdrs else v
-    host_text = _text(host) if host is not None else hdrs.get("host", "")
+    target = _text(path)
+    absolute = split_absolute(target)
+    if absolute is not None:  # the URI's authority wins over Host, as in Envoy
+        host_text = absolute[0]
+    else:
+        host_text = _text(host) if host is not None else hdrs.get("host", "")
     a = Attrs(c.source_ip, c.principal, c.dest_ip, c.dest_port, c.sni, True, _text(method),
-              normalize_path(_text(path)), host_text, hdrs)
+              normalize_path(target), host_text, hdrs)
     return eng.evaluate(a, gate.stats).allowed
 
 

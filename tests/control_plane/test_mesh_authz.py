@@ -55,8 +55,10 @@ class Authz:
         self.applied = objs
 
     def curl(self, pod: str, path: str = "/", method: str = "GET", headers: dict | None = None,
-             h2: bool = False, url: str | None = None) -> tuple[int, str]:
+             h2: bool = False, url: str | None = None, target: str | None = None) -> tuple[int, str]:
         argv = ["curl", "-s", "--max-time", "5", "-X", method, "-o", "-", "-w", "\n%{http_code}"]
+        if target:
+            argv += ["--request-target", target]
         if h2:
             argv.append("--http2-prior-knowledge")
         for k, v in (headers or {}).items():
@@ -430,6 +432,7 @@ def test_operations_and_conditions(az: Authz) -> None:
     assert az.code("sleep", "/api/x") == 200
     assert az.code("sleep", "/a.json", h2=True) == 200
     assert az.code("sleep", "/api/admin/1") == 403
+    assert az.code("sleep", target="http://httpbin.foo:8000/api/admin/1") == 403  # absolute-form
     assert az.code("sleep", "/api/x", method="DELETE") == 403
     assert az.code("sleep", "/other") == 403
     assert az.code("sleep", "/api/x", headers={"Host": "evil.foo"}) == 403

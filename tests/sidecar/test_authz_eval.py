@@ -55,6 +55,7 @@ def test_string_match(pattern, value, expected):
 @pytest.mark.parametrize("raw,expected", [
     ("/a/b?x=1", "/a/b"), ("/public/../admin", "/admin"), ("/./admin", "/admin"),
     ("//admin", "/admin"), ("/a/", "/a/"), ("/", "/"), ("*", "*"), ("/a#frag", "/a"),
+    ("http://h:80/x/../admin?q", "/admin"), ("HTTPS://h", "/"), ("h:443", "h:443"),
 ])
 def test_normalize_path(raw, expected):
     assert normalize_path(raw) == expected
@@ -236,3 +237,13 @@ def test_check_http_joins_repeated_headers_and_ignores_pseudo_headers():
     assert not authz.check_http(gate, b"GET", b"/", b"h", [(b"x-a", b"1")])
     assert authz.check_http(authz.Gate(lambda: (), None, "1.2.3.4", None, ("1.2.3.5", 1)),
                             "GET", "/", "h", [])
+
+
+def test_absolute_form_is_checked_by_its_path_and_authority():
+    deny = pol("action: DENY\nrules: [{to: [{operation: {paths: ['/admin*']}}]}]")
+    gate = authz.Gate(lambda: (deny,), None, "198.18.0.5", None, ("198.18.0.9", 80))
+    assert not authz.check_http(gate, b"GET", b"http://x/admin/1", None, [(b"host", b"y")])
+    only = pol("rules: [{to: [{operation: {hosts: [good]}}]}]")
+    gate = authz.Gate(lambda: (only,), None, "198.18.0.5", None, ("198.18.0.9", 80))
+    assert authz.check_http(gate, b"GET", b"http://good/", None, [(b"host", b"evil")])
+    assert not authz.check_http(gate, b"GET", b"http://evil/", None, [(b"host", b"good")])
