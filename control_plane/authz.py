@@ -207,7 +207,8 @@ def parse_authorization_policy(obj: Mapping[str, Any]) -> tuple[AuthorizationPol
         raise ValueError("spec.provider: only valid with action CUSTOM")
     rules = tuple(_rule(r, f"spec.rules[{i}]", notes)
                   for i, r in enumerate(_field_list(spec, "rules", "spec.rules")))
-    dry = str((meta.get("annotations") or {}).get(DRY_RUN_ANNOTATION, "false")).lower()
+    annotations = _mapping(meta.get("annotations") or {}, "metadata.annotations")
+    dry = str(annotations.get(DRY_RUN_ANNOTATION, "false")).lower()
     if dry not in ("true", "false"):
         raise ValueError(f"metadata.annotations[{DRY_RUN_ANNOTATION}]: {dry!r} is not true or false")
     if action == model.CUSTOM:

@@ -119,3 +119,77 @@ def test_proxy_decoder_rejects_bad_policies_with_paths() -> None:
     base["inbound"]["authz"] = [{"name": "foo/p", "rules": [{"conditions": [{"key": "x.y", "values": ["1"]}]}]}]
     with pytest.raises(ConfigError, match=r"authz\[0\].rules\[0\].conditions\[0\].key: 'x.y'"):
         ProxyConfig.from_dict(base)
+
+
+# -- property: what the control plane accepts, every proxy's strict decoder accepts ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.sampled_from(
+    ["*", "GET", "/a*", "0", "300.1.1.1", "", "request.auth.claims[iss]", "NOPE"]))
+words = st.lists(st.sampled_from(["*", "GET", "/a*", "*.json", "foo", "cluster.local/ns/foo/sa/x"]),
+                 max_size=3)
+cidrs = st.lists(st.sampled_from(["198.18.0.0/16", "fd00::1", "198.18.0.5"]), max_size=2)
+port_list = st.lists(st.one_of(st.integers(1, 65535), st.sampled_from(["8000", "9000"])), max_size=2)
+
+
+def mostly(valid, junk=scalars):
+    """Junk one time in 20, so accepted policies are common and rejected ones still appear."""
+    return st.integers(0, 19).flatmap(lambda i: junk if i == 0 else valid)
+
+
+source = st.fixed_dictionaries({}, optional={
+    **{k: mostly(words) for k in ("principals", "notPrincipals", "namespaces", "notNamespaces",
+                                  "requestPrincipals")},
+    **{k: mostly(cidrs) for k in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")},
+})
+operation = st.fixed_dictionaries({}, optional={
+    **{k: mostly(words) for k in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")},
+    **{k: mostly(port_list) for k in ("ports", "notPorts")},
+})
+condition = st.one_of(
+    st.fixed_dictionaries({"key": st.sampled_from(["request.headers[x-a]", "source.namespace",
+                                                   "source.principal", "connection.sni",
+                                                   "request.auth.claims[iss]"])},
+                          optional={"values": mostly(words), "notValues": mostly(words)}),
+    st.fixed_dictionaries({"key": st.sampled_from(["source.ip", "remote.ip", "destination.ip"])},
+                          optional={"values": mostly(cidrs), "notValues": mostly(cidrs)}),
+    st.fixed_dictionaries({"key": st.just("destination.port")},
+                          optional={"values": mostly(st.lists(st.sampled_from(["80", "9000"]), max_size=2))}),
+    st.fixed_dictionaries({"key": scalars}),
+)
+rule = mostly(st.fixed_dictionaries({}, optional={
+    "from": mostly(st.lists(st.fixed_dictionaries({"source": source}), max_size=2)),
+    "to": mostly(st.lists(st.fixed_dictionaries({"operation": operation}), max_size=2)),
+    "when": mostly(st.lists(condition, max_size=2)),
+}))
+spec = st.fixed_dictionaries({}, optional={
+    "action": mostly(st.sampled_from(["ALLOW", "DENY", "AUDIT", "CUSTOM"])),
+    "rules": mostly(st.lists(rule, max_size=3)),
+    "selector": mostly(st.fixed_dictionaries({"matchLabels": st.dictionaries(
+        st.sampled_from(["app", "v"]), st.sampled_from(["a", "b"]), max_size=2)})),
+})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec, st.one_of(st.none(), st.sampled_from(["true", "false", "yes"]), st.lists(scalars, max_size=1)))
+def test_accepted_policies_always_pass_the_proxy_decoder(raw_spec, dry) -> None:
+    meta = {"name": "p", "namespace": "foo"}
+    if dry is not None:
+        meta["annotations"] = {"istio.io/dry-run": dry} if isinstance(dry, str) else dry
+    obj = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta,
+           "spec": raw_spec}
+    reg = Registry.from_objects([obj])  # invalid input is an error entry, never an exception
+    if not reg.authorization_policies:
+        assert reg.errors and reg.errors[0].startswith("AuthorizationPolicy/foo/p: invalid, ignored: ")
+        return
+    pol = reg.authorization_policies[0].policy
+    base = ProxyConfig(inbound=model.InboundPolicy(authz=(pol,)))
+    assert ProxyConfig.from_dict(json.loads(json.dumps(base.to_dict()))) == base
+    # ... and the proxy can evaluate it on any request or connection.
+    from sidecar.authz import Attrs, decide
+    for a in (Attrs("198.18.0.5", "cluster.local/ns/foo/sa/x", "fd00::1", 9000),
+              Attrs("::ffff:198.18.0.5", "", "198.18.0.9", 80, "x.example", True, "GET", "/a.json",
+                    "foo:80", {"x-a": "foo"})):
+        assert decide((pol,), a).allowed in (True, False)
