@@ -462,14 +462,22 @@ def test_audit_root_namespace_selector_and_grpc_allow(az: Authz) -> None:
                 policy("mesh-deny-deletes", "DENY", [{"to": [{"operation": {"methods": ["DELETE"]}}]}],
                        ns="remora-system"),
                 policy("not-me", "DENY", [{}], selector={"matchLabels": {"app": "nobody"}}),
-                policy("grpc-only", "ALLOW", [{"to": [{"operation": {"paths": ["/authz.Echo/*", "/"]}}]}]))
+                policy("by-service", "DENY", [{"to": [{"operation": {"methods": ["PATCH"]}}]}],
+                       targetRefs=[{"kind": "Service", "group": "", "name": "httpbin"}]),
+                policy("ext-authz", "CUSTOM", [{"to": [{"operation": {"paths": ["/ext/*"]}}]}],
+                       provider={"name": "my-ext-authz"}),
+                policy("grpc-only", "ALLOW", [{"to": [{"operation": {"paths": ["/authz.Echo/*", "/", "/ext/*"]}}]}]))
     assert az.grpc("sleep") == "OK"
     assert az.code("sleep") == 200
     assert az.code("sleep", method="DELETE") == 403
+    assert az.code("sleep", method="PATCH") == 403  # targetRefs: the Service selecting httpbin
+    assert az.code("sleep", "/ext/1") == 403  # CUSTOM without an external authorizer: denied
     m = az.metrics()
     assert counter(m, policy="foo/audit-all", action="AUDIT", result="audited") >= 2
     assert counter(m, policy="remora-system/mesh-deny-deletes", result="denied") >= 1
     assert counter(m, policy="foo/not-me") == 0
+    assert counter(m, policy="foo/by-service", action="DENY", result="denied") >= 1
+    assert counter(m, policy="foo/ext-authz", action="CUSTOM", result="denied") >= 1
 
 
 def test_plaintext_h2c_and_unknown_methods_are_http_on_a_permissive_inbound(az: Authz) -> None:
