@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import sys
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def az():
     reason = netns.have_root_and_tools()
     if reason:
         pytest.skip(f"real-kernel test: {reason}")
-    node = netns.Node.create(f"remora-az{secrets.token_hex(2)}")
+    node = netns.Node.create(netns.new_prefix("az"))
     mesh = None
     try:
         mesh = CpMesh.start(node, BIN)
