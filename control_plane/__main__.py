@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mesh-mtls-mode", choices=model.MTLS_MODES, default=model.PERMISSIVE)
     p.add_argument("--debounce-quiet", type=float, default=0.1)
     p.add_argument("--debounce-max", type=float, default=10.0)
+    p.add_argument("--keepalive", type=parse_ttl, default=dt.timedelta(seconds=30),
+                   help="time between pings on each proxy's discovery stream (default 30s)")
     p.add_argument("--cert-ttl", type=parse_ttl, default=dt.timedelta(hours=24))
     p.add_argument("--serving-ip", action="append", default=[],
                    help="extra IP SAN of the serving certificate (the pod IP); repeatable")
@@ -134,6 +136,7 @@ async def serve(args: argparse.Namespace) -> None:
         trust_domain=args.trust_domain, cert_ttl=args.cert_ttl, root_namespace=args.root_namespace,
         mesh_mtls_mode=args.mesh_mtls_mode, debounce_quiet=args.debounce_quiet,
         debounce_max=args.debounce_max, revision=args.revision,
+        keepalive=args.keepalive.total_seconds(),
     )
     server = DiscoveryServer(ca, auth, source, settings, bundle)
     with tempfile.TemporaryDirectory(prefix="remora-control-") as tmp:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane import istio
+from control_plane import authz_selection, istio
 from control_plane.api import model
 from control_plane.api.model import (
     Cluster,
@@ -364,6 +364,9 @@ class SnapshotBuilder:
         ports = dict(workload.port_modes) if workload else {}
         return model.InboundPolicy(mtls_mode=mode, port_mtls=ports)
 
+    def authz_for(self, w: Workload | None, namespace: str) -> tuple[model.AuthzPolicy, ...]:
+        return authz_selection.policies_for(self.registry, self.root_namespace, w, namespace)
+
     def _opaque_for(self, w: Workload | None) -> tuple[int, ...]:
         ports = set(self._base.opaque_ports)
         if w is not None:
@@ -455,10 +458,12 @@ class SnapshotBuilder:
         labels = {k: v for k, v in w.labels.items() if k in self._source_keys} if w else {}
         namespace = key.namespace if self._source_ns else ""
         inbound = self.inbound_for(key.namespace, w.labels if w else None)
+        inbound = dataclasses.replace(inbound, authz=self.authz_for(w, key.namespace))
         opaque = self._opaque_for(w)
         sc = self.sidecar_for(key.namespace, w.labels if w else None)
         cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque,
-                     (sc.namespace, sc.name) if sc else None, namespace, tuple(sorted(labels.items())))
+                     (sc.namespace, sc.name) if sc else None, namespace, tuple(sorted(labels.items())),
+                     inbound.authz)
         snap = self._cache.get(cache_key)
         if snap is None:
             outbound, clusters = self._scoped(sc)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane import istio, resources
+from control_plane import authz, istio, resources
 from control_plane.resources import Service, SliceEndpoint, Workload
 
 log = logging.getLogger("remora.control.registry")
@@ -39,6 +39,7 @@ class Registry:
     sidecars: list[istio.Sidecar] = field(default_factory=list)
     # The objects that parsed, by key: the next build's ``last_good``.
     accepted: dict[resources.Key, Mapping[str, Any]] = field(default_factory=dict)
+    authorization_policies: list[authz.AuthorizationPolicy] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -121,11 +122,9 @@ class Registry:
                 f"{kind}/{meta.get('namespace', 'default')}/{meta['name']}: {kind} is not implemented (no effect)"
             )
         elif kind == "AuthorizationPolicy":
-            meta = obj["metadata"]
-            self.unsupported.append(
-                f"AuthorizationPolicy/{meta.get('namespace', 'default')}/{meta['name']}: "
-                "AuthorizationPolicy is not implemented yet (no effect)"
-            )
+            ap, notes = authz.parse_authorization_policy(obj)
+            self.unsupported.extend(notes)
+            self.authorization_policies.append(ap)
 
     def pod_by_ip(self) -> dict[str, Workload]:
         return {w.ip: w for w in self.workloads.values() if w.ip}

@@ -50,6 +50,7 @@ class ServerSettings:
     debounce_quiet: float = 0.1
     debounce_max: float = 10.0
     revision: str = "default"  # the remora.dev/rev value whose injector points proxies here
+    keepalive: float = 30.0  # seconds between WebSocket pings to each proxy
 
 
 class Connection:
@@ -153,7 +154,7 @@ class DiscoveryServer:
     # -- the discovery stream ----------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * 1024 * 1024)
+        ws = web.WebSocketResponse(heartbeat=self.settings.keepalive, max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
         peer = request.remote or "?"
         conn: Connection | None = None

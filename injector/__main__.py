@@ -24,6 +24,7 @@ import kopf
 from control_plane.api.ports import MONITORING_PORT, WEBHOOK_PORT
 from injector import certs, meshconfig
 from injector.metrics import serve_metrics
+from injector.reviews import CheckedWebhookServer
 from injector.service import Injector, NamespaceFile, operator_registry, standalone_webhook
 from injector.template import version_info
 
@@ -70,8 +71,8 @@ def webhook_server(args: argparse.Namespace) -> kopf.WebhookServer:
         files = certs.generate(directory, sans)
         cert, key, ca = files.cert, files.key, files.ca
         log.info("generated a webhook certificate; CA bundle for caBundle: %s", ca)
-    return kopf.WebhookServer(addr=args.addr, port=args.port, host=args.host,
-                              certfile=cert, pkeyfile=key, cafile=ca)
+    return CheckedWebhookServer(addr=args.addr, port=args.port, host=args.host,
+                                certfile=cert, pkeyfile=key, cafile=ca)
 
 
 async def serve(args: argparse.Namespace) -> None:

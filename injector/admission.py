@@ -103,6 +103,9 @@ def decide(
         injected = template.inject_pod(pod, mesh)
     except ValueError as e:
         return Outcome(DENIED, reason="invalid", message=str(e))
+    except (TypeError, AttributeError, KeyError) as e:
+        # A shape injector.reviews does not check: deny with what broke, never a 500.
+        return Outcome(DENIED, reason="invalid", message=f"malformed pod: {type(e).__name__}: {e}")
     unknown = ann.unknown_annotations((pod.get("metadata") or {}).get("annotations"))
     warnings = [f"unknown annotation {k} is ignored; see docs/injection.md" for k in unknown]
     return Outcome(INJECTED, pod=injected, warnings=warnings)

@@ -50,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
+    from .fdlimit import raise_nofile
     from .memtune import tune_malloc
     from .runtime import ProxyRuntime
 
     tune_malloc()
+    soft, _ = raise_nofile()
+    logging.getLogger("remora.proxy").debug("open-files limit: %d", soft)
 
     async def _main() -> int:
         rt = ProxyRuntime(s)

@@ -42,6 +42,7 @@ log = logging.getLogger("remora.proxy.discovery")
 PROXY_VERSION = os.environ.get("REMORA_VERSION_OVERRIDE", "").strip() or version()
 DEFAULT_SERVER_NAME = "remora-control.remora-system.svc"
 IDLE_TIMEOUT = 75.0  # the server pings every 30 s; silence this long means the stream is dead
+IDLE_TIMEOUT_ENV = "REMORA_CONTROL_PLANE_IDLE_TIMEOUT"
 CSR_RETRY = 5.0
 
 
@@ -61,6 +62,7 @@ class DiscoverySettings:
     template_hash: str = ""  # the injection template that made this pod (REMORA_TEMPLATE_HASH)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    idle_timeout: float = IDLE_TIMEOUT  # longest silence (no frame, no ping) before reconnecting
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DiscoverySettings:
@@ -88,7 +90,27 @@ class DiscoverySettings:
             trust_domain=env.get("REMORA_TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN,
             server_name=env.get("REMORA_CONTROL_PLANE_SAN") or None,
             template_hash=env.get("REMORA_TEMPLATE_HASH", "").strip(),
+            idle_timeout=_seconds(env, IDLE_TIMEOUT_ENV, IDLE_TIMEOUT),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def reason(exc: BaseException) -> str:
+    """What a reconnect warning says: the error's text, or its type when it has none."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def settings_from_proxy(s: Any, workdir: str = "") -> DiscoverySettings:
@@ -102,6 +124,7 @@ def settings_from_proxy(s: Any, workdir: str = "") -> DiscoverySettings:
         "REMORA_TRUST_DOMAIN": s.trust_domain,
         "REMORA_CONTROL_PLANE_SAN": os.environ.get("REMORA_CONTROL_PLANE_SAN", ""),
         "REMORA_TEMPLATE_HASH": os.environ.get("REMORA_TEMPLATE_HASH", ""),
+        IDLE_TIMEOUT_ENV: os.environ.get(IDLE_TIMEOUT_ENV, ""),
     }
     return DiscoverySettings.from_env({k: str(v or "") for k, v in env.items()})
 
@@ -133,7 +156,8 @@ class DiscoveryClient:
             try:
                 await self._session()
             except (OSError, WebSocketError, Rejected, TimeoutError, ssl.SSLError) as exc:
-                log.warning("control plane %s:%d: %s", self.s.host, self.s.port, exc)
+                log.warning("control plane %s:%d: reconnecting: %s", self.s.host, self.s.port,
+                            reason(exc))
             except Exception:  # a bug must not end discovery: the proxy keeps its last config
                 log.exception("discovery session failed")
             finally:
@@ -172,7 +196,7 @@ class DiscoveryClient:
             log.info("connected to the control plane as %s (%s)", welcome["proxy_id"], self.identity)
             self._renewer = asyncio.create_task(self._renew_loop(ws))
             while True:
-                data = await asyncio.wait_for(ws.recv(), IDLE_TIMEOUT)
+                data = await ws.recv(self.s.idle_timeout)
                 await self._on_message(ws, data)
         finally:
             await ws.close()

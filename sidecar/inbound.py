@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from control_plane.api.model import DISABLE, STRICT, Endpoint
 
-from . import detect
+from . import authz, detect
 from .conn import close_counted, serve_guarded
+from .http.exchange import FORBIDDEN, Authorizer, RequestAttrs
 from .http1 import H1Context, H1Downstream
 from .listeners import peek
 from .original_dst import original_dst
 from .relay import RelayProtocol, SpliceRelay, link
 from .stats import INBOUND
-from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, peer_identity
+from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, client_hello_sni, peer_identity
 from .tlsbio import TlsWire
 from .upstream import UpstreamError
 
@@ -98,14 +99,18 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         close_counted(rt.stats, INBOUND, sock)
         return
     kind = detect.OPAQUE if opaque_port else (detect.classify(data) or detect.OPAQUE)
+    gate = _gate(rt, _peer_ip(sock), dst, None, client_hello_sni(data))
     if kind == detect.H1:
-        ctx = h1_context(rt, dst, None)
+        ctx = h1_context(rt, dst, None, gate)
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
     elif kind == detect.H2 and rt.h2 is not None:
-        ctx2 = h2_context(rt, dst, None)
+        ctx2 = h2_context(rt, dst, None, gate)
         await loop.connect_accepted_socket(
             lambda: rt.h2.H2Downstream(ctx2), sock)
     else:
+        if not authz.check_tcp(gate):
+            close_counted(rt.stats, INBOUND, sock)
+            return
         try:
             up = await rt.inbound_connector.connect_socket(dst[0], dst[1], 5.0)
         except UpstreamError:
@@ -129,8 +134,13 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
         raw.abort()
         return
     rt.stats.handshake("server")
-    if peer_identity(wire.sslobj) is None:
+    peer = peer_identity(wire.sslobj)
+    if peer is None:
         rt.stats.inbound_refused += 1
+        rt.stats.conn_closed(INBOUND)
+        raw.abort()
+        return
+    if not authz.check_tcp(_gate(rt, _peer_ip(sock), dst, peer)):
         rt.stats.conn_closed(INBOUND)
         raw.abort()
         return
@@ -145,19 +155,52 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
     link(down, up)
 
 
-def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:
+def _peer_ip(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
+
+
+def _gate(rt: ProxyRuntime, src: str, dst: tuple[str, int], peer: str | None,
+          sni: str = "") -> authz.Gate:
+    """The connection's attributes for AuthorizationPolicy; the policies are read from the
+    current config at each decision, so a push applies to open connections' next request."""
+    def policies() -> tuple:
+        cfg = rt.config
+        return cfg.inbound.authz if cfg is not None else ()
+    return authz.Gate(policies, rt.stats, src, peer, dst, sni)
+
+
+def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None,
+               gate: authz.Gate | None = None) -> H1Context:
     return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                      inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
-                     service=f"inbound|{dst[1]}", registry=rt.http_conns)
+                     service=f"inbound|{dst[1]}", registry=rt.http_conns,
+                     authorizer=authorizer_for(gate))
 
 
-def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> Any:
+def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None,
+               gate: authz.Gate | None = None) -> Any:
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
                            stats=rt.stats, draining=rt.is_draining,
                            pool=rt.h2_pools[INBOUND], registry=rt.http_conns,
                            closed=lambda: rt.stats.conn_closed(INBOUND),
-                           local_identity=rt.identity)
+                           local_identity=rt.identity, authorizer=authorizer_for(gate))
+
+
+def authorizer_for(gate: authz.Gate | None) -> Authorizer | None:
+    """The exchange's authorization hook for one connection: AuthorizationPolicy through
+    ``authz.check_http`` at each request head (403 ``RBAC: access denied`` when denied)."""
+    if gate is None:
+        return None
+
+    def authorize(a: RequestAttrs) -> tuple[int, str] | None:
+        if authz.check_http(gate, a.method, a.path, a.authority or None, a.headers):
+            return None
+        return 403, FORBIDDEN
+    return authorize
 
 
 class InboundTls(asyncio.Protocol):
@@ -177,10 +220,15 @@ class InboundTls(asyncio.Protocol):
             rt.stats.inbound_refused += 1
             transport.abort()  # type: ignore[attr-defined]  # a TLS transport
             return
+        peername = transport.get_extra_info("peername")
+        gate = _gate(rt, str(peername[0]) if peername else "", self.dst, peer)
         if alpn == ALPN_H1:
-            p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer))
+            p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer, gate))
         elif alpn == ALPN_H2 and rt.h2 is not None:
-            p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer))
+            p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer, gate))
+        elif alpn in (ALPN_TCP, ALPN_H2) and not authz.check_tcp(gate):
+            transport.abort()  # type: ignore[attr-defined]  # a TLS transport
+            return
         elif alpn in (ALPN_TCP, ALPN_H2):
             p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
             asyncio.get_running_loop().create_task(self._relay(p, transport))

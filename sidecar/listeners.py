@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
+
+from .fdlimit import ACCEPT_BACKOFF, EXHAUSTED
 
 log = logging.getLogger("remora.listener")
 
@@ -44,12 +47,17 @@ def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
 class Listener:
     """Accepts connections on ``sock`` and hands each to ``on_accept(conn)``."""
 
-    def __init__(self, name: str, sock: socket.socket, on_accept: Callable[[socket.socket], None]):
+    def __init__(self, name: str, sock: socket.socket, on_accept: Callable[[socket.socket], None],
+                 on_exhausted: Callable[[str], None] | None = None):
         self.name = name
         self.sock = sock
         self.on_accept = on_accept
+        self.on_exhausted = on_exhausted  # counts each back-off (a metric)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self._accept)
+        self._paused: asyncio.TimerHandle | None = None
+        self._last_log = 0.0
+        self._unlogged = 0
 
     def _accept(self) -> None:
         for _ in range(64):  # bounded batch so one busy listener cannot starve the loop
@@ -57,8 +65,11 @@ class Listener:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE and friends: log, keep listening
-                log.warning("%s: accept failed: %s", self.name, e)
+            except OSError as e:
+                if e.errno in EXHAUSTED:
+                    self._back_off(e)
+                else:
+                    log.warning("%s: accept failed: %s", self.name, e)
                 return
             conn.setblocking(False)
             try:
@@ -68,7 +79,30 @@ class Listener:
                 log.exception("%s: handling a new connection failed", self.name)
                 conn.close()
 
+    def _back_off(self, err: OSError) -> None:
+        """Out of descriptors: stop watching the socket for a moment. It stays readable while
+        connections wait in the backlog, so retrying at once would spin the CPU and the log."""
+        if self.on_exhausted is not None:
+            self.on_exhausted(self.name)
+        now = time.monotonic()
+        self._unlogged += 1
+        if now - self._last_log >= 1.0:
+            log.warning("%s: accept failed: %s; pausing accepts %.0f ms (%d times since the last "
+                        "message)", self.name, err.strerror, ACCEPT_BACKOFF * 1000, self._unlogged)
+            self._last_log, self._unlogged = now, 0
+        if self._paused is None and self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self._paused = self.loop.call_later(ACCEPT_BACKOFF, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
     def close(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.sock.fileno())
             with contextlib.suppress(OSError):

@@ -54,7 +54,7 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
     kind = detect.OPAQUE
     if dst[1] not in rt.opaque_ports(router) and port.protocol not in (OPAQUE, TLS):
         http_only = port.protocol in (HTTP, HTTP2, GRPC)
-        data = await peek(sock, len(detect.H2_PREFACE), rt.settings.detect_timeout,
+        data = await peek(sock, detect.PEEK_BYTES, rt.settings.detect_timeout,
                           lambda d: detect.classify(d, http_only) is not None)
         if not data and http_only:
             kind = detect.H1  # nothing sent yet on an HTTP port: let the parser wait

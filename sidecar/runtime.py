@@ -154,8 +154,9 @@ class ProxyRuntime:
         self.servers.append(await admin.serve("::", s.agent_port, self._agent))
         self.listeners = [
             Listener("outbound", bind("::", s.outbound_port),
-                     lambda c: outbound.on_accept(self, c)),
-            Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c)),
+                     lambda c: outbound.on_accept(self, c), self.stats.fd_exhausted),
+            Listener("inbound", bind("::", s.inbound_port), lambda c: inbound.on_accept(self, c),
+                     self.stats.fd_exhausted),
         ]
         if s.dns_capture:
             self.dns = await dns.serve(lambda: self.dns_table, s.resolv_conf, s.dns_port)

@@ -34,6 +34,10 @@ class Stats:
         self.passthrough = 0  # outbound connections to destinations not in the config
         self.inbound_refused = 0  # non-mTLS connections refused under STRICT
         self.active_connections = 0
+        # AuthorizationPolicy decisions: (policy, action, result) → count.
+        self.authz: dict[tuple[str, str, str], int] = {}
+        # Accept back-offs at the open-files limit, by listener.
+        self.accept_exhausted: dict[str, int] = {}
 
     def request_done(
         self, direction: str, service: str, code: int, duration_s: float, peer_identity: str | None
@@ -66,6 +70,13 @@ class Stats:
     def protocol_error(self) -> None:
         self.protocol_errors += 1
 
+    def fd_exhausted(self, listener: str) -> None:
+        self.accept_exhausted[listener] = self.accept_exhausted.get(listener, 0) + 1
+
+    def authz_decision(self, policy: str, action: str, result: str) -> None:
+        key = (policy, action, result)
+        self.authz[key] = self.authz.get(key, 0) + 1
+
     def as_dict(self) -> dict[str, Any]:
         """For the admin /stats endpoint (JSON)."""
         return {
@@ -82,6 +93,11 @@ class Stats:
             "upstream_pool_reused": self.pool_reused,
             "passthrough_connections": self.passthrough,
             "inbound_refused": self.inbound_refused,
+            "accept_fd_exhausted": dict(self.accept_exhausted),
+            "authz_decisions": [
+                {"policy": p, "action": a, "result": r, "count": n}
+                for (p, a, r), n in sorted(self.authz.items())
+            ],
         }
 
     def render_prometheus(self) -> str:
@@ -116,6 +132,10 @@ class Stats:
         add(f'remora_passthrough_connections_total{{cluster="PassthroughCluster"}} {self.passthrough}')
         add("# TYPE remora_inbound_refused_total counter")
         add(f"remora_inbound_refused_total {self.inbound_refused}")
+        _labelled(add, "remora_accept_fd_exhausted_total", "listener", self.accept_exhausted)
+        add("# TYPE remora_authz_decisions_total counter")
+        for (p, a, r), n in sorted(self.authz.items()):
+            add(f'remora_authz_decisions_total{{policy="{_esc(p)}",action="{a}",result="{r}"}} {n}')
         add("# TYPE remora_active_connections gauge")
         add(f"remora_active_connections {self.active_connections}")
         return "\n".join(out) + "\n"

@@ -87,18 +87,16 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def client_hello_alpns(data: bytes) -> list[bytes] | None:
-    """ALPN values offered in a TLS ClientHello at the start of ``data``.
-
-    None when ``data`` is not (yet) a whole ClientHello record; [] when it is one without ALPN.
-    Only what the PERMISSIVE listener needs to tell remora mTLS from app traffic.
-    """
+def client_hello_extensions(data: bytes) -> dict[int, bytes] | None:
+    """Extensions (type → body) of a TLS ClientHello at the start of ``data``; None when
+    ``data`` is not (yet) a whole ClientHello record."""
     if len(data) < 5 or data[0] != 0x16 or data[1] != 0x03:
         return None
     rec_len = int.from_bytes(data[3:5], "big")
     body = data[5:5 + rec_len]
     if len(body) < rec_len or len(body) < 4 or body[0] != 0x01:
         return None
+    out: dict[int, bytes] = {}
     try:
         i = 4 + 2 + 32  # handshake header, client version, random
         i += 1 + body[i]  # session id
@@ -109,15 +107,36 @@ def client_hello_alpns(data: bytes) -> list[bytes] | None:
         while i + 4 <= end:
             etype = int.from_bytes(body[i:i + 2], "big")
             elen = int.from_bytes(body[i + 2:i + 4], "big")
-            ext = body[i + 4:i + 4 + elen]
+            out.setdefault(etype, bytes(body[i + 4:i + 4 + elen]))
             i += 4 + elen
-            if etype == 16:  # application_layer_protocol_negotiation
-                out, j = [], 2
-                while j < len(ext):
-                    n = ext[j]
-                    out.append(bytes(ext[j + 1:j + 1 + n]))
-                    j += 1 + n
-                return out
     except IndexError:
-        return []
-    return []
+        pass
+    return out
+
+
+def client_hello_alpns(data: bytes) -> list[bytes] | None:
+    """ALPN values offered in a TLS ClientHello at the start of ``data``.
+
+    None when ``data`` is not (yet) a whole ClientHello record; [] when it is one without ALPN.
+    Only what the PERMISSIVE listener needs to tell remora mTLS from app traffic.
+    """
+    exts = client_hello_extensions(data)
+    if exts is None:
+        return None
+    ext = exts.get(16, b"")  # application_layer_protocol_negotiation
+    out, j = [], 2
+    while j < len(ext):
+        n = ext[j]
+        out.append(bytes(ext[j + 1:j + 1 + n]))
+        j += 1 + n
+    return out
+
+
+def client_hello_sni(data: bytes) -> str:
+    """The server_name (SNI) host of a ClientHello at the start of ``data``; "" if none."""
+    ext = (client_hello_extensions(data) or {}).get(0, b"")
+    # server_name_list length (2), then entries: type (1), length (2), name.
+    if len(ext) < 5 or ext[2] != 0:
+        return ""
+    n = int.from_bytes(ext[3:5], "big")
+    return ext[5:5 + n].decode("ascii", "replace")

@@ -320,6 +320,7 @@ class InboundPolicy:
 
     mtls_mode: str = PERMISSIVE
     port_mtls: Mapping[int, str] = field(default_factory=dict)  # per app port overrides
+    authz: tuple[AuthzPolicy, ...] = ()  # AuthorizationPolicies selecting this workload
 
     def mode_for(self, port: int) -> str:
         return self.port_mtls.get(port, self.mtls_mode)
@@ -520,6 +521,8 @@ def validate(config: ProxyConfig) -> None:
         _check_port(port, "config.inbound.port_mtls")
     for i, port in enumerate(config.opaque_ports):
         _check_port(port, f"config.opaque_ports[{i}]")
+    for i, pol in enumerate(config.inbound.authz):
+        validate_authz(pol, f"config.inbound.authz[{i}]")
 
 
 def _regex(pattern: str | None, path: str) -> None:
@@ -614,3 +617,115 @@ def _validate_policy(policy: TrafficPolicy, path: str) -> None:
 
 def cluster_name(hostname: str, port: int, subset: str | None = None) -> str:
     return f"{hostname}|{port}|{subset}" if subset else f"{hostname}|{port}"
+
+
+# -- AuthorizationPolicy (security.istio.io), as one proxy's inbound side evaluates it --------
+
+ALLOW = "ALLOW"
+DENY = "DENY"
+AUDIT = "AUDIT"
+CUSTOM = "CUSTOM"  # no external authorizer: what its rules match is denied (fail closed)
+AUTHZ_ACTIONS = (ALLOW, DENY, AUDIT, CUSTOM)
+# `when` keys the proxy evaluates; request.headers[<name>] is the one keyed family.
+AUTHZ_CONDITION_KEYS = ("source.ip", "remote.ip", "source.namespace", "source.principal",
+                        "destination.ip", "destination.port", "connection.sni")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSource:
+    """One `from[].source`: every present field must match (values within a field are ORed)."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzOperation:
+    """One `to[].operation`; hosts, methods and paths are HTTP-only."""
+
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzCondition:
+    """One `when` entry: key, and values (any matches) and/or notValues (none matches)."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """from AND to AND when; an empty rule matches every request."""
+
+    sources: tuple[AuthzSource, ...] = ()
+    operations: tuple[AuthzOperation, ...] = ()
+    conditions: tuple[AuthzCondition, ...] = ()
+    # The rule names something Remora cannot evaluate (requestPrincipals, request.auth.*): an
+    # ALLOW rule never matches, a DENY rule applies without it (fail closed, as Istio on TCP).
+    unevaluable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzPolicy:
+    """One AuthorizationPolicy that applies to this proxy's workload."""
+
+    name: str  # "<namespace>/<name>", the label in logs and metrics
+    action: str = ALLOW
+    rules: tuple[AuthzRule, ...] = ()  # ALLOW with no rules matches nothing (spec: {} = deny all)
+    dry_run: bool = False  # istio.io/dry-run: evaluated, logged and counted, never enforced
+
+
+def _check_cidr(value: str, path: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(f"{path}: {value!r} is not an IP address or CIDR") from None
+
+
+def validate_authz(pol: AuthzPolicy, p: str) -> None:
+    """What the decoder cannot check in one policy: enum, ports, CIDRs, condition keys."""
+    if pol.action not in AUTHZ_ACTIONS:
+        raise ConfigError(f"{p}.action: {pol.action!r} is not one of {', '.join(AUTHZ_ACTIONS)}")
+    for i, rule in enumerate(pol.rules):
+        rp = f"{p}.rules[{i}]"
+        for j, src in enumerate(rule.sources):
+            for fname in ("ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"):
+                for k, v in enumerate(getattr(src, fname)):
+                    _check_cidr(v, f"{rp}.sources[{j}].{fname}[{k}]")
+        for j, op in enumerate(rule.operations):
+            for fname in ("ports", "not_ports"):
+                for k, port in enumerate(getattr(op, fname)):
+                    _check_port(port, f"{rp}.operations[{j}].{fname}[{k}]")
+        for j, c in enumerate(rule.conditions):
+            cp = f"{rp}.conditions[{j}]"
+            if c.key not in AUTHZ_CONDITION_KEYS and not authz_header_name(c.key):
+                raise ConfigError(f"{cp}.key: {c.key!r} is not a supported condition key")
+            if not c.values and not c.not_values:
+                raise ConfigError(f"{cp}: values or not_values is needed")
+            for k, v in enumerate((*c.values, *c.not_values)):
+                if c.key in ("source.ip", "remote.ip", "destination.ip"):
+                    _check_cidr(v, f"{cp}.values[{k}]")
+                elif c.key == "destination.port" and not (v.isdigit() and 1 <= int(v) <= 65535):
+                    raise ConfigError(f"{cp}.values[{k}]: {v!r} is not a port")
+
+
+def authz_header_name(key: str) -> str | None:
+    """The header name of a `request.headers[<name>]` key, lower-cased; None otherwise."""
+    if key.startswith("request.headers[") and key.endswith("]") and len(key) > 17:
+        return key[16:-1].lower()
+    return None

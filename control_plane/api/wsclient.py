@@ -104,13 +104,25 @@ class WebSocket:
         payload = await self._reader.readexactly(n)
         return fin, opcode, _mask(payload, key) if masked else payload
 
-    async def recv(self) -> str | bytes:
-        """The next data message; raises WebSocketClosed / WebSocketError when the stream ends."""
+    async def _frame(self, idle_timeout: float | None) -> tuple[bool, int, bytes]:
+        if idle_timeout is None:
+            return await self._read_frame()
+        try:
+            return await asyncio.wait_for(self._read_frame(), idle_timeout)
+        except TimeoutError:
+            self.closed = True
+            raise WebSocketError(f"nothing received for {idle_timeout:g}s (no message and no "
+                                 "keep-alive ping): the stream is dead") from None
+
+    async def recv(self, idle_timeout: float | None = None) -> str | bytes:
+        """The next data message; raises WebSocketClosed / WebSocketError when the stream ends.
+        ``idle_timeout``: the longest silence allowed between frames of any kind, pings
+        included, so a quiet but healthy stream is never taken for a dead one."""
         parts: list[bytes] = []
         first_op = None
         try:
             while True:
-                fin, op, payload = await self._read_frame()
+                fin, op, payload = await self._frame(idle_timeout)
                 if op == OP_PING:
                     await self._send(OP_PONG, payload)
                     continue
