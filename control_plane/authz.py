@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.api import model
-from control_plane.istio import _list, _mapping, _Notes
+from control_plane.istio.values import Notes as _Notes
+from control_plane.istio.values import listing as _list
+from control_plane.istio.values import mapping as _mapping
 
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
 SPEC = {"selector", "targetRef", "targetRefs", "action", "rules", "provider"}

@@ -110,5 +110,5 @@ class CheckedWebhookServer(kopf.WebhookServer):
                 raise WebhookError(f"malformed AdmissionReview: {problem}")
             return await fn(review, **kwargs)
 
-        async for config in super().__call__(checked):
+        async for config in super().__call__(checked):  # type: ignore[arg-type]  # same call shape
             yield config

@@ -14,7 +14,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from control_plane.api.model import DISABLE, STRICT, Endpoint
+from control_plane.api.model import DISABLE, STRICT, AuthzPolicy, Endpoint
 
 from . import authz, detect
 from .conn import close_counted, serve_guarded
@@ -166,7 +166,7 @@ def _gate(rt: ProxyRuntime, src: str, dst: tuple[str, int], peer: str | None,
           sni: str = "") -> authz.Gate:
     """The connection's attributes for AuthorizationPolicy; the policies are read from the
     current config at each decision, so a push applies to open connections' next request."""
-    def policies() -> tuple:
+    def policies() -> tuple[AuthzPolicy, ...]:
         cfg = rt.config
         return cfg.inbound.authz if cfg is not None else ()
     return authz.Gate(policies, rt.stats, src, peer, dst, sni)
