@@ -3,10 +3,11 @@
 #   docker build -t remora:$(grep -m1 "^version" pyproject.toml | cut -d\" -f2) .
 # The chart's image.repository/image.tag name it; docs/install.md shows how to push it.
 
-# --- build: wheels for the project and its dependencies (python-iptables compiles a C helper)
+# --- build: wheels for the project and its dependencies (python-iptables compiles a C helper;
+# the native HTTP/2 codec, sidecar/native/_nghttp2.pyx, links libnghttp2)
 FROM python:3.11-slim AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . /src
@@ -17,7 +18,7 @@ FROM python:3.11-slim
 # iptables brings libip4tc/libip6tc and the legacy tables that python-iptables (remora-init)
 # writes; the alternatives switch makes `iptables` show the same tables when debugging.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables iproute2 \
+ && apt-get install -y --no-install-recommends iptables iproute2 libnghttp2-14 \
  && update-alternatives --set iptables /usr/sbin/iptables-legacy \
  && update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy \
  && rm -rf /var/lib/apt/lists/*

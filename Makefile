@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV    ?= .venv
 # The proxy runs as uid 1337, so the virtualenv must come from a Python every uid can execute.
 PYTHON  ?= $(shell scripts/find-python)
-APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc \
+APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc libnghttp2-dev \
             wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light \
             dnsutils
 PYTEST_ARGS ?=

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from control_plane.api.model import Endpoint
 
 from .http import events as ev_
-from .http import replies
+from .http import h2select, replies
 from .http.events import (
     CANCEL,
     INTERNAL_ERROR,
@@ -38,7 +38,6 @@ from .http.events import (
     StreamGone,
 )
 from .http.exchange import Authorizer, Exchange, authorize, decide_outbound
-from .http.h2codec import H2Codec
 from .http.headers import request_headers, response_headers, xfcc_value
 
 if TYPE_CHECKING:
@@ -87,7 +86,8 @@ class _Side(asyncio.Protocol):
     client_side = False
 
     def __init__(self) -> None:
-        self.codec = H2Codec(self.client_side)  # queues the preface and our SETTINGS
+        # The native codec when built (h2select): queues the preface and our SETTINGS.
+        self.codec = h2select.new_codec(self.client_side)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Exchange] = {}
         self.blocked: set[_Pipe] = set()  # pipes into this side waiting for window/writability

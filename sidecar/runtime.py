@@ -62,6 +62,10 @@ class ProxyRuntime:
         self.inbound_connector = Connector(lambda: self.tls, self.stats,
                                            source_address=ports.INBOUND_PASSTHROUGH_SOURCE)
         self.h2: Any = _load_h2()  # sidecar.http2 or None (checked before each use)
+        if self.h2 is not None:
+            from .http import h2select
+
+            self.stats.http2_codec = h2select.select()  # logged; remora_http2_codec_info
         # The HTTP/2 upstream pools, one per direction, handed to each downstream connection.
         self.h2_pools = {} if self.h2 is None else {
             OUTBOUND: self.h2.H2Pool(self.outbound_connector),

@@ -38,6 +38,7 @@ class Stats:
         self.authz: dict[tuple[str, str, str], int] = {}
         # Accept back-offs at the open-files limit, by listener.
         self.accept_exhausted: dict[str, int] = {}
+        self.http2_codec = ""  # which HTTP/2 codec the process chose (sidecar/http/h2select.py)
 
     def request_done(
         self, direction: str, service: str, code: int, duration_s: float, peer_identity: str | None
@@ -128,6 +129,10 @@ class Stats:
         add(f"remora_downstream_protocol_errors_total {self.protocol_errors}")
         add("# TYPE remora_upstream_pool_reused_total counter")
         add(f"remora_upstream_pool_reused_total {self.pool_reused}")
+        if self.http2_codec:
+            add("# HELP remora_http2_codec_info The HTTP/2 codec this proxy uses (nghttp2: native).")
+            add("# TYPE remora_http2_codec_info gauge")
+            add(f'remora_http2_codec_info{{codec="{self.http2_codec}"}} 1')
         add("# TYPE remora_passthrough_connections_total counter")
         add(f'remora_passthrough_connections_total{{cluster="PassthroughCluster"}} {self.passthrough}')
         add("# TYPE remora_inbound_refused_total counter")
