@@ -146,6 +146,7 @@ class Daemon:
         self.node = await asyncio.to_thread(netns.Node.create, self.prefix)
         netns.sysctl(self.node.netns, "net.ipv4.ip_forward", "1")  # VIP DNAT routes via br0
         port = free_port(WEBHOOK_PORT)
+        self.injector_monitoring = free_port(0)  # its /version, for remoractl version and check
         self.cluster = Cluster(st, self.node, f"https://127.0.0.1:{port}")
         self.cluster._write_namespaces_file()
         self.cluster.revisions = revisions.Revisions(st, self.node.netns, self.cluster.pids)
@@ -159,7 +160,7 @@ class Daemon:
         injector = [str(bin_dir / "remora-injector"), "--addr", "127.0.0.1", "--port", str(port),
                     "--self-signed-dir", str(st.injector), "--mesh-config", str(st.mesh_config),
                     "--without-api-server", "--namespaces", str(st.namespaces_file),
-                    "--metrics-port", "0"]
+                    "--metrics-addr", "127.0.0.1", "--metrics-port", str(self.injector_monitoring)]
         self.components = [
             Component("control-plane", control, st.system / "control-plane.log", self.cluster.pids,
                       self.node.netns),
@@ -180,6 +181,7 @@ class Daemon:
             web.post("/shutdown", self.shutdown),
             web.post("/revisions", self.add_revision),
             web.delete("/revisions/{name}", self.remove_revision),
+            web.get("/monitoring/{rev}/{path:.*}", self.monitoring),
         ])
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -199,7 +201,9 @@ class Daemon:
         out["revisions"] = self.cluster.revisions.view() if self.cluster.revisions else []
         out["node"] = {"netns": self.node.netns, "bridge": f"br0 {netns.GATEWAY}/16",
                        "webhook": self.cluster.webhook_url,
-                       "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}"}
+                       "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}",
+                       "controlPlaneMonitoring": f"http://{netns.GATEWAY}:{MONITORING_PORT}",
+                       "injectorMonitoring": f"http://127.0.0.1:{self.injector_monitoring}"}
         return web.json_response(out)
 
     async def _objects(self, request: web.Request) -> list[dict[str, Any]]:
@@ -245,6 +249,20 @@ class Daemon:
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=404)
         return web.json_response({"ok": True})
+
+    async def monitoring(self, request: web.Request) -> web.Response:
+        """A control plane's monitoring port (it listens in the node namespace), for remoractl."""
+        rev, path = request.match_info["rev"], request.match_info["path"]
+        if rev == "default":
+            base = f"http://{netns.GATEWAY}:{MONITORING_PORT}"
+        else:
+            found = self.cluster.revisions.running.get(rev) if self.cluster.revisions else None
+            if found is None:
+                return web.json_response({"error": f"no revision {rev!r} in this local cluster"}, status=404)
+            base = found[0].view()["controlPlaneMonitoring"]
+        query = f"?{request.query_string}" if request.query_string else ""
+        status, body = await revisions.fetch_in_netns(self.node.netns, f"{base}/{path}{query}")
+        return web.Response(status=status, body=body, content_type="application/json")
 
     async def shutdown(self, request: web.Request) -> web.Response:
         await self.stop()

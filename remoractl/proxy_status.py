@@ -39,12 +39,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-plane-url", default=DEFAULT_URL,
-                   help=f"remora-control monitoring address (default {DEFAULT_URL})")
+                   help=f"remora-control monitoring address (default {DEFAULT_URL}), or local[:REV] "
+                        "for the local cluster's")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
 
 
 def fetch(base: str, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
-    url = base.rstrip("/") + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    query = "?" + urllib.parse.urlencode(params) if params else ""
+    if meshapi.local_revision(base) is not None:
+        ans = meshapi.get_json(base, path + query)
+        if ans.body is None and ans.status in (0, 502):
+            raise SystemExit(f"remoractl: cannot reach the control plane {base}: {ans.error}")
+        return ans.status, ans.body if ans.body is not None else {"error": ans.error}
+    url = base.rstrip("/") + path + query
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
             return r.status, json.load(r)
