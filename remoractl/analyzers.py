@@ -18,7 +18,7 @@ from typing import Any
 from control_plane import istio
 from control_plane.api import annotations as ann
 from control_plane.api import model
-from control_plane.registry import Registry
+from control_plane.registry import KINDS, Registry
 from control_plane.resources import key_of, resolve_host, selector_matches
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
@@ -27,6 +27,7 @@ LEVELS = (ERROR, WARNING, INFO)
 # code -> (name, level). Istio's codes keep Istio's names; RMR codes are Remora's own.
 CODES: dict[str, tuple[str, str]] = {
     "IST0101": ("ReferencedResourceNotFound", ERROR),
+    "IST0102": ("NamespaceNotInjected", INFO),
     "IST0106": ("SchemaValidationError", ERROR),
     "IST0108": ("UnknownAnnotation", WARNING),
     "IST0109": ("ConflictingMeshGatewayVirtualServiceHosts", WARNING),
@@ -35,7 +36,9 @@ CODES: dict[str, tuple[str, str]] = {
     "IST0131": ("VirtualServiceIneffectiveMatch", WARNING),
     "RMR0001": ("NotImplementedField", WARNING),
     "RMR0002": ("MeshWidePolicyOutsideRootNamespace", WARNING),
+    "RMR0003": ("NotImplementedKind", WARNING),
 }
+ISTIO_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 _NOTE = re.compile(r"^(?P<kind>\w+)/(?P<ns>[^/]*)/(?P<name>[^:]+): (?P<text>.*)$")
 _PRINCIPAL = re.compile(r"^(?:spiffe://)?[^/]+/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)$")
@@ -120,6 +123,33 @@ def not_implemented(mesh: Mesh) -> list[Message]:
             m = _NOTE.match(note)
             res = _res(m["kind"], m["ns"] if m["ns"] != "-" else "", m["name"]) if m else "?"
             out.append(Message(code, res, m["text"] if m else note))
+    return out
+
+
+def kinds(mesh: Mesh) -> list[Message]:
+    """Istio resources of a kind the control plane does not read at all (registry.KINDS)."""
+    out = []
+    for obj in mesh.objects:
+        kind, ns, name = key_of(obj)
+        group = str(obj.get("apiVersion", "")).split("/")[0]
+        if group in ISTIO_GROUPS and kind not in KINDS:
+            out.append(Message("RMR0003", _res(kind, ns or "default", name),
+                               f"Remora does not implement {kind} ({group}); it has no effect"))
+    return out
+
+
+def namespaces(mesh: Mesh) -> list[Message]:
+    """Namespaces with workloads that nothing selects for injection (Istio: IST0102)."""
+    out = []
+    with_pods = mesh.namespaces_with_pods()
+    for obj in mesh.objects:
+        kind, _, name = key_of(obj)
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if kind == "Namespace" and name in with_pods and ann.REV_LABEL not in labels \
+                and labels.get(ann.INJECT_LABEL) != ann.NAMESPACE_INJECT_VALUE:
+            out.append(Message("IST0102", _res(kind, "", name),
+                               f"The namespace is not enabled for Remora injection. Label it "
+                               f"{ann.INJECT_LABEL}={ann.NAMESPACE_INJECT_VALUE} or {ann.REV_LABEL}=<revision>"))
     return out
 
 
@@ -269,7 +299,7 @@ def annotations(mesh: Mesh) -> list[Message]:
     return out
 
 
-ANALYZERS = (not_implemented, references, conflicts, policies, annotations)
+ANALYZERS = (not_implemented, kinds, references, conflicts, policies, annotations, namespaces)
 
 
 def analyze(objects: list[Mapping[str, Any]], root_namespace: str = "remora-system") -> list[Message]:

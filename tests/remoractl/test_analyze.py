@@ -161,6 +161,22 @@ kind: DestinationRule
 metadata: {name: tp, namespace: shop}
 spec: {host: reviews.shop.svc.cluster.local, trafficPolicy: {tls: {mode: SIMPLE}}}
 """, "spec.trafficPolicy is not implemented yet"),
+    ("RMR0003", """
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: shop}
+spec: {selector: {istio: ingressgateway}}
+""", "(Gateway shop/gw) Remora does not implement Gateway (networking.istio.io)"),
+    ("IST0102", """
+---
+kind: Namespace
+metadata: {name: legacy}
+---
+kind: Pod
+metadata: {name: p, namespace: legacy}
+spec: {containers: [{name: a, image: a}]}
+""", "(Namespace legacy) The namespace is not enabled for Remora injection"),
     ("RMR0002", """
 ---
 kind: PeerAuthentication
