@@ -77,7 +77,7 @@ class Mesh:
     root_namespace: str = "remora-system"
 
     def __post_init__(self) -> None:
-        self.registry = Registry.from_objects(o for o in self.objects if o.get("kind") != "Namespace")
+        self.registry = Registry.from_objects(self.objects)
         self.hosts = set(self.registry.services)
         self.service_accounts: set[tuple[str, str]] = set()
         self.pod_labels: list[tuple[str, Mapping[str, str]]] = []  # (namespace, labels)
