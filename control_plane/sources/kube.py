@@ -97,6 +97,10 @@ class KubeSource(Source):
         items = [{"apiVersion": k.api_version, "kind": k.kind, **item} for item in body.get("items") or []]
         return items, (body.get("metadata") or {}).get("resourceVersion")
 
+    def list_kind(self, k: Kind) -> list[dict[str, Any]]:
+        """Every object of ``k`` across namespaces, once (no watch): for readers such as analyze."""
+        return self._list(k)[0]
+
     def _watch(self, k: Kind, rv: str | None, emit: Callable[[str, dict[str, Any]], None]) -> None:
         resp = self._get(k, watch="true", resourceVersion=rv, timeoutSeconds=WATCH_TIMEOUT)
         self._open.add(resp)
