@@ -93,6 +93,7 @@ def live_objects(local_dir: str | None) -> list[dict[str, Any]]:
 # What a live Kubernetes analysis lists: the control plane's kinds, and what the references and
 # annotations point at. A kind the server does not serve (no CRD) is skipped.
 EXTRA_KINDS = (
+    ("Namespace", "v1", "namespaces", ""),
     ("ServiceAccount", "v1", "serviceaccounts", ""),
     ("Deployment", "apps/v1", "deployments", "apps"),
     ("StatefulSet", "apps/v1", "statefulsets", "apps"),
