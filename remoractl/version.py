@@ -24,6 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("version", help="client, control plane, injector and proxy versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--client", action="store_true", help="only the client's version")
+    p.add_argument("--short", action="store_true", help="with --client: the bare version number")
     p.add_argument("--control-plane-url", default=meshapi.DEFAULT_CONTROL_PLANE_URL,
                    help=f"remora-control monitoring address (default {meshapi.DEFAULT_CONTROL_PLANE_URL})")
     meshapi.add_injector_flag(p)
@@ -68,6 +69,9 @@ def render(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.client and args.short:
+        print(version())
+        return 0
     if args.client:
         info: dict[str, Any] = {"client": {"version": version()}}
     else:
