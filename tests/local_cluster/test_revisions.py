@@ -107,12 +107,13 @@ def test_canary_flow(lc: LocalCluster) -> None:
     assert curl_hello(lc) == "200"
 
     # What remoractl shows through the local cluster (local[:REV] URLs).
-    out = remoractl(lc, "version", "--control-plane-url", "local:canary", "--injector-url", "local:canary")
+    out = remoractl(lc, "version", "--control-plane-url", "local", "--control-plane-url", "local:canary",
+                    "--injector-url", "local:canary")
     assert out.stdout.splitlines()[1:] == [
-        "control plane version: 0.2.0 (revision canary)",
+        f"control plane version: {version()} (revision default), 0.2.0 (revision canary)",
         f"injector version: 0.2.0 (revision canary; injects proxy 0.2.0, template "
         f"{on_canary['hello.shop']['template_hash']})",
-        "data plane version: 0.2.0 (1 proxy)"]
+        f"data plane version: {', '.join(sorted([f'{version()} (1 proxy)', '0.2.0 (1 proxy)']))}"]
     out = remoractl(lc, "check", "--proxy", "--control-plane-url", "local:canary", "--injector-url", "local:canary")
     assert out.returncode == 0, out.stdout
     # The client still runs the old revision's proxy: OUTDATED against the canary's injector.
