@@ -168,7 +168,7 @@ def references(mesh: Mesh) -> list[Message]:
                     out.append(Message("IST0101", res, f"Referenced host+subset in destinationrule "
                                        f"not found: {d.host!r}+{d.subset!r}"))
     for dr in reg.destination_rules.values():
-        if dr.host not in mesh.hosts:
+        if "*" not in dr.host and dr.host not in mesh.hosts:  # a wildcard may match later services
             out.append(Message("IST0101", _res("DestinationRule", dr.namespace, dr.name),
                                f"Referenced host not found: {dr.host!r}"))
     for obj in mesh.objects:
