@@ -14,6 +14,7 @@ import json
 
 import pytest
 from cp_harness import FakeRuntime, RunningControlPlane, running_client
+from test_remoractl import remoractl
 
 from control_plane import server as server_mod
 from control_plane.api import discovery as wire
@@ -106,6 +107,8 @@ async def test_new_proxy_ignores_fields_of_a_newer_control_plane_and_reports_the
         want = ["config.clusters[*].outlier_detection", "config.future_feature"]
         assert sorted(st.ignored_fields) == want
         assert acks[0]["ignored"] == want
+        code, out, _ = await remoractl("proxy-status", "--control-plane-url", cp.monitoring_url)
+        assert f"reviews-v1.shop (0.2.0) ignores snapshot fields it does not know: {', '.join(want)}" in out
         # A changed configuration: applied and ACKed, the same unknown fields not reported again.
         (cp.manifests / "more.yaml").write_text(
             "apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\n"
@@ -137,5 +140,8 @@ async def test_old_strict_proxy_is_served_snapshots_it_can_decode(
         await cp.wait(lambda: st.status() == "SYNCED")
         assert (st.proxy_version, st.template_hash) == ("0.1.0", "")
         assert sorted(st.pruned_fields) == ["config.clusters[*].outlier_detection", "config.future_feature"]
+        code, out, _ = await remoractl("proxy-status", "--control-plane-url", cp.monitoring_url)
+        assert ("reviews-v1.shop (0.1.0) is sent snapshots without: config.clusters[*].outlier_detection, "
+                "config.future_feature") in out
     finally:
         await ws.close()
