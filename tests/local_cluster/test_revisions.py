@@ -120,6 +120,11 @@ def test_canary_flow(lc: LocalCluster) -> None:
     out = remoractl(lc, "proxy-status", "--control-plane-url", "local", "--injector-url", "local:canary")
     assert f"{version()} OUTDATED" in out.stdout.splitlines()[1] and out.stdout.splitlines()[1].startswith("client.shop")
     assert remoractl(lc, "check", "--proxy", "--injector-url", "local:canary").returncode == 1
+    # With no URLs, check takes the running local cluster's own (webhook, CA root, proxies).
+    out = remoractl(lc, "check")
+    assert out.returncode == 0 and out.stdout.count("\u2714") == 5, out.stdout
+    out = remoractl(lc, "analyze")  # the live objects: the moved namespace included
+    assert out.returncode == 0 and out.stdout.startswith("\u2714 No validation issues"), out.stdout
 
     # Removing a revision stops its processes; its proxies keep their last configuration.
     lc.ok("revision", "remove", "canary")
