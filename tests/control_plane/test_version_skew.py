@@ -77,6 +77,32 @@ def test_recorded_release_shapes_are_never_narrowed() -> None:
         assert missing(shape, current, "config") == [], release
 
 
+def test_fields_added_since_a_recorded_release_have_defaults() -> None:
+    """A newer proxy decodes an older control plane's snapshot only if what it lacks has a default."""
+    import dataclasses
+    import typing
+
+    def dataclasses_in(tp) -> list:
+        if dataclasses.is_dataclass(tp):
+            return [tp]
+        return [d for a in typing.get_args(tp) for d in dataclasses_in(a)]
+
+    def check(tp, shape: skew.Shape, path: str) -> list[str]:
+        bad = []
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            if shape is not None and f.name not in shape:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    bad.append(f"{path}.{f.name}")
+                continue
+            for inner in dataclasses_in(hints[f.name]):
+                bad += check(inner, (shape or {}).get(f.name), f"{path}.{f.name}")
+        return bad
+
+    for release, shape in skew.STRICT_RELEASES.items():
+        assert check(model.ProxyConfig, shape, "config") == [], release
+
+
 def test_prune_and_field_paths() -> None:
     dropped: list[str] = []
     body = {"version": "v", "x": 1, "clusters": [{"name": "a", "y": 2}, {"name": "b", "y": 3}]}
