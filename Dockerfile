@@ -1,6 +1,6 @@
 # One image for every Remora entry point: remora-control, remora-injector, remora-proxy,
 # remora-init and remoractl (the console scripts of pyproject.toml, on PATH).
-#   docker build -t remora:$(grep -m1 "^version" pyproject.toml | cut -d\" -f2) .
+#   docker build -t remora:$(remoractl version --client --short) .   (the version in pyproject.toml)
 # The chart's image.repository/image.tag name it; docs/install.md shows how to push it.
 
 # --- build: wheels for the project and its dependencies (python-iptables compiles a C helper;

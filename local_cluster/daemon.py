@@ -158,6 +158,7 @@ class Daemon:
         self.node = await asyncio.to_thread(netns.Node.create, self.prefix)
         netns.sysctl(self.node.netns, "net.ipv4.ip_forward", "1")  # VIP DNAT routes via br0
         port = free_port(WEBHOOK_PORT)
+        self.injector_monitoring = free_port(0)  # its /version, for remoractl version and check
         self.cluster = Cluster(st, self.node, f"https://127.0.0.1:{port}")
         self.cluster.services_sync.write_namespaces_file()
         self.cluster.revisions = revisions.Revisions(st, self.node.netns, self.cluster.pids)
@@ -171,7 +172,7 @@ class Daemon:
         injector = [str(bin_dir / "remora-injector"), "--addr", "127.0.0.1", "--port", str(port),
                     "--self-signed-dir", str(st.injector), "--mesh-config", str(st.mesh_config),
                     "--without-api-server", "--namespaces", str(st.namespaces_file),
-                    "--metrics-port", "0"]
+                    "--metrics-addr", "127.0.0.1", "--metrics-port", str(self.injector_monitoring)]
         self.components = [
             Component("control-plane", control, st.system / "control-plane.log", self.cluster.pids,
                       self.node.netns),
@@ -196,6 +197,7 @@ class Daemon:
             web.post("/shutdown", self.shutdown),
             web.post("/revisions", self.add_revision),
             web.delete("/revisions/{name}", self.remove_revision),
+            web.get("/monitoring/{rev}/{path:.*}", self.monitoring),
         ])
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -216,7 +218,9 @@ class Daemon:
         out["node"] = {"netns": self.node.netns, "bridge": f"br0 {netns.GATEWAY}/16",
                        "webhook": self.cluster.webhook_url,
                        "controlPlane": f"{netns.GATEWAY}:{DISCOVERY_PORT}",
-                       "monitoring": f"{netns.GATEWAY}:{MONITORING_PORT}"}  # remoractl's target
+                       "monitoring": f"{netns.GATEWAY}:{MONITORING_PORT}",  # remoractl's target
+                       "controlPlaneMonitoring": f"http://{netns.GATEWAY}:{MONITORING_PORT}",
+                       "injectorMonitoring": f"http://127.0.0.1:{self.injector_monitoring}"}
         return web.json_response(out)
 
     async def _objects(self, request: web.Request) -> list[dict[str, Any]]:
@@ -288,6 +292,20 @@ class Daemon:
             return web.json_response({"error": f"the injector did not come back with these "
                                                f"overrides: {e}"}, status=400)
         return web.json_response({"meshConfig": yaml.safe_load(self.state.mesh_config.read_text())})
+
+    async def monitoring(self, request: web.Request) -> web.Response:
+        """A control plane's monitoring port (it listens in the node namespace), for remoractl."""
+        rev, path = request.match_info["rev"], request.match_info["path"]
+        if rev == "default":
+            base = f"http://{netns.GATEWAY}:{MONITORING_PORT}"
+        else:
+            found = self.cluster.revisions.running.get(rev) if self.cluster.revisions else None
+            if found is None:
+                return web.json_response({"error": f"no revision {rev!r} in this local cluster"}, status=404)
+            base = found[0].view()["controlPlaneMonitoring"]
+        query = f"?{request.query_string}" if request.query_string else ""
+        status, body = await revisions.fetch_in_netns(self.node.netns, f"{base}/{path}{query}")
+        return web.Response(status=status, body=body, content_type="application/json")
 
     async def shutdown(self, request: web.Request) -> web.Response:
         await self.stop()

@@ -197,3 +197,16 @@ async def _wait_for(ca: Path, port: int, timeout: float = 30.0) -> None:
         if loop.time() > deadline:
             raise admission.WebhookUnavailable(f"the injector webhook at 127.0.0.1:{port} is not answering")
         await asyncio.sleep(0.2)
+
+
+async def fetch_in_netns(netns_name: str, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url`` from inside a network namespace (curl): (HTTP status, body); 502 when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        *netns.command_in(netns_name, ["curl", "-sS", "-m", str(timeout), "-w", "\\n%{http_code}", url]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    body, _, code = out.rpartition(b"\n")
+    if proc.returncode != 0 or not code.strip().isdigit() or int(code) == 0:
+        reason = err.decode(errors="replace").strip() or f"curl exit {proc.returncode}"
+        return 502, json.dumps({"error": f"{url}: {reason}"}).encode()
+    return int(code), body

@@ -18,7 +18,7 @@ from typing import Any
 from control_plane import istio
 from control_plane.api import annotations as ann
 from control_plane.api import model
-from control_plane.registry import Registry
+from control_plane.registry import KINDS, Registry
 from control_plane.resources import key_of, resolve_host, selector_matches
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
@@ -27,6 +27,7 @@ LEVELS = (ERROR, WARNING, INFO)
 # code -> (name, level). Istio's codes keep Istio's names; RMR codes are Remora's own.
 CODES: dict[str, tuple[str, str]] = {
     "IST0101": ("ReferencedResourceNotFound", ERROR),
+    "IST0102": ("NamespaceNotInjected", INFO),
     "IST0106": ("SchemaValidationError", ERROR),
     "IST0108": ("UnknownAnnotation", WARNING),
     "IST0109": ("ConflictingMeshGatewayVirtualServiceHosts", WARNING),
@@ -35,7 +36,9 @@ CODES: dict[str, tuple[str, str]] = {
     "IST0131": ("VirtualServiceIneffectiveMatch", WARNING),
     "RMR0001": ("NotImplementedField", WARNING),
     "RMR0002": ("MeshWidePolicyOutsideRootNamespace", WARNING),
+    "RMR0003": ("NotImplementedKind", WARNING),
 }
+ISTIO_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 _NOTE = re.compile(r"^(?P<kind>\w+)/(?P<ns>[^/]*)/(?P<name>[^:]+): (?P<text>.*)$")
 _PRINCIPAL = re.compile(r"^(?:spiffe://)?[^/]+/ns/(?P<ns>[^/]+)/sa/(?P<sa>[^/]+)$")
@@ -74,7 +77,7 @@ class Mesh:
     root_namespace: str = "remora-system"
 
     def __post_init__(self) -> None:
-        self.registry = Registry.from_objects(o for o in self.objects if o.get("kind") != "Namespace")
+        self.registry = Registry.from_objects(self.objects)
         self.hosts = set(self.registry.services)
         self.service_accounts: set[tuple[str, str]] = set()
         self.pod_labels: list[tuple[str, Mapping[str, str]]] = []  # (namespace, labels)
@@ -123,6 +126,33 @@ def not_implemented(mesh: Mesh) -> list[Message]:
     return out
 
 
+def kinds(mesh: Mesh) -> list[Message]:
+    """Istio resources of a kind the control plane does not read at all (registry.KINDS)."""
+    out = []
+    for obj in mesh.objects:
+        kind, ns, name = key_of(obj)
+        group = str(obj.get("apiVersion", "")).split("/")[0]
+        if group in ISTIO_GROUPS and kind not in KINDS:
+            out.append(Message("RMR0003", _res(kind, ns or "default", name),
+                               f"Remora does not implement {kind} ({group}); it has no effect"))
+    return out
+
+
+def namespaces(mesh: Mesh) -> list[Message]:
+    """Namespaces with workloads that nothing selects for injection (Istio: IST0102)."""
+    out = []
+    with_pods = mesh.namespaces_with_pods()
+    for obj in mesh.objects:
+        kind, _, name = key_of(obj)
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if kind == "Namespace" and name in with_pods and ann.REV_LABEL not in labels \
+                and labels.get(ann.INJECT_LABEL) != ann.NAMESPACE_INJECT_VALUE:
+            out.append(Message("IST0102", _res(kind, "", name),
+                               f"The namespace is not enabled for Remora injection. Label it "
+                               f"{ann.INJECT_LABEL}={ann.NAMESPACE_INJECT_VALUE} or {ann.REV_LABEL}=<revision>"))
+    return out
+
+
 def references(mesh: Mesh) -> list[Message]:
     """VirtualService hosts and subsets, DestinationRule hosts, AuthorizationPolicy principals."""
     out = []
@@ -138,7 +168,7 @@ def references(mesh: Mesh) -> list[Message]:
                     out.append(Message("IST0101", res, f"Referenced host+subset in destinationrule "
                                        f"not found: {d.host!r}+{d.subset!r}"))
     for dr in reg.destination_rules.values():
-        if dr.host not in mesh.hosts:
+        if "*" not in dr.host and dr.host not in mesh.hosts:  # a wildcard may match later services
             out.append(Message("IST0101", _res("DestinationRule", dr.namespace, dr.name),
                                f"Referenced host not found: {dr.host!r}"))
     for obj in mesh.objects:
@@ -289,7 +319,7 @@ def annotation_values(mesh: Mesh) -> list[Message]:
     return out
 
 
-ANALYZERS = (not_implemented, references, conflicts, policies, annotation_values)
+ANALYZERS = (not_implemented, kinds, references, conflicts, policies, annotation_values, namespaces)
 
 
 def analyze(objects: Sequence[Mapping[str, Any]], root_namespace: str = "remora-system") -> list[Message]:

@@ -8,8 +8,9 @@ any check fails; ``-o json`` for scripts.
     remoractl check --proxy             # the above, and every proxy current, SYNCED, certified
 
 Where an input is not given, the running local cluster's is used when there is one
-(``--local-dir``); the namespace check reads the Kubernetes API (``--kubeconfig``) and is left
-out without one.
+(``--local-dir``; its default revision, or ``--control-plane-url local:REV --injector-url
+local:REV``); the namespace check reads the Kubernetes API (``--kubeconfig``) and is left out
+without one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -57,6 +59,11 @@ def _local_defaults(args: argparse.Namespace) -> None:
     state = StateDir.from_env(args.local_dir)
     if not client.running(state):
         return
+    os.environ["REMORA_LOCAL_DIR"] = str(state.root)  # where meshapi's local: URLs look
+    # The local cluster's own control plane and injector, unless others were named.
+    if args.control_plane_url == meshapi.DEFAULT_CONTROL_PLANE_URL:
+        args.control_plane_url = meshapi.LOCAL
+    args.injector_url = args.injector_url or meshapi.LOCAL
     _, status = client.call(state, "GET", "/status", timeout=10)
     url = ((status or {}).get("node") or {}).get("webhook", "")
     if not args.webhook_address and url.startswith("https://"):

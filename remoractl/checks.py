@@ -149,8 +149,8 @@ def control_plane_ready(url: str) -> Result:
     if ans.body is None:
         return Result(INSTALL, name, False, ans.error or "?",
                       "is remora-control running? set --control-plane-url to its monitoring port")
-    ready = meshapi.get_json(url, "/ready")
-    if ready.error and "HTTP 503" in ready.error:
+    built = meshapi.get_json(url, "/debug/proxies")  # what /ready answers, as JSON
+    if built.body is not None and built.body.get("last_build_at") is None:
         return Result(INSTALL, name, False, "running but has built no configuration yet",
                       "see the control plane's log: its source (files or Kubernetes API) is not read")
     return Result(INSTALL, name, True, f"{ans.body.get('version')} (revision {ans.body.get('revision')}) at {url}")
@@ -320,6 +320,7 @@ def run_all(checks: list[Callable[[], Result]]) -> list[Result]:
         try:
             out.append(check())
         except Exception as exc:  # a check that breaks is a failed check, never a traceback
-            name = getattr(check, "__name__", "check")
+            fn = getattr(check, "func", check)  # a functools.partial names its function
+            name = getattr(fn, "__name__", "check").replace("_", " ")
             out.append(Result("?", name, False, f"the check itself failed: {exc}", "report this"))
     return out

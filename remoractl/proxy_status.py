@@ -122,6 +122,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\n{len(stale)} proxy(ies) OUTDATED (the injector injects "
                   f"{injector.body['proxyVersion']}, template {injector.body['templateHash']}); "
                   "restart their workloads to upgrade them")
+    for p in body["proxies"]:  # version skew: what an older proxy does not see
+        if p.get("ignored_fields"):
+            print(f"{p['proxy_id']} ({p['proxy_version']}) ignores snapshot fields it does not know: "
+                  f"{', '.join(p['ignored_fields'])}")
+        if p.get("pruned_fields"):
+            print(f"{p['proxy_id']} ({p['proxy_version']}) is sent snapshots without: "
+                  f"{', '.join(p['pruned_fields'])}")
     notes = sorted({n for p in body["proxies"] for n in p.get("unsupported") or []})
     if notes:
         print(f"\n{len(notes)} configuration field(s) not implemented yet (no effect):")

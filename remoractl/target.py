@@ -59,10 +59,19 @@ class Target:
     port: int
     connect: Any = None  # () -> socket; None: an ordinary connection to host:port
     hint: str = ""  # what to try when it does not answer
+    revision: str | None = None  # local[:REV]: a local-cluster revision, through the daemon
+
 
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
         """(HTTP status, JSON body) of GET ``path``; TargetError when there is no usable answer."""
         url = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        if self.revision is not None:
+            from remoractl import meshapi
+
+            ans = meshapi.get_json(f"{meshapi.LOCAL}:{self.revision}", url)
+            if ans.body is None and ans.status in (0, 502):
+                raise TargetError(f"cannot reach {self.where}: {ans.error}{self.hint}")
+            return ans.status or 200, ans.body if ans.body is not None else {"error": ans.error}
         conn = _Connection(self.host, self.port, self.connect)
         try:
             conn.request("GET", url, headers={"Accept": "application/json"})
@@ -102,6 +111,12 @@ def _reason(exc: BaseException) -> str:
 # -- the four ways ------------------------------------------------------------------------------
 
 def from_url(url: str) -> Target:
+    from remoractl import meshapi
+
+    rev = meshapi.local_revision(url)
+    if rev is not None:  # local or local:REV: a control plane of the local cluster
+        return Target(f"the local cluster's control plane (revision {rev})", "", 0,
+                      hint=" (is the local cluster up? remoractl local status)", revision=rev)
     try:
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         port = parts.port or MONITORING_PORT

@@ -2,11 +2,12 @@
 versions, the data plane counted per version, as ``istioctl version`` shows them.
 
     client version: 0.1.0
-    control plane version: 0.1.0 (revision default)
+    control plane version: 0.1.0 (revision default), 0.2.0 (revision canary)
     injector version: 0.1.0 (revision default; injects proxy 0.1.0, template 0a96d035e120be5a)
     data plane version: 0.1.0 (4 proxies), 0.0.9 (1 proxy)
 
-``--client`` prints the client's only (no mesh needed). Exit code 1 when the control plane
+``--client`` prints the client's only (no mesh needed). Give ``--control-plane-url`` once per
+revision to see them all; the data plane is counted over them. Exit code 1 when a control plane
 cannot be reached; an injector that cannot be reached is shown as unknown.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from typing import Any
 
 from control_plane.api.version import version
@@ -24,21 +26,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("version", help="client, control plane, injector and proxy versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--client", action="store_true", help="only the client's version")
-    p.add_argument("--control-plane-url", default=meshapi.DEFAULT_CONTROL_PLANE_URL,
-                   help=f"remora-control monitoring address (default {meshapi.DEFAULT_CONTROL_PLANE_URL})")
+    p.add_argument("--short", action="store_true", help="with --client: the bare version number")
+    p.add_argument("--control-plane-url", action="append", default=None, metavar="URL",
+                   help=f"remora-control monitoring address (default {meshapi.DEFAULT_CONTROL_PLANE_URL}); "
+                        "repeat it for every revision, or local[:REV]")
     meshapi.add_injector_flag(p)
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return p
 
 
-def collect(control_plane_url: str, injector_url: str | None) -> dict[str, Any]:
-    cp = meshapi.component_version(control_plane_url, "control-plane")
+def collect(control_plane_urls: list[str], injector_url: str | None) -> dict[str, Any]:
+    planes = []
+    counts: Counter[str] = Counter()
+    for url in control_plane_urls:
+        cp = meshapi.component_version(url, "control-plane")
+        planes.append(cp.body if cp.body is not None else {"error": cp.error})
+        counts.update((cp.body or {}).get("proxies", {}))
     inj = meshapi.component_version(injector_url, "injector")
     return {
         "client": {"version": version()},
-        "controlPlane": cp.body if cp.body is not None else {"error": cp.error},
+        "controlPlanes": planes,
         "injector": inj.body if inj.body is not None else {"error": inj.error},
-        "dataPlane": (cp.body or {}).get("proxies", {}),
+        "dataPlane": dict(sorted(counts.items())),  # summed over the control planes asked
     }
 
 
@@ -48,13 +57,12 @@ def _plural(n: int) -> str:
 
 def render(info: dict[str, Any]) -> str:
     lines = [f"client version: {info['client']['version']}"]
-    cp, inj = info.get("controlPlane"), info.get("injector")
-    if cp is None:
+    planes, inj = info.get("controlPlanes"), info.get("injector")
+    if planes is None:
         return lines[0]
-    if "error" in cp:
-        lines.append(f"control plane version: unknown ({cp['error']})")
-    else:
-        lines.append(f"control plane version: {cp['version']} (revision {cp['revision']})")
+    lines.append("control plane version: " + ", ".join(
+        f"unknown ({cp['error']})" if "error" in cp else f"{cp['version']} (revision {cp['revision']})"
+        for cp in planes))
     if inj is not None and "error" in inj:
         lines.append(f"injector version: unknown ({inj['error']}; pass --injector-url)")
     elif inj is not None:
@@ -68,9 +76,12 @@ def render(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.client and args.short:
+        print(version())
+        return 0
     if args.client:
         info: dict[str, Any] = {"client": {"version": version()}}
     else:
-        info = collect(args.control_plane_url, args.injector_url)
+        info = collect(args.control_plane_url or [meshapi.DEFAULT_CONTROL_PLANE_URL], args.injector_url)
     print(json.dumps(info, indent=2) if args.output == "json" else render(info))
-    return 1 if "error" in (info.get("controlPlane") or {}) else 0
+    return 1 if any("error" in cp for cp in info.get("controlPlanes") or []) else 0

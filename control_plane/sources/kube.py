@@ -27,6 +27,8 @@ KINDS = (
     Kind("EndpointSlice", "discovery.k8s.io", ("v1",), "endpointslices"),
     Kind("VirtualService", "networking.istio.io", ISTIO_VERSIONS, "virtualservices", required=False),
     Kind("DestinationRule", "networking.istio.io", ISTIO_VERSIONS, "destinationrules", required=False),
+    Kind("ServiceEntry", "networking.istio.io", ISTIO_VERSIONS, "serviceentries", required=False),
+    Kind("Sidecar", "networking.istio.io", ISTIO_VERSIONS, "sidecars", required=False),
     Kind("PeerAuthentication", "security.istio.io", ISTIO_VERSIONS, "peerauthentications", required=False),
     Kind("AuthorizationPolicy", "security.istio.io", ISTIO_VERSIONS, "authorizationpolicies",
          required=False),
@@ -59,6 +61,12 @@ class KubeSource(Source):
         self.state: dict[str, str] = {k.kind: "not listed yet" for k in kinds}  # for logs and /ready
         self._retry, self._missing_retry = retry or RETRY, missing_retry or MISSING_RETRY
         self._watchers: list[ListWatch] = []
+
+    def list_kind(self, k: Kind) -> list[dict[str, Any]]:
+        """Every object of ``k`` across namespaces, once (no watch): for readers such as analyze.
+        Raises when the kind is not served or cannot be listed."""
+        return ListWatch(self.client, k, on_list=lambda items, version: None,
+                         on_event=lambda event, obj: None, stop=self._stop).list()
 
     def waiting_for(self) -> list[str]:
         """The kinds readiness still waits for, with what happened to them."""

@@ -58,6 +58,11 @@ async def test_install_checks_pass_and_fail(control_plane: RunningControlPlane, 
     assert [r["name"] for r in json.loads(out)] == [
         "control plane ready", "injector ready", "webhook certificate", "CA root expiry"]
 
+    # Broken: a control plane that has not built any configuration yet.
+    built, cp.server.last_build_at = cp.server.last_build_at, None
+    r = await asyncio.to_thread(checks.control_plane_ready, cp.monitoring_url)
+    assert not r.ok and r.detail == "running but has built no configuration yet"
+    cp.server.last_build_at = built
     # Broken: the control plane and the injector unreachable.
     code, out, _ = await remoractl("check", "--control-plane-url", "http://127.0.0.1:9", "--injector-url",
                                    "http://127.0.0.1:9", "--local-dir", str(tmp_path / "none"))

@@ -14,6 +14,7 @@ import json
 
 import pytest
 from cp_harness import FakeRuntime, RunningControlPlane, running_client
+from test_remoractl import remoractl
 
 from control_plane import server as server_mod
 from control_plane.api import discovery as wire
@@ -76,6 +77,32 @@ def test_recorded_release_shapes_are_never_narrowed() -> None:
         assert missing(shape, current, "config") == [], release
 
 
+def test_fields_added_since_a_recorded_release_have_defaults() -> None:
+    """A newer proxy decodes an older control plane's snapshot only if what it lacks has a default."""
+    import dataclasses
+    import typing
+
+    def dataclasses_in(tp) -> list:
+        if dataclasses.is_dataclass(tp):
+            return [tp]
+        return [d for a in typing.get_args(tp) for d in dataclasses_in(a)]
+
+    def check(tp, shape: skew.Shape, path: str) -> list[str]:
+        bad = []
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            if shape is not None and f.name not in shape:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    bad.append(f"{path}.{f.name}")
+                continue
+            for inner in dataclasses_in(hints[f.name]):
+                bad += check(inner, (shape or {}).get(f.name), f"{path}.{f.name}")
+        return bad
+
+    for release, shape in skew.STRICT_RELEASES.items():
+        assert check(model.ProxyConfig, shape, "config") == [], release
+
+
 def test_prune_and_field_paths() -> None:
     dropped: list[str] = []
     body = {"version": "v", "x": 1, "clusters": [{"name": "a", "y": 2}, {"name": "b", "y": 3}]}
@@ -106,6 +133,8 @@ async def test_new_proxy_ignores_fields_of_a_newer_control_plane_and_reports_the
         want = ["config.clusters[*].outlier_detection", "config.future_feature"]
         assert sorted(st.ignored_fields) == want
         assert acks[0]["ignored"] == want
+        code, out, _ = await remoractl("proxy-status", "--control-plane-url", cp.monitoring_url)
+        assert f"reviews-v1.shop (0.2.0) ignores snapshot fields it does not know: {', '.join(want)}" in out
         # A changed configuration: applied and ACKed, the same unknown fields not reported again.
         (cp.manifests / "more.yaml").write_text(
             "apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\n"
@@ -137,5 +166,8 @@ async def test_old_strict_proxy_is_served_snapshots_it_can_decode(
         await cp.wait(lambda: st.status() == "SYNCED")
         assert (st.proxy_version, st.template_hash) == ("0.1.0", "")
         assert sorted(st.pruned_fields) == ["config.clusters[*].outlier_detection", "config.future_feature"]
+        code, out, _ = await remoractl("proxy-status", "--control-plane-url", cp.monitoring_url)
+        assert ("reviews-v1.shop (0.1.0) is sent snapshots without: config.clusters[*].outlier_detection, "
+                "config.future_feature") in out
     finally:
         await ws.close()

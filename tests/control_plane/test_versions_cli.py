@@ -79,6 +79,11 @@ async def test_version_and_outdated_proxies(control_plane: RunningControlPlane, 
 async def test_version_without_a_mesh(injector_url: str) -> None:
     code, out, _ = await remoractl("version", "--client")
     assert (code, out.strip()) == (0, f"client version: {version()}")
+    assert (await remoractl("version", "--client", "--short"))[1] == f"{version()}\n"
+    # Two control planes (revisions): both shown; one unreachable fails the command.
+    code, out, _ = await remoractl("version", "--control-plane-url", injector_url, "--control-plane-url",
+                                   "http://127.0.0.1:9", "-o", "json")
+    assert code == 1 and len(json.loads(out)["controlPlanes"]) == 2
     # The control plane's URL pointing at the injector: named, not misread.
     code, out, _ = await remoractl("version", "--control-plane-url", injector_url)
     assert code == 1 and "is not a remora control-plane" in out

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from lc_kit import LocalCluster, local_cluster
+from lc_kit import REMORACTL, LocalCluster, local_cluster
 
 from control_plane.api.version import version
 
@@ -70,6 +70,10 @@ def proxies(lc: LocalCluster, monitoring: str) -> dict[str, dict]:
     return {p["proxy_id"]: p for p in json.loads(out)["proxies"]}
 
 
+def remoractl(lc: LocalCluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([REMORACTL, *args], env=lc.env, capture_output=True, text=True, timeout=60)
+
+
 def curl_hello(lc: LocalCluster) -> str:
     return lc.ok("exec", "client", "-n", "shop", "--", "curl", "-sS", "-m", "5", "-o", "/dev/null",
                  "-w", "%{http_code}", "http://hello.shop/")
@@ -101,6 +105,26 @@ def test_canary_flow(lc: LocalCluster) -> None:
     assert set(proxies(lc, "http://198.18.0.1:15014")) == {"client.shop"}  # the old revision
     # Proxies of the two revisions talk mTLS to each other: one mesh root.
     assert curl_hello(lc) == "200"
+
+    # What remoractl shows through the local cluster (local[:REV] URLs).
+    out = remoractl(lc, "version", "--control-plane-url", "local", "--control-plane-url", "local:canary",
+                    "--injector-url", "local:canary")
+    assert out.stdout.splitlines()[1:] == [
+        f"control plane version: {version()} (revision default), 0.2.0 (revision canary)",
+        f"injector version: 0.2.0 (revision canary; injects proxy 0.2.0, template "
+        f"{on_canary['hello.shop']['template_hash']})",
+        f"data plane version: {', '.join(sorted([f'{version()} (1 proxy)', '0.2.0 (1 proxy)']))}"]
+    out = remoractl(lc, "check", "--proxy", "--control-plane-url", "local:canary", "--injector-url", "local:canary")
+    assert out.returncode == 0, out.stdout
+    # The client still runs the old revision's proxy: OUTDATED against the canary's injector.
+    out = remoractl(lc, "proxy-status", "--control-plane-url", "local", "--injector-url", "local:canary")
+    assert f"{version()} OUTDATED" in out.stdout.splitlines()[1] and out.stdout.splitlines()[1].startswith("client.shop")
+    assert remoractl(lc, "check", "--proxy", "--injector-url", "local:canary").returncode == 1
+    # With no URLs, check takes the running local cluster's own (webhook, CA root, proxies).
+    out = remoractl(lc, "check")
+    assert out.returncode == 0 and out.stdout.count("\u2714") == 5, out.stdout
+    out = remoractl(lc, "analyze")  # the live objects: the moved namespace included
+    assert out.returncode == 0 and out.stdout.startswith("\u2714 No validation issues"), out.stdout
 
     # Removing a revision stops its processes; its proxies keep their last configuration.
     lc.ok("revision", "remove", "canary")

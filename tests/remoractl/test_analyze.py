@@ -81,6 +81,9 @@ def codes(extra: str) -> dict[str, list[str]]:
 
 def test_good_setup_is_clean() -> None:
     assert codes("") == {}
+    # A wildcard DestinationRule host names no one service: not a missing reference.
+    assert codes("---\nkind: DestinationRule\nmetadata: {name: all, namespace: shop}\n"
+                 "spec: {host: '*.shop.svc.cluster.local'}\n") == {}
 
 
 @pytest.mark.parametrize(("code", "extra", "expected"), [
@@ -161,6 +164,22 @@ kind: DestinationRule
 metadata: {name: tp, namespace: shop}
 spec: {host: reviews.shop.svc.cluster.local, trafficPolicy: {tls: {mode: SIMPLE}}}
 """, "spec.trafficPolicy.tls.mode SIMPLE is not implemented yet"),
+    ("RMR0003", """
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: shop}
+spec: {selector: {istio: ingressgateway}}
+""", "(Gateway shop/gw) Remora does not implement Gateway (networking.istio.io)"),
+    ("IST0102", """
+---
+kind: Namespace
+metadata: {name: legacy}
+---
+kind: Pod
+metadata: {name: p, namespace: legacy}
+spec: {containers: [{name: a, image: a}]}
+""", "(Namespace legacy) The namespace is not enabled for Remora injection"),
     ("RMR0002", """
 ---
 kind: PeerAuthentication
