@@ -43,6 +43,8 @@ KINDS = (
     Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", "discovery.k8s.io"),
     Kind("VirtualService", "networking.istio.io/v1", "virtualservices", "networking.istio.io"),
     Kind("DestinationRule", "networking.istio.io/v1", "destinationrules", "networking.istio.io"),
+    Kind("ServiceEntry", "networking.istio.io/v1", "serviceentries", "networking.istio.io"),
+    Kind("Sidecar", "networking.istio.io/v1", "sidecars", "networking.istio.io"),
     Kind("PeerAuthentication", "security.istio.io/v1", "peerauthentications", "security.istio.io"),
     Kind("AuthorizationPolicy", "security.istio.io/v1", "authorizationpolicies", "security.istio.io"),
 )
