@@ -110,6 +110,8 @@ def rejected(obj: dict[str, Any]) -> str:
     (dr(trafficPolicy={"loadBalancer": {"consistentHash": {}}}),
      "spec.trafficPolicy.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie, useSourceIp, "
      "httpQueryParameterName"),
+    (dr(trafficPolicy={"connectionPool": {"http": {"maxRetries": -1}}}),
+     "spec.trafficPolicy.connectionPool.http.maxRetries: -1 is less than 0"),
     (dr(trafficPolicy={"connectionPool": {"tcp": {"maxConnections": "1"}}}),
      "spec.trafficPolicy.connectionPool.tcp.maxConnections: expected an integer, got '1'"),
     (dr(trafficPolicy={"connectionPool": {"tcp": {"connectTimeout": "0s"}}}),
