@@ -123,7 +123,7 @@ class Router:
         self.fixed_ports = frozenset(id(o) for o in config.outbound if self._is_fixed(o))
 
     def _is_fixed(self, port: OutboundPort) -> bool:
-        if port.routed:
+        if port.routes or port.routed:
             if not port.routes:
                 return False
             route = port.routes[0]

@@ -64,8 +64,10 @@ def string(value: Any, path: str, *, empty: bool = False) -> str:
 def integer(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{path}: expected an integer, got {value!r}")
+    if hi is None and lo is not None and value < lo:
+        raise ValueError(f"{path}: {value} is less than {lo}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{path}: {value} is outside {lo}-{hi if hi is not None else 'any'}")
+        raise ValueError(f"{path}: {value} is outside {lo}-{hi}")
     return value
 
 

@@ -18,6 +18,8 @@ ALLOWED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
         ("", "serviceaccounts"): READ, ("discovery.k8s.io", "endpointslices"): READ,
         ("networking.istio.io", "virtualservices"): READ,
         ("networking.istio.io", "destinationrules"): READ,
+        ("networking.istio.io", "serviceentries"): READ,
+        ("networking.istio.io", "sidecars"): READ,
         ("security.istio.io", "peerauthentications"): READ,
         ("security.istio.io", "authorizationpolicies"): READ,
         ("authentication.k8s.io", "tokenreviews"): {"create"},

@@ -23,6 +23,8 @@ CLUSTER_SCOPED = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding
 ISTIO_KINDS = {
     "virtualservices.networking.istio.io": ("VirtualService", ["v1alpha3", "v1beta1", "v1"]),
     "destinationrules.networking.istio.io": ("DestinationRule", ["v1alpha3", "v1beta1", "v1"]),
+    "serviceentries.networking.istio.io": ("ServiceEntry", ["v1alpha3", "v1beta1", "v1"]),
+    "sidecars.networking.istio.io": ("Sidecar", ["v1alpha3", "v1beta1", "v1"]),
     "peerauthentications.security.istio.io": ("PeerAuthentication", ["v1beta1", "v1"]),
     "authorizationpolicies.security.istio.io": ("AuthorizationPolicy", ["v1beta1", "v1"]),
 }

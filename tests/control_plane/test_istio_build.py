@@ -143,10 +143,16 @@ def test_gateway_only_matches_are_dropped_for_sidecars() -> None:
 
 
 def test_tcp_routes_for_a_tcp_port() -> None:
-    v = res("VirtualService", "db", "data", hosts=["db"], tcp=[{"route": [{"destination": {"host": "db"}}]}])
-    cfg, _, _ = build(v)
+    v = res("VirtualService", "db", "data", hosts=["db"], tcp=[
+        {"match": [{"destinationSubnets": ["198.18.0.0/16"]}], "route": [{"destination": {"host": "db"}}]},
+        {"route": [{"destination": {"host": "db"}}]}])
+    cfg, notes, _ = build(v)
     p = next(o for o in cfg.outbound if o.port == 5432)
-    assert [d.cluster for t in p.tcp_routes for d in t.destinations] == ["db.data.svc.cluster.local|5432"]
+    # The first route's only match cannot be evaluated: left out, not widened to match all.
+    assert [(t.name, d.cluster) for t in p.tcp_routes for d in t.destinations] == [
+        ("db.tcp.1", "db.data.svc.cluster.local|5432")]
+    assert ("VirtualService/data/db: spec.tcp[0].match[0].destinationSubnets is not implemented yet; "
+            "this match is left out") in notes
 
 
 def test_service_entry_static_dns_and_none() -> None:

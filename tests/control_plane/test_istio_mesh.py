@@ -1,10 +1,13 @@
 """Istio traffic resources through real proxies, for what the request path applies today:
 header regex and uri matches, first match wins, no match → 404 NR, directResponse, and a
-ServiceEntry (STATIC) reached through its address; on HTTP/1.1 and HTTP/2 (prior knowledge)."""
+ServiceEntry (STATIC) reached through its address, on HTTP/1.1 and HTTP/2 (prior knowledge);
+and a weighted tcp route applied per connection."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import pytest
 from cp_mesh import CpMesh, service, wait_for
@@ -86,5 +89,57 @@ def test_matches_404_direct_response_and_service_entry(node, bin_dir, http2: boo
         assert curl(f"{base}/api/x", "-X", "POST").endswith(" 404")  # no route matches: 404 (NR)
         assert curl(f"{base}/other").endswith(" 404")
         assert curl("http://legacy.example.com:9080/", h2=False) == "legacy\n 200"  # an HTTP/1.1 server
+    finally:
+        mesh.close()
+
+
+TCP_VIP = "198.19.0.62"
+COUNT_TCP = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[2])):
+    with socket.create_connection((sys.argv[1], 9000), timeout=5) as s:
+        s.sendall(b"hello\\n")
+        data = b""
+        while not data.endswith(b"\\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+    seen[data.decode().strip() or "nothing"] += 1
+print(json.dumps(seen))
+"""
+
+
+def test_tcp_traffic_shifting_80_20(node, bin_dir) -> None:
+    """The TCP traffic shifting task's 80/20 route (bound to the sidecars), per connection."""
+    mesh = CpMesh.start(node, bin_dir)
+    try:
+        mesh.apply("tcp-echo-svc", service("tcp-echo", "shop", TCP_VIP, 9000, {"app": "tcp-echo"}, "tcp"))
+        for version in ("v1", "v2"):
+            pod = mesh.add_pod(f"tcp-echo-{version}", "shop", "tcp-echo", {"app": "tcp-echo", "version": version})
+            mesh.apps.append(pod.spawn(["socat", "TCP-LISTEN:9000,fork,reuseaddr", f"SYSTEM:read line; echo {version}"],
+                                       uid=APP_UID, gid=APP_UID, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL))
+            wait_for(lambda p=pod: p.exec(["ss", "-Hltn", "sport = :9000"]).stdout.strip(), 10, "socat")
+        mesh.apply("tcp-echo-rules", {
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "tcp-echo-destination", "namespace": "shop"},
+            "spec": {"host": "tcp-echo", "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]},
+        }, {
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "tcp-echo", "namespace": "shop"},
+            "spec": {"hosts": ["tcp-echo"], "gateways": ["mesh"], "tcp": [{
+                "match": [{"port": 9000}],
+                "route": [{"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v1"},
+                           "weight": 80},
+                          {"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v2"},
+                           "weight": 20}]}]},
+        })
+        client = mesh.add_pod("client", "shop", "client", {"app": "client"}, hosts={"tcp-echo.shop": TCP_VIP})
+        mesh.wait_synced(["client.shop", "tcp-echo-v1.shop", "tcp-echo-v2.shop"])
+        r = client.exec([sys.executable, "-c", COUNT_TCP, TCP_VIP, "200"], uid=APP_UID, timeout=120)
+        seen = json.loads(r.stdout or "{}")
+        assert set(seen) == {"v1", "v2"} and 20 <= seen["v2"] <= 60, (seen, r.stderr, mesh.logs())
     finally:
         mesh.close()

@@ -160,3 +160,17 @@ def test_tcp_traffic_shifting_for_the_mesh_gateway() -> None:
     counts = collections.Counter(router.tcp_cluster(p9000).rsplit("|", 1)[-1] for _ in range(1000))
     assert 150 < counts["v2"] < 250
     assert router.tcp_cluster(p9001).endswith("|9001")
+
+
+def test_golden_bookinfo_snapshot() -> None:
+    """The productpage proxy's snapshot with the request routing and fault injection
+    resources: the whole wire shape of routes and policies, reviewed as one file."""
+    import os
+
+    cfg, _ = snapshot(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
+                      "virtual-service-ratings-test-abort.yaml")
+    got = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+    path = Path(__file__).parent.parent / "golden" / "control_plane" / "snapshot-bookinfo-productpage.json"
+    if os.environ.get("REMORA_UPDATE_GOLDEN") == "1":
+        path.write_text(got)
+    assert got == path.read_text(), f"snapshot differs from {path}; REMORA_UPDATE_GOLDEN=1 regenerates"

@@ -57,6 +57,9 @@ def rejected(obj: dict[str, Any]) -> str:
     (vs([{"match": [{"sourceLabels": {"app": 1}}], "route": ROUTE}]),
      "spec.http[0].match[0].sourceLabels.app: expected a string, got 1"),
     (vs([{"match": "uri", "route": ROUTE}]), "spec.http[0].match: expected a list, got str"),
+    (vs([{"match": [{"url": {"exact": "/a"}}], "route": ROUTE}]),
+     "spec.http[0].match[0].url: not a match condition (one of authority, gateways, headers, ignoreUriCase, "
+     "method, name, port, queryParams, scheme, sourceLabels, sourceNamespace, uri, withoutHeaders)"),
     (vs([{"timeout": "soon", "route": ROUTE}]),
      "spec.http[0].timeout: expected a duration such as 5s, 0.5s, 500ms or 1m30s, got 'soon'"),
     (vs([{"timeout": 5, "route": ROUTE}]),
@@ -110,6 +113,8 @@ def rejected(obj: dict[str, Any]) -> str:
     (dr(trafficPolicy={"loadBalancer": {"consistentHash": {}}}),
      "spec.trafficPolicy.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie, useSourceIp, "
      "httpQueryParameterName"),
+    (dr(trafficPolicy={"connectionPool": {"http": {"maxRetries": -1}}}),
+     "spec.trafficPolicy.connectionPool.http.maxRetries: -1 is less than 0"),
     (dr(trafficPolicy={"connectionPool": {"tcp": {"maxConnections": "1"}}}),
      "spec.trafficPolicy.connectionPool.tcp.maxConnections: expected an integer, got '1'"),
     (dr(trafficPolicy={"connectionPool": {"tcp": {"connectTimeout": "0s"}}}),

@@ -197,6 +197,39 @@ async def test_watch_resumes_from_its_resource_version_and_relists_on_410(k8s: A
         task.cancel()
 
 
+async def test_service_entries_and_sidecars_are_watched(k8s) -> None:
+    source = KubeSource(api_client(k8s.kubeconfig))
+    changes = asyncio.Event()
+    task = asyncio.create_task(source.run(changes.set))
+    key = ProxyKey("shop", "reviews-v2")
+    api = f"{k8s.url}/apis/networking.istio.io/v1/namespaces/shop"
+    try:
+        await asyncio.wait_for(changes.wait(), 10)
+        async with aiohttp.ClientSession() as s:
+            changes.clear()
+            se = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                  "metadata": {"name": "ext", "namespace": "shop"},
+                  "spec": {"hosts": ["api.example.com"], "addresses": ["198.19.9.1"], "resolution": "STATIC",
+                           "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                           "endpoints": [{"address": "198.18.9.1"}]}}
+            async with s.post(f"{api}/serviceentries", json=se) as r:
+                assert r.status == 200
+            await asyncio.wait_for(changes.wait(), 10)
+            cfg = SnapshotBuilder(Registry.from_objects(source.objects()), "cluster.local", "R").snapshot_for(key).config
+            assert "api.example.com" in {o.service for o in cfg.outbound}
+            changes.clear()
+            sidecar = {"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                       "metadata": {"name": "default", "namespace": "shop"},
+                       "spec": {"egress": [{"hosts": ["./reviews.shop.svc.cluster.local"]}]}}
+            async with s.post(f"{api}/sidecars", json=sidecar) as r:
+                assert r.status == 200
+            await asyncio.wait_for(changes.wait(), 10)
+            cfg = SnapshotBuilder(Registry.from_objects(source.objects()), "cluster.local", "R").snapshot_for(key).config
+            assert {o.service for o in cfg.outbound} == {"reviews.shop.svc.cluster.local"}
+    finally:
+        task.cancel()
+
+
 def install_token_review(k8s: Api) -> None:
     def review(req) -> dict:
         # As the API server does: the spec comes back with a status.

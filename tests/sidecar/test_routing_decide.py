@@ -138,3 +138,50 @@ def test_resolve_keeps_working_for_byte_level_callers() -> None:
     assert r.resolve(port, b"GET", b"/", [(b"X-V", b"2")]).route == "hit"
     assert (r.resolve(port, b"GET", b"/", []).status, r.resolve(port, b"GET", b"/", []).flag) == (404, "NR")
     assert r.resolve(None, b"GET", b"/", []).status == 404
+
+
+def policy_router(policy: dict[str, Any], previous: Router | None = None, clock=lambda: 0.0) -> Router:
+    cfg = {"clusters": [{"name": "p|80", "service": "p", "port": 80, "protocol": "http", "policy": policy,
+                         "endpoints": [{"address": f"198.18.0.{i}", "port": 8080} for i in range(1, 5)]}],
+           "outbound": [{"service": "p", "addresses": ["198.19.0.2"], "port": 80, "protocol": "http",
+                         "default_cluster": "p|80"}]}
+    return Router(ProxyConfig.from_dict(cfg), previous, clock=clock)
+
+
+def test_consistent_hash_through_decide_is_sticky_and_sets_a_generated_cookie() -> None:
+    r = policy_router({"load_balancer": {"consistent_hash": {"header": "x-user"}}})
+    port = r.lookup("198.19.0.2", 80)
+    by_user = {u: r.decide(port, RequestInfo("GET", "/", headers=(("x-user", u),))).endpoint.address
+               for u in ("ann", "bob", "cy", "dee", "eve", "fay")}
+    assert all(r.resolve(port, b"GET", b"/", [(b"X-User", u.encode())]).endpoint.address == a
+               for u, a in by_user.items())
+    assert len(set(by_user.values())) > 1
+    c = policy_router({"load_balancer": {"consistent_hash": {"cookie": "s", "cookie_ttl": 60.0}}})
+    d = c.decide(c.lookup("198.19.0.2", 80), RequestInfo("GET", "/"))
+    value = d.set_cookie.split('"')[1]
+    again = c.decide(c.lookup("198.19.0.2", 80), RequestInfo("GET", "/", headers=(("cookie", f"s={value}"),)))
+    assert (again.endpoint, again.set_cookie) == (d.endpoint, "")
+
+
+def test_ejected_endpoints_are_skipped_and_state_survives_a_new_config() -> None:
+    now = [0.0]
+    policy = {"load_balancer": {"simple": "ROUND_ROBIN"},
+              "outlier": {"consecutive_5xx": 1, "max_ejection_percent": 100.0, "base_ejection_time": 30.0}}
+    r = policy_router(policy, clock=lambda: now[0])
+    port = r.lookup("198.19.0.2", 80)
+    r.outliers["p|80"].report(("198.18.0.1", 8080), 503, 0.0, 4)
+    seen = {r.decide(port, RequestInfo("GET", "/")).endpoint.address for _ in range(40)}
+    assert seen == {"198.18.0.2", "198.18.0.3", "198.18.0.4"}
+    again = policy_router(policy, previous=r, clock=lambda: now[0])  # same cluster, new version
+    assert again.outliers["p|80"] is r.outliers["p|80"]
+    now[0] = 31.0  # the ejection is over
+    port = again.lookup("198.19.0.2", 80)
+    assert "198.18.0.1" in {again.decide(port, RequestInfo("GET", "/")).endpoint.address for _ in range(40)}
+
+
+def test_passthrough_cluster() -> None:
+    r = policy_router({"load_balancer": {"simple": "PASSTHROUGH"}})
+    port = r.lookup("198.19.0.2", 80)
+    assert r.decide(port, RequestInfo("GET", "/")).passthrough
+    d = r.resolve(port, b"GET", b"/", [])
+    assert (d.status, d.flag) == (503, "UH")  # byte-level callers cannot pass through yet

@@ -334,3 +334,19 @@ def test_response_flags_are_envoys() -> None:
     assert flags.join([]) == "-" and flags.join([flags.DI, flags.FI]) == "DI,FI"
 
 
+
+
+# -- mirroring --------------------------------------------------------------------------------
+
+def test_mirror_percentage_and_shadow_authority() -> None:
+    from control_plane.api.model import HttpRoute
+    from sidecar.traffic import mirror
+
+    rng = random.Random(11)
+    route = HttpRoute("r", mirror="m|80", mirror_percent=25.0)
+    copies = sum(mirror.should_mirror(route, rng.random) for _ in range(4000))
+    assert 900 < copies < 1100
+    assert mirror.should_mirror(HttpRoute("r", mirror="m|80")) and not mirror.should_mirror(HttpRoute("r"))
+    assert not mirror.should_mirror(HttpRoute("r", mirror="m|80", mirror_percent=0.0))
+    assert [mirror.shadow_authority(a) for a in ("reviews:9080", "reviews", "[fd00::1]:80", "a.b.c")] == [
+        "reviews-shadow:9080", "reviews-shadow", "[fd00::1]-shadow:80", "a.b.c-shadow"]
