@@ -26,6 +26,12 @@ from control_plane.api.model import (
 from control_plane.protocols import is_http
 from control_plane.registry import Registry
 from control_plane.resources import Service, ServicePort, Workload, selector_matches
+from control_plane.workload_meta import meta_of
+
+
+def workload_meta(w: Workload) -> model.WorkloadMeta:
+    """Telemetry labels of a pod (sidecar/telemetry.py turns them into Istio's labels)."""
+    return meta_of(w.workload_name or w.name, w.namespace, w.labels, w.service_account)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class SnapshotBuilder:
             opaque_ports=tuple(sorted({
                 p.port for s in registry.services.values() for p in s.ports if p.protocol == model.OPAQUE
             })),
+            peers={w.ip: workload_meta(w) for w in registry.workloads.values() if w.ip},
         )
         self._base = dataclasses.replace(self._base, unsupported=tuple(sorted(set(self._notes))))
         self._cache: dict[tuple, Snapshot] = {}
@@ -81,7 +88,7 @@ class SnapshotBuilder:
         return Endpoint(
             address=address, port=port,
             identity=w.identity(self.trust_domain) if w.injected else None,
-            labels=dict(w.labels),
+            labels=dict(w.labels), workload=workload_meta(w),
         )
 
     def _endpoints(self, svc: Service, sp: ServicePort) -> list[Endpoint]:
@@ -224,10 +231,12 @@ class SnapshotBuilder:
         w = self.workload(key)
         inbound = self.inbound_for(key.namespace, w.labels if w else None)
         opaque = self._opaque_for(w)
-        cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque)
+        meta = workload_meta(w) if w else None
+        cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque, meta)
         snap = self._cache.get(cache_key)
         if snap is None:
-            cfg = dataclasses.replace(self._base, inbound=inbound, opaque_ports=opaque)
+            cfg = dataclasses.replace(self._base, inbound=inbound, opaque_ports=opaque,
+                                      workload=meta)
             cfg = dataclasses.replace(cfg, version=cfg.content_hash())
             payload = json.dumps(cfg.to_dict(), separators=(",", ":"))
             snap = self._cache[cache_key] = Snapshot(cfg, payload)

@@ -24,8 +24,10 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .labels import HTTP as PROTO_HTTP
+from .labels import Labeler
 from .routing import Router
-from .stats import INBOUND, OUTBOUND, Stats
+from .stats import INBOUND, NO_FLAGS, OUTBOUND, Stats
 from .tls import ALPN_H1
 from .upstream import Connector, UpstreamError
 
@@ -74,6 +76,7 @@ class H1Context:
     # connection too) and the original destination that selects the service port in it.
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
+    labels: Labeler | None = None  # Istio metric labels (None: only the remora_* series)
 
 
 class BadRequest(Exception):
@@ -83,11 +86,12 @@ class BadRequest(Exception):
 class _Target:
     """One routing outcome: the endpoint, timeouts, ALPN and the pool key for it."""
 
-    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key")
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service")
 
     def __init__(self, endpoint: Endpoint, timeout: float | None, connect_timeout: float,
-                 alpn: str, direction: str) -> None:
+                 alpn: str, direction: str, service: str = "") -> None:
         self.endpoint = endpoint
+        self.service = service  # the cluster's service host (the metric's destination_service)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.alpn = alpn
@@ -273,6 +277,7 @@ class H1Upstream(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         down = self.down
         if down is not None:
+            down.resp_bytes += len(body)
             if down.resp_chunked:
                 down.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
             else:
@@ -333,6 +338,10 @@ class H1Downstream(asyncio.Protocol):
         self.eof = False  # the client half-closed
         self.wbuf: list[bytes] = []  # to the downstream, written by flush()
         self.ubuf: list[bytes] = []  # to the current upstream, written by flush()
+        # Telemetry of the exchange in flight: Istio label key, body bytes, response flags.
+        self.lkey = ""
+        self.req_bytes = self.resp_bytes = 0
+        self.flags = NO_FLAGS
 
     # -- connection events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -340,6 +349,11 @@ class H1Downstream(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
+        ctx = self.ctx
+        if ctx.labels is not None and ctx.direction == INBOUND and ctx.inbound_target:
+            peer = transport.get_extra_info("peername")
+            self.lkey = ctx.labels.inbound(peer[0] if peer else None, ctx.inbound_target,
+                                           ctx.peer_identity, PROTO_HTTP)
 
     def close_if_idle(self) -> None:
         """Draining: close a keep-alive connection that has no request in flight."""
@@ -543,9 +557,12 @@ class H1Downstream(asyncio.Protocol):
         self.resp_started = False
         self.started_at = time.monotonic()
         self.peer = ctx.peer_identity
+        self.req_bytes = self.resp_bytes = 0
+        self.flags = NO_FLAGS
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
+        self.req_bytes += len(body)
         up = self.up
         if up is None:
             self.req_body.append(body)
@@ -580,9 +597,14 @@ class H1Downstream(asyncio.Protocol):
             return self.target
         d = router.resolve(ctx.outbound_port, self.method, self.url, self.headers)
         if d.status:
+            self.flags = "NR" if d.status == 404 else "UH"
+            if ctx.labels is not None:
+                self.lkey = ctx.labels.outbound(
+                    d.cluster.service if d.cluster else ctx.service, None, PROTO_HTTP)
             self._local_reply(d.status, d.message)
             return None
-        target = _Target(d.endpoint, d.timeout, d.cluster.connect_timeout, ALPN_H1, OUTBOUND)
+        target = _Target(d.endpoint, d.timeout, d.cluster.connect_timeout, ALPN_H1, OUTBOUND,
+                         d.cluster.service)
         if router.is_fixed(ctx.outbound_port):
             self.target, self.target_router = target, router
         return target
@@ -591,6 +613,8 @@ class H1Downstream(asyncio.Protocol):
         target = self._route()
         if target is None:
             return
+        if self.ctx.labels is not None and self.ctx.direction == OUTBOUND:
+            self.lkey = self.ctx.labels.outbound(target.service, target.endpoint, PROTO_HTTP)
         if target.timeout:
             self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
         self.decision_key = key = target.key
@@ -608,6 +632,7 @@ class H1Downstream(asyncio.Protocol):
             _, up, peer = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
         except UpstreamError as e:
             if not self.closed and self.busy:
+                self.flags = "UF"
                 self._local_reply(503, f"upstream connect error: {e}")
             return
         except Exception:
@@ -657,6 +682,7 @@ class H1Downstream(asyncio.Protocol):
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
                 return
+            self.flags = "UC"
             self._local_reply(502, "upstream connect error or disconnect/reset before headers")
             return
         if self.resp_until_close:
@@ -678,6 +704,7 @@ class H1Downstream(asyncio.Protocol):
             up.down = None
             up.transport.abort()
         if not self.resp_started:
+            self.flags = "UT"
             self._local_reply(504, "upstream request timeout")
         else:
             self.transport.abort()
@@ -774,8 +801,11 @@ class H1Downstream(asyncio.Protocol):
 
     def _exchange_done(self, status: int) -> None:
         ctx = self.ctx
-        ctx.stats.request_done(ctx.direction, ctx.service, status,
-                               time.monotonic() - self.started_at, self.peer)
+        duration = time.monotonic() - self.started_at
+        ctx.stats.request_done(ctx.direction, ctx.service, status, duration, self.peer)
+        if self.lkey:
+            ctx.stats.exchange_done(self.lkey, status, "", self.flags, self.req_bytes,
+                                    self.resp_bytes, duration)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False

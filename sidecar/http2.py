@@ -35,6 +35,10 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from control_plane.api.model import Endpoint
+from sidecar.labels import GRPC as PROTO_GRPC
+from sidecar.labels import HTTP as PROTO_HTTP
+from sidecar.labels import Labeler
+from sidecar.stats import NO_FLAGS
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -77,6 +81,7 @@ class H2Context:
     peer_identity: str | None  # downstream peer's SPIFFE ID (inbound mTLS), else None
     stats: Stats
     draining: Callable[[], bool]
+    labels: Labeler | None = None  # Istio metric labels (None: only the remora_* series)
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -223,6 +228,10 @@ class _Side(asyncio.Protocol):
         if ex is None:  # stream already torn down: give the window back and drop the bytes
             self.ack(ev.flow_controlled_length, ev.stream_id)
             return
+        if self.client_side:  # telemetry: body bytes (an upstream sends the response)
+            ex.resp_bytes += len(ev.data)
+        else:
+            ex.req_bytes += len(ev.data)
         self.in_pipe(ex).push(ev.data, ev.flow_controlled_length)
 
     def _on_trailers(self, ev: h2.events.TrailersReceived) -> None:
@@ -387,7 +396,8 @@ class _Exchange:
 
     __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers", "started",
                  "status", "response_started", "finished", "timer", "service", "peer", "grpc",
-                 "task", "connect_timeout")
+                 "task", "connect_timeout", "lkey", "req_bytes", "resp_bytes", "flags",
+                 "grpc_status")
 
     def __init__(self, down: H2Downstream, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.down = down
@@ -409,6 +419,10 @@ class _Exchange:
         self.grpc = False
         self.task: asyncio.Task | None = None
         self.connect_timeout = CONNECT_TIMEOUT
+        self.lkey = ""  # telemetry: Istio label key, body bytes, response flags, grpc-status
+        self.req_bytes = self.resp_bytes = 0
+        self.flags = NO_FLAGS
+        self.grpc_status = ""
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream and send the request headers, then whatever DATA waits."""
@@ -446,6 +460,7 @@ class _Exchange:
         except Exception as e:  # UpstreamError, OSError, TimeoutError: all mean 503
             self.task = None
             log.info("h2 upstream %s:%s (%s) failed: %s", endpoint.address, endpoint.port, alpn, e)
+            self.flags = "UF"
             self.local_reply(503, f"upstream connect error: {e}")
             return
         self.task = None
@@ -460,6 +475,8 @@ class _Exchange:
             if not informational:
                 self.status = int(dict(headers).get(b":status", b"0"))
                 self.response_started = True
+                if self.grpc and ended:  # trailers-only: grpc-status is in these headers
+                    self.grpc_status = dict(headers).get(b"grpc-status", b"").decode()
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
             self.down.h2.send_headers(self.down_sid, _filter(headers), end_stream=ended)
         except STREAM_GONE:
@@ -516,6 +533,7 @@ class _Exchange:
         elif self.response_received():
             return
         elif not self.response_started:
+            self.flags = "UC"
             self.local_reply(503, "upstream connect error or disconnect/reset before headers")
         else:
             self.down.reset(self.down_sid, ErrorCodes.INTERNAL_ERROR)
@@ -536,6 +554,7 @@ class _Exchange:
             self.down.reset(self.down_sid, ErrorCodes.CANCEL)
             self.finish(504)
         else:
+            self.flags = "UT"
             self.local_reply(504, "upstream request timeout")
 
     def local_reply(self, status: int, message: str) -> None:
@@ -551,6 +570,7 @@ class _Exchange:
             body = message.encode()
             if self.grpc:
                 code = GRPC_DEADLINE_EXCEEDED if status == 504 else GRPC_UNAVAILABLE
+                self.grpc_status = code.decode()
                 headers = [(b":status", str(status).encode()), (b"content-type", b"application/grpc"),
                            (b"grpc-status", code), (b"grpc-message", body)]
             else:
@@ -578,12 +598,17 @@ class _Exchange:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        if self.grpc and not self.grpc_status and self.resp.trailers:
+            self.grpc_status = dict(self.resp.trailers).get(b"grpc-status", b"").decode()
         self.req.close()
         self.resp.close()
         down = self.down
         direction = "inbound" if down.ctx.inbound_target else "outbound"
-        down.ctx.stats.request_done(direction, self.service, status,
-                                    time.monotonic() - self.started, self.peer)
+        duration = time.monotonic() - self.started
+        down.ctx.stats.request_done(direction, self.service, status, duration, self.peer)
+        if self.lkey:
+            down.ctx.stats.exchange_done(self.lkey, status, self.grpc_status, self.flags,
+                                         self.req_bytes, self.resp_bytes, duration)
         if self.up is not None:
             self.up.drop(self.up_sid)
         down.drop(self.down_sid)
@@ -860,6 +885,11 @@ class H2Downstream(_Side):
         if self.inbound_endpoint is not None:
             ex.peer = ctx.peer_identity
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
+            if ctx.labels is not None:
+                peer = self.transport.get_extra_info("peername")
+                ex.lkey = ctx.labels.inbound(peer[0] if peer else None, ctx.inbound_target,
+                                             ctx.peer_identity,
+                                             PROTO_GRPC if ex.grpc else PROTO_HTTP)
             endpoint, alpn = self.inbound_endpoint, "h2"
         else:
             endpoint = self._route(ex, method, path, headers)
@@ -884,7 +914,11 @@ class H2Downstream(_Side):
         if cluster is not None:
             ex.service = cluster.service
             ex.connect_timeout = cluster.connect_timeout
+        if self.ctx.labels is not None:
+            ex.lkey = self.ctx.labels.outbound(cluster.service if cluster else "", endpoint,
+                                               PROTO_GRPC if ex.grpc else PROTO_HTTP)
         if status or endpoint is None:
+            ex.flags = "NR" if status == 404 else "UH"
             ex.local_reply(status or 503, decision.message or "no healthy upstream")
             return None
         timeout = decision.timeout

@@ -19,9 +19,10 @@ from control_plane.api.model import DISABLE, STRICT, Endpoint
 from . import detect
 from .conn import close_counted, count_close, serve_guarded
 from .http1 import H1Context, H1Downstream
+from .labels import TCP
 from .listeners import peek
 from .original_dst import original_dst
-from .relay import RelayProtocol, SpliceRelay, link
+from .relay import RelayProtocol, SpliceRelay, count_bytes, link
 from .stats import INBOUND
 from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, peer_identity
 from .tlsbio import TlsWire
@@ -111,7 +112,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         except UpstreamError:
             close_counted(rt.stats, INBOUND, sock)
             return
-        SpliceRelay(sock, up, lambda: rt.stats.conn_closed(INBOUND))
+        series = _tcp_series(rt, _peer_address(sock), dst, None)
+        SpliceRelay(sock, up, _closed(rt, series), series)
 
 
 async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
@@ -140,21 +142,43 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
         rt.stats.conn_closed(INBOUND)
         raw.close()
         return
-    down = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
+    series = _tcp_series(rt, _peer_address(sock), dst, peer_identity(wire.sslobj))
+    down = RelayProtocol(_closed(rt, series))
+    count_bytes(down, up, series)
     wire.start(down)
     link(down, up)
+
+
+def _peer_address(sock: socket.socket) -> str | None:
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None
+
+
+def _tcp_series(rt: ProxyRuntime, source: str | None, dst: tuple[str, int],
+                peer: str | None) -> list[int]:
+    """Istio's TCP metrics (reporter=destination) for one opaque connection."""
+    return rt.stats.tcp_open(rt.labels.inbound(source, dst, peer, TCP))
+
+
+def _closed(rt: ProxyRuntime, series: list[int]):
+    def closed() -> None:
+        rt.stats.conn_closed(INBOUND)
+        rt.stats.tcp_close(series)
+    return closed
 
 
 def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:
     return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                      inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
-                     service=f"inbound|{dst[1]}", registry=rt.h1_conns)
+                     service=f"inbound|{dst[1]}", registry=rt.h1_conns, labels=rt.labels)
 
 
 def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
-                           stats=rt.stats, draining=rt.is_draining)
+                           stats=rt.stats, draining=rt.is_draining, labels=rt.labels)
 
 
 class InboundTls(asyncio.Protocol):
@@ -179,8 +203,10 @@ class InboundTls(asyncio.Protocol):
         elif alpn == ALPN_H2 and rt.h2 is not None:
             p = count_close(rt.h2.H2Downstream(h2_context(rt, self.dst, peer)), rt.stats, INBOUND)
         elif alpn in (ALPN_TCP, ALPN_H2):
-            p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
-            asyncio.get_running_loop().create_task(self._relay(p, transport))
+            peer_addr = transport.get_extra_info("peername")
+            series = _tcp_series(rt, peer_addr[0] if peer_addr else None, self.dst, peer)
+            p = RelayProtocol(_closed(rt, series))
+            asyncio.get_running_loop().create_task(self._relay(p, transport, series))
         else:
             rt.stats.protocol_error()
             transport.abort()
@@ -188,7 +214,8 @@ class InboundTls(asyncio.Protocol):
         transport.set_protocol(p)
         p.connection_made(transport)
 
-    async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport) -> None:
+    async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport,
+                     series: list[int]) -> None:
         host, port = self.dst
         try:
             _, up, _ = await self.rt.inbound_connector.connect(
@@ -196,6 +223,7 @@ class InboundTls(asyncio.Protocol):
         except UpstreamError:
             transport.close()
             return
+        count_bytes(down, up, series)
         link(down, up)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -24,6 +24,7 @@ from control_plane.api.model import ConfigError, ProxyConfig
 
 from . import admin, inbound, outbound
 from .http1 import H1Downstream, H1Pool
+from .labels import Labeler
 from .listeners import Listener, bind
 from .routing import Router
 from .settings import Settings, default_workdir, load_bootstrap
@@ -47,6 +48,7 @@ class ProxyRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
+        self.labels = Labeler()  # Istio metric label keys for the current config and identity
         self.config: ProxyConfig | None = None
         self.router = Router(ProxyConfig())
         self._opaque: frozenset[int] = frozenset(settings.opaque_ports)
@@ -81,6 +83,7 @@ class ProxyRuntime:
         self.router = router
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
+        self.labels.update(cfg)
         log.info("configuration %s applied (%d services, %d clusters)",
                  cfg.version or cfg.content_hash(), len(cfg.outbound), len(cfg.clusters))
 
@@ -110,6 +113,7 @@ class ProxyRuntime:
         tls = build_contexts(chain, key, roots)
         self.tls = tls
         self.identity = tls.identity
+        self.labels.update(identity=tls.identity)
         log.info("certificate for %s loaded (expires %s)", tls.identity, tls.not_after)
 
     # -- state used by the listeners -----------------------------------------------------

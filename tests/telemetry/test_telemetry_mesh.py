@@ -1,0 +1,155 @@
+"""Istio's standard metrics from real traffic between meshed pods (real control plane, real
+proxies, mTLS): HTTP/1.1, HTTP/2 and an opaque TCP connection, read from both proxies'
+:15090/metrics with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, new_node_prefix
+from prometheus_client.parser import text_string_to_metric_families
+
+from local_cluster import netns
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "control_plane"))  # cp_mesh
+from cp_mesh import CpMesh, service, wait_for  # noqa: E402
+from mesh_harness import APP_UID, APPS  # noqa: E402
+
+pytestmark = pytest.mark.root
+NS = "demo"
+WEB_VIP, H2_VIP, CACHE_VIP = "198.19.0.31", "198.19.0.32", "198.19.0.33"
+CLIENT_ID = f"spiffe://cluster.local/ns/{NS}/sa/client"
+SERVER_ID = f"spiffe://cluster.local/ns/{NS}/sa/server"
+H2_FILE = 1000  # bytes nghttpd serves
+TCP_BYTES = 4321  # bytes the client sends to the opaque port; the app echoes them upper-cased
+H1_REQUESTS, H2_REQUESTS = 5, 3
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    """One mesh for the module: the traffic runs once, the tests read both proxies' metrics."""
+    reason = netns.have_root_and_tools()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
+    node = netns.Node.create(new_node_prefix())
+    mesh = None
+    try:
+        mesh = CpMesh.start(node, BIN)
+        sel = {"app": "server"}
+        mesh.apply("services", service("web", NS, WEB_VIP, 8080, sel),
+                   service("h2", NS, H2_VIP, 8081, sel, port_name="http2"),
+                   service("cache", NS, CACHE_VIP, 7000, sel, port_name="redis"))
+        server = mesh.add_pod("server", NS, "server", {"app": "server", "version": "v7"})
+        client = mesh.add_pod("client", NS, "client", {"app": "client", "version": "v1"},
+                              hosts={"web.demo": WEB_VIP, "h2.demo": H2_VIP,
+                                     "cache.demo": CACHE_VIP})
+        mesh.serve(server, 8080, "web")  # answers "web\n"
+        www = mesh.tmp / "www"
+        www.mkdir()
+        (www / "f").write_bytes(b"x" * H2_FILE)
+        os.chmod(www, 0o755)
+        mesh.apps.append(server.spawn(["nghttpd", "--no-tls", "-d", str(www), "8081"],
+                                      uid=APP_UID, gid=APP_UID))
+        mesh.apps.append(server.spawn([sys.executable, APPS, "upper", "7000"],
+                                      uid=APP_UID, gid=APP_UID))
+        mesh.wait_synced(["client.demo", "server.demo"])
+        for port in (8081, 7000):
+            wait_for(lambda p=port: server.exec(["ss", "-Hltn", f"sport = :{p}"]).stdout.strip(),
+                     10, f"port {port}")
+
+        r = mesh.run_app(client, "count", "http://web.demo:8080/", str(H1_REQUESTS))
+        assert json.loads(r.stdout)["bodies"] == {"web": H1_REQUESTS}, r.stdout + r.stderr
+        for _ in range(H2_REQUESTS):
+            r = client.exec(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null",
+                             "-w", "%{http_version} %{http_code}", "http://h2.demo:8081/f"],
+                            uid=APP_UID, gid=APP_UID, timeout=20)
+            assert r.stdout == "2 200", (r.stdout, r.stderr, mesh.logs())
+        tcp = ("import socket; s = socket.create_connection(('cache.demo', 7000), 5); "
+               f"s.sendall(b'a' * {TCP_BYTES}); s.shutdown(socket.SHUT_WR); got = b''\n"
+               "while True:\n d = s.recv(65536)\n if not d: break\n got += d\nprint(len(got))")
+        r = client.exec([sys.executable, "-c", tcp], uid=APP_UID, gid=APP_UID, timeout=20)
+        assert r.stdout.strip() == str(TCP_BYTES), (r.stdout, r.stderr, mesh.logs())
+
+        def scrape(pod) -> dict:
+            out = pod.exec(["curl", "-sS", "--max-time", "3", "http://127.0.0.1:15090/metrics"])
+            return {f.name: f for f in text_string_to_metric_families(out.stdout)}
+
+        def closed_everywhere() -> dict | None:
+            got = {"source": scrape(client), "destination": scrape(server)}
+            ok = all(sum(s.value for s in got[r]["istio_tcp_connections_closed"].samples) >= 1
+                     for r in got)
+            return got if ok else None
+
+        yield wait_for(closed_everywhere, 10, "both proxies to count the TCP close")
+    finally:
+        if mesh is not None:
+            mesh.close()
+        node.destroy()
+
+
+def samples(fams: dict, name: str, **want: str) -> list:
+    return [s for s in fams[name].samples if all(s.labels.get(k) == v for k, v in want.items())]
+
+
+WORKLOADS = {
+    "source_workload": "client", "source_workload_namespace": NS, "source_app": "client",
+    "source_version": "v1", "source_cluster": "Kubernetes", "source_principal": CLIENT_ID,
+    "destination_workload": "server", "destination_workload_namespace": NS,
+    "destination_app": "server", "destination_version": "v7", "destination_cluster": "Kubernetes",
+    "destination_principal": SERVER_ID, "destination_service_namespace": NS,
+}
+
+
+@pytest.mark.parametrize("reporter", ["source", "destination"])
+def test_http1_requests_on_both_reporters(traffic, reporter: str) -> None:
+    fams = traffic[reporter]
+    (req,) = samples(fams, "istio_requests", destination_service_name="web")
+    assert req.value == H1_REQUESTS
+    policy = "mutual_tls" if reporter == "destination" else "unknown"
+    assert req.labels == {
+        **WORKLOADS, "reporter": reporter, "destination_service": f"web.{NS}.svc.cluster.local",
+        "destination_service_name": "web", "request_protocol": "http", "response_code": "200",
+        "grpc_response_status": "", "response_flags": "-", "connection_security_policy": policy,
+    }
+    counts = {s.name: s.value for s in samples(fams, "istio_response_bytes",
+                                               destination_service_name="web")
+              if not s.name.endswith("_bucket")}
+    assert counts == {"istio_response_bytes_sum": 4 * H1_REQUESTS,
+                      "istio_response_bytes_count": H1_REQUESTS}
+    dur = samples(fams, "istio_request_duration_milliseconds", destination_service_name="web")
+    assert [s.value for s in dur if s.name.endswith("_count")] == [H1_REQUESTS]
+    assert 0 < next(s.value for s in dur if s.name.endswith("_sum")) < H1_REQUESTS * 5000
+
+
+@pytest.mark.parametrize("reporter", ["source", "destination"])
+def test_http2_requests_on_both_reporters(traffic, reporter: str) -> None:
+    fams = traffic[reporter]
+    (req,) = samples(fams, "istio_requests", destination_service_name="h2")
+    assert req.value == H2_REQUESTS
+    assert {k: req.labels[k] for k in WORKLOADS} == WORKLOADS
+    assert (req.labels["reporter"], req.labels["request_protocol"], req.labels["response_code"]) == (
+        reporter, "http", "200")
+    sums = {s.name: s.value for s in samples(fams, "istio_response_bytes", destination_service_name="h2")
+            if s.name.endswith("_sum")}
+    assert sums == {"istio_response_bytes_sum": H2_FILE * H2_REQUESTS}
+
+
+@pytest.mark.parametrize("reporter", ["source", "destination"])
+def test_opaque_tcp_byte_counters_are_exact(traffic, reporter: str) -> None:
+    fams = traffic[reporter]
+    values = {}
+    for name in ("istio_tcp_connections_opened", "istio_tcp_connections_closed",
+                 "istio_tcp_sent_bytes", "istio_tcp_received_bytes"):
+        (s,) = samples(fams, name, destination_service_name="cache")
+        values[name] = s.value
+        assert {k: s.labels[k] for k in WORKLOADS} == WORKLOADS
+        assert (s.labels["reporter"], s.labels["request_protocol"]) == (reporter, "tcp")
+    assert values == {"istio_tcp_connections_opened": 1, "istio_tcp_connections_closed": 1,
+                      "istio_tcp_sent_bytes": TCP_BYTES, "istio_tcp_received_bytes": TCP_BYTES}
+    # No HTTP series for that connection, and none for the HTTP ones in the TCP family.
+    assert samples(fams, "istio_requests", destination_service_name="cache") == []
+    assert samples(fams, "istio_tcp_connections_opened", destination_service_name="web") == []
