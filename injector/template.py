@@ -22,7 +22,7 @@ from control_plane.api.ports import (
     PROXY_GID,
     PROXY_UID,
 )
-from injector import probes
+from injector import probes, scrape
 from injector.meshconfig import MeshConfig, Resources
 
 TEMPLATE_VERSION = "1"  # bump when the shape of what is injected changes
@@ -129,6 +129,8 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
     if "opaque-ports" in settings:
         plain["REMORA_OPAQUE_PORTS"] = _list_value(settings["opaque-ports"])
     plain["REMORA_APP_PROBES"] = json.dumps(app_probes, sort_keys=True, separators=(",", ":"))
+    if settings.get("app-metrics"):  # set by inject_pod from the app's prometheus.io annotations
+        plain[scrape.APP_METRICS_ENV] = settings["app-metrics"]
     return env + [{"name": k, "value": v} for k, v in plain.items()]
 
 
@@ -218,6 +220,7 @@ def inject_pod(pod: dict[str, Any], mesh: MeshConfig) -> dict[str, Any]:
     if not apps:
         raise ValueError("pod has no containers: nothing to inject a sidecar next to")
 
+    annotations, settings["app-metrics"] = scrape.apply(annotations, settings)
     rewrite = settings.get("rewrite-probes", mesh.rewrite_probes)
     app_probes = probes.rewrite(apps) if rewrite else {}
     native = settings.get("native-sidecar", mesh.native_sidecar)

@@ -26,6 +26,7 @@ from . import admin, inbound, outbound
 from .http1 import H1Downstream, H1Pool
 from .labels import Labeler
 from .listeners import Listener, bind
+from .metrics_merge import AppMetrics, merged
 from .routing import Router
 from .settings import Settings, default_workdir, load_bootstrap
 from .stats import Stats
@@ -49,6 +50,7 @@ class ProxyRuntime:
         self.settings = settings
         self.stats = Stats()
         self.labels = Labeler()  # Istio metric label keys for the current config and identity
+        self.app_metrics = AppMetrics(settings.app_metrics) if settings.app_metrics else None
         self.config: ProxyConfig | None = None
         self.router = Router(ProxyConfig())
         self._opaque: frozenset[int] = frozenset(settings.opaque_ports)
@@ -253,10 +255,11 @@ class ProxyRuntime:
                    if not ok]
         return 503, "text/plain", f"not ready: {', '.join(missing)}\n".encode()
 
-    def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
+    async def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        return 200, "text/plain; version=0.0.4", self.stats.render_prometheus().encode()
+        text = await merged(self.stats.render_prometheus(), self.app_metrics)
+        return 200, "text/plain; version=0.0.4", text.encode()
 
     async def _agent(self, method: str, path: str, query: dict) -> admin.Reply:
         if path == "/quitquitquit":

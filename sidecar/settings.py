@@ -16,6 +16,8 @@ from typing import Any
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
+from .metrics_merge import parse_url
+
 
 class SettingsError(ValueError):
     pass
@@ -36,6 +38,7 @@ class Settings:
     drain_seconds: float = 5.0
     opaque_ports: tuple[int, ...] = ()
     app_probes: str = ""
+    app_metrics: str = ""  # the app's metrics URL to merge into :15090 (see metrics_merge.py)
     bootstrap: str = ""
     detect_timeout: float = 0.1
     admin_port: int = ports.ADMIN_PORT
@@ -59,6 +62,7 @@ _ENV = {
     "REMORA_LOG_LEVEL": "log_level", "REMORA_DRAIN_SECONDS": "drain_seconds",
     "REMORA_OPAQUE_PORTS": "opaque_ports", "REMORA_APP_PROBES": "app_probes",
     "REMORA_BOOTSTRAP": "bootstrap", "REMORA_DETECT_TIMEOUT": "detect_timeout",
+    "REMORA_APP_METRICS": "app_metrics",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -89,6 +93,11 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
         setattr(s, attr, _convert(attr, value))
     if s.log_level.lower() not in LOG_LEVELS:
         raise SettingsError(f"log level {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if s.app_metrics:
+        try:
+            parse_url(s.app_metrics)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
     if not s.bootstrap and not s.control_plane:
         raise SettingsError("no configuration source: set REMORA_BOOTSTRAP (or --bootstrap) for a "
                             "static config, or REMORA_CONTROL_PLANE (or --control-plane)")

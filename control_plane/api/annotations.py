@@ -168,6 +168,9 @@ ANNOTATIONS: tuple[Annotation, ...] = (
                "rewrite HTTP/TCP/gRPC probes to the proxy's :15020/app-health/", _parse_bool),
     Annotation("drain-seconds", "5 (mesh config `drainSeconds`)", "30", f"0-{MAX_DRAIN_SECONDS}",
                "seconds the proxy drains connections on shutdown", _parse_drain),
+    Annotation("merge-metrics", "true", "false", "true, false",
+               "merge the app's own Prometheus metrics (its `prometheus.io/*` annotations) into "
+               "the proxy's :15090/stats/prometheus, as Istio's metrics merging", _parse_bool),
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}

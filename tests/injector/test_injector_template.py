@@ -24,7 +24,7 @@ BAD_VALUES = {
     "include-outbound-ports": "http", "exclude-outbound-ports": "1-1024",
     "exclude-outbound-cidrs": "10.0.0.0/33", "include-outbound-cidrs": "example.com",
     "opaque-ports": "3306,,6379", "native-sidecar": "yes", "hold-application": "1",
-    "rewrite-probes": "True", "drain-seconds": "3601",
+    "rewrite-probes": "True", "drain-seconds": "3601", "merge-metrics": "yes",
 }
 
 
