@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, new_node_prefix
 from prometheus_client.parser import text_string_to_metric_families
+from promql_refs import DASHBOARDS, expressions, load, refs
 
 from local_cluster import netns
 
@@ -21,7 +22,7 @@ from mesh_harness import APP_UID, APPS  # noqa: E402
 
 pytestmark = pytest.mark.root
 NS = "demo"
-WEB_VIP, H2_VIP, CACHE_VIP = "198.19.0.31", "198.19.0.32", "198.19.0.33"
+WEB_VIP, H2_VIP, CACHE_VIP, DOWN_VIP = "198.19.0.31", "198.19.0.32", "198.19.0.33", "198.19.0.34"
 CLIENT_ID = f"spiffe://cluster.local/ns/{NS}/sa/client"
 SERVER_ID = f"spiffe://cluster.local/ns/{NS}/sa/server"
 H2_FILE = 1000  # bytes nghttpd serves
@@ -42,11 +43,12 @@ def traffic():
         sel = {"app": "server"}
         mesh.apply("services", service("web", NS, WEB_VIP, 8080, sel),
                    service("h2", NS, H2_VIP, 8081, sel, port_name="http2"),
-                   service("cache", NS, CACHE_VIP, 7000, sel, port_name="redis"))
+                   service("cache", NS, CACHE_VIP, 7000, sel, port_name="redis"),
+                   service("down", NS, DOWN_VIP, 8090, sel))  # nothing listens on 8090
         server = mesh.add_pod("server", NS, "server", {"app": "server", "version": "v7"})
         client = mesh.add_pod("client", NS, "client", {"app": "client", "version": "v1"},
                               hosts={"web.demo": WEB_VIP, "h2.demo": H2_VIP,
-                                     "cache.demo": CACHE_VIP})
+                                     "cache.demo": CACHE_VIP, "down.demo": DOWN_VIP})
         mesh.serve(server, 8080, "web")  # answers "web\n"
         www = mesh.tmp / "www"
         www.mkdir()
@@ -68,6 +70,9 @@ def traffic():
                              "-w", "%{http_version} %{http_code}", "http://h2.demo:8081/f"],
                             uid=APP_UID, gid=APP_UID, timeout=20)
             assert r.stdout == "2 200", (r.stdout, r.stderr, mesh.logs())
+        r = client.exec(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                         "http://down.demo:8090/"], uid=APP_UID, gid=APP_UID, timeout=20)
+        assert r.stdout in ("502", "503"), (r.stdout, r.stderr)
         tcp = ("import socket; s = socket.create_connection(('cache.demo', 7000), 5); "
                f"s.sendall(b'a' * {TCP_BYTES}); s.shutdown(socket.SHUT_WR); got = b''\n"
                "while True:\n d = s.recv(65536)\n if not d: break\n got += d\nprint(len(got))")
@@ -153,3 +158,29 @@ def test_opaque_tcp_byte_counters_are_exact(traffic, reporter: str) -> None:
     # No HTTP series for that connection, and none for the HTTP ones in the TCP family.
     assert samples(fams, "istio_requests", destination_service_name="cache") == []
     assert samples(fams, "istio_tcp_connections_opened", destination_service_name="web") == []
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboard_queries_use_only_metrics_and_labels_the_proxies_export(traffic, path) -> None:
+    labels: dict[str, set[str]] = {}  # sample name -> every label it carries, both reporters
+    for fams in traffic.values():
+        for fam in fams.values():
+            for s in fam.samples:
+                labels.setdefault(s.name, set()).update(s.labels)
+    for expr in expressions(load(path)):
+        r = refs(expr)
+        used: set[str] = set()
+        for metric, matchers in r.metrics:
+            assert metric in labels, f"{path.name}: {metric} is not exported ({expr})"
+            assert matchers <= labels[metric], (path.name, metric, matchers - labels[metric])
+            used |= labels[metric]
+        assert r.grouping <= used, (path.name, expr, r.grouping - used)
+
+
+def test_a_failed_upstream_connection_carries_envoys_response_flag(traffic) -> None:
+    """The server's proxy cannot reach the app: it answers itself with flag UF (upstream
+    connection failure); the client's proxy relays that answer (no flag of its own)."""
+    (server_side,) = samples(traffic["destination"], "istio_requests", destination_service_name="down")
+    assert (server_side.labels["response_code"], server_side.labels["response_flags"]) == ("503", "UF")
+    (client_side,) = samples(traffic["source"], "istio_requests", destination_service_name="down")
+    assert (client_side.labels["response_code"], client_side.labels["response_flags"]) == ("503", "-")
