@@ -24,11 +24,13 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .accesslog import AccessLog
 from .labels import HTTP as PROTO_HTTP
 from .labels import Labeler
 from .routing import Router
 from .stats import INBOUND, NO_FLAGS, OUTBOUND, Stats
 from .tls import ALPN_H1
+from .tracing import CLIENT, SERVER, Span, Tracer, h1_rewrite
 from .upstream import Connector, UpstreamError
 
 log = logging.getLogger("remora.http1")
@@ -77,6 +79,8 @@ class H1Context:
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
     labels: Labeler | None = None  # Istio metric labels (None: only the remora_* series)
+    tracer: Tracer | None = None  # None: tracing off, trace headers pass through untouched
+    access_log: AccessLog | None = None  # None: access logs off
 
 
 class BadRequest(Exception):
@@ -105,6 +109,22 @@ def _log_callback_bug(e: Exception) -> None:
     cause = e.__context__ or e.__cause__
     if isinstance(e, httptools.HttpParserCallbackError) and not isinstance(cause, BadRequest):
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
+
+
+def _span_name(ctx: H1Context) -> str:
+    """Istio's span name, "<service host>:<port>/*"."""
+    if ctx.direction == OUTBOUND:
+        return f"{ctx.service}:{ctx.original_dst[1] if ctx.original_dst else 0}/*"
+    dst = ctx.inbound_target or ("", 0)
+    host = ctx.labels.inbound_services.get(dst) if ctx.labels is not None else None
+    return f"{host or 'inbound'}:{dst[1]}/*"
+
+
+def _upstream_cluster(ctx: H1Context) -> str:
+    """Istio's Envoy cluster names: outbound|<port>||<host>, inbound|<port>||."""
+    if ctx.direction == OUTBOUND:
+        return f"outbound|{ctx.original_dst[1] if ctx.original_dst else 0}||{ctx.service}"
+    return f"inbound|{ctx.inbound_target[1] if ctx.inbound_target else 0}||"
 
 
 def _head_too_large() -> None:
@@ -342,6 +362,9 @@ class H1Downstream(asyncio.Protocol):
         self.lkey = ""
         self.req_bytes = self.resp_bytes = 0
         self.flags = NO_FLAGS
+        self.span: Span | None = None
+        self.request_id = b""  # the id this proxy added (b"": the client sent one)
+        self.upstream: Endpoint | None = None  # where the exchange went (access log)
 
     # -- connection events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -533,8 +556,10 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
+        self.request_id = b""
         if not request_id:
-            out.append(b"x-request-id: %s\r\n" % _request_id())
+            self.request_id = _request_id()
+            out.append(b"x-request-id: %s\r\n" % self.request_id)
         if self.xfcc:
             out.append(self.xfcc)
         if te is not None:
@@ -543,6 +568,11 @@ class H1Downstream(asyncio.Protocol):
             out.append(b"content-length: %s\r\n" % cl)
         if upgrade:
             out.append(b"connection: upgrade\r\n")
+        if ctx.tracer is not None:
+            self.span, forward = ctx.tracer.start(
+                self.headers, CLIENT if ctx.direction == OUTBOUND else SERVER,
+                _span_name(ctx), method, self.url, "HTTP/1.1")
+            out = h1_rewrite(out, forward)
         out.append(b"\r\n")
         self.busy = True
         self.method = method
@@ -559,6 +589,7 @@ class H1Downstream(asyncio.Protocol):
         self.peer = ctx.peer_identity
         self.req_bytes = self.resp_bytes = 0
         self.flags = NO_FLAGS
+        self.upstream = None
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
@@ -618,6 +649,7 @@ class H1Downstream(asyncio.Protocol):
         if target.timeout:
             self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
         self.decision_key = key = target.key
+        self.upstream = target.endpoint
         up = None if self.upgrade else self.ctx.pool.get(key)
         if up is not None:
             up.reused = True
@@ -806,6 +838,20 @@ class H1Downstream(asyncio.Protocol):
         if self.lkey:
             ctx.stats.exchange_done(self.lkey, status, "", self.flags, self.req_bytes,
                                     self.resp_bytes, duration)
+        if ctx.access_log is not None:
+            up = self.upstream
+            inbound = ctx.direction == INBOUND
+            ctx.access_log.request(
+                time.time() - duration, self.method, self.url,
+                "HTTP/1.0" if self.http10 else "HTTP/1.1", status, self.flags, self.req_bytes,
+                self.resp_bytes, duration, self.headers, self.request_id,
+                f"{up.address}:{up.port}" if up else "", _upstream_cluster(ctx),
+                self.peer if inbound else None, None if inbound else self.peer,
+                self.span.trace_id if self.span is not None else 0)
+        if self.span is not None:
+            ctx.tracer.end(self.span, status, self.flags, _upstream_cluster(ctx), self.peer,
+                           self.req_bytes, self.resp_bytes, self.request_id)
+            self.span = None
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False

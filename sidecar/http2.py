@@ -35,10 +35,12 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from control_plane.api.model import Endpoint
+from sidecar.accesslog import AccessLog
 from sidecar.labels import GRPC as PROTO_GRPC
 from sidecar.labels import HTTP as PROTO_HTTP
 from sidecar.labels import Labeler
 from sidecar.stats import NO_FLAGS
+from sidecar.tracing import CLIENT, SERVER, Tracer, h2_rewrite
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -82,6 +84,8 @@ class H2Context:
     stats: Stats
     draining: Callable[[], bool]
     labels: Labeler | None = None  # Istio metric labels (None: only the remora_* series)
+    tracer: Tracer | None = None  # None: tracing off, trace headers pass through untouched
+    access_log: AccessLog | None = None  # None: access logs off
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -397,7 +401,7 @@ class _Exchange:
     __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "headers", "started",
                  "status", "response_started", "finished", "timer", "service", "peer", "grpc",
                  "task", "connect_timeout", "lkey", "req_bytes", "resp_bytes", "flags",
-                 "grpc_status")
+                 "grpc_status", "span", "log")
 
     def __init__(self, down: H2Downstream, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.down = down
@@ -423,6 +427,8 @@ class _Exchange:
         self.req_bytes = self.resp_bytes = 0
         self.flags = NO_FLAGS
         self.grpc_status = ""
+        self.span = None  # sidecar.tracing.Span when tracing is on
+        self.log: tuple | None = None  # access log: (method, path, headers, upstream endpoint)
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream and send the request headers, then whatever DATA waits."""
@@ -609,6 +615,23 @@ class _Exchange:
         if self.lkey:
             down.ctx.stats.exchange_done(self.lkey, status, self.grpc_status, self.flags,
                                          self.req_bytes, self.resp_bytes, duration)
+        ctx = down.ctx
+        if self.span is not None or ctx.access_log is not None:
+            cluster = (f"inbound|{ctx.inbound_target[1]}||" if ctx.inbound_target else
+                       f"outbound|{ctx.outbound_port.port if ctx.outbound_port else 0}||{self.service}")
+        if ctx.access_log is not None and self.log is not None:
+            method, path, headers, up = self.log
+            inbound = ctx.inbound_target is not None
+            ctx.access_log.request(
+                time.time() - duration, method, path, "HTTP/2", status, self.flags,
+                self.req_bytes, self.resp_bytes, duration, headers, b"",
+                f"{up.address}:{up.port}" if up else "", cluster,
+                self.peer if inbound else None, None if inbound else self.peer,
+                self.span.trace_id if self.span is not None else 0)
+        if self.span is not None:
+            ctx.tracer.end(self.span, status, self.flags, cluster, self.peer, self.req_bytes,
+                           self.resp_bytes)
+            self.span = None
         if self.up is not None:
             self.up.drop(self.up_sid)
         down.drop(self.down_sid)
@@ -882,6 +905,16 @@ class H2Downstream(_Side):
         if ev.stream_ended:
             ex.req.ended = True
         ctx = self.ctx
+        if ctx.tracer is not None:
+            if ctx.inbound_target:
+                host = ctx.labels.inbound_services.get(ctx.inbound_target) if ctx.labels else None
+                name = f"{host or 'inbound'}:{ctx.inbound_target[1]}/*"
+            else:
+                port = ctx.outbound_port
+                name = f"{port.service}:{port.port}/*" if port else "outbound/*"
+            ex.span, forward = ctx.tracer.start(headers, SERVER if ctx.inbound_target else CLIENT,
+                                                name, method, path, "HTTP/2")
+            headers[:] = h2_rewrite(headers, forward)
         if self.inbound_endpoint is not None:
             ex.peer = ctx.peer_identity
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
@@ -896,6 +929,8 @@ class H2Downstream(_Side):
             if endpoint is None:
                 return
             alpn = "remora-h2" if endpoint.identity else "h2"
+        if ctx.access_log is not None:
+            ex.log = (method, path, headers, endpoint)
         up = self.pool.pick(pool_key(endpoint, alpn))
         if up is not None:
             ex.attach(up)
@@ -919,6 +954,8 @@ class H2Downstream(_Side):
                                                PROTO_GRPC if ex.grpc else PROTO_HTTP)
         if status or endpoint is None:
             ex.flags = "NR" if status == 404 else "UH"
+            if self.ctx.access_log is not None:
+                ex.log = (method, path, headers, None)
             ex.local_reply(status or 503, decision.message or "no healthy upstream")
             return None
         timeout = decision.timeout

@@ -24,6 +24,7 @@ from .listeners import peek
 from .original_dst import original_dst
 from .relay import RelayProtocol, SpliceRelay, count_bytes, link
 from .stats import INBOUND
+from .tcpconn import TcpTelemetry
 from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, peer_identity
 from .tlsbio import TlsWire
 from .upstream import UpstreamError
@@ -112,8 +113,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         except UpstreamError:
             close_counted(rt.stats, INBOUND, sock)
             return
-        series = _tcp_series(rt, _peer_address(sock), dst, None)
-        SpliceRelay(sock, up, _closed(rt, series), series)
+        tcp = _tcp(rt, _peer_address(sock), dst, None)
+        SpliceRelay(sock, up, _closed(rt, tcp), tcp.counts)
 
 
 async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
@@ -142,9 +143,9 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
         rt.stats.conn_closed(INBOUND)
         raw.close()
         return
-    series = _tcp_series(rt, _peer_address(sock), dst, peer_identity(wire.sslobj))
-    down = RelayProtocol(_closed(rt, series))
-    count_bytes(down, up, series)
+    tcp = _tcp(rt, _peer_address(sock), dst, peer_identity(wire.sslobj))
+    down = RelayProtocol(_closed(rt, tcp))
+    count_bytes(down, up, tcp.counts)
     wire.start(down)
     link(down, up)
 
@@ -156,29 +157,32 @@ def _peer_address(sock: socket.socket) -> str | None:
         return None
 
 
-def _tcp_series(rt: ProxyRuntime, source: str | None, dst: tuple[str, int],
-                peer: str | None) -> list[int]:
-    """Istio's TCP metrics (reporter=destination) for one opaque connection."""
-    return rt.stats.tcp_open(rt.labels.inbound(source, dst, peer, TCP))
+def _tcp(rt: ProxyRuntime, source: str | None, dst: tuple[str, int],
+         peer: str | None) -> TcpTelemetry:
+    """Istio's TCP metrics (reporter=destination) and access log of one opaque connection."""
+    return TcpTelemetry(rt.stats, rt.labels.inbound(source, dst, peer, TCP), rt.access_log,
+                        f"{dst[0]}:{dst[1]}", f"inbound|{dst[1]}||", peer, None)
 
 
-def _closed(rt: ProxyRuntime, series: list[int]):
+def _closed(rt: ProxyRuntime, tcp: TcpTelemetry):
     def closed() -> None:
         rt.stats.conn_closed(INBOUND)
-        rt.stats.tcp_close(series)
+        tcp.close()
     return closed
 
 
 def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None) -> H1Context:
     return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                      inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
-                     service=f"inbound|{dst[1]}", registry=rt.h1_conns, labels=rt.labels)
+                     service=f"inbound|{dst[1]}", registry=rt.h1_conns, labels=rt.labels,
+                     tracer=rt.tracer, access_log=rt.access_log)
 
 
 def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None):
     return rt.h2.H2Context(router=None, outbound_port=None, inbound_target=dst,
                            connector=rt.inbound_connector, peer_identity=peer,
-                           stats=rt.stats, draining=rt.is_draining, labels=rt.labels)
+                           stats=rt.stats, draining=rt.is_draining, labels=rt.labels,
+                           tracer=rt.tracer, access_log=rt.access_log)
 
 
 class InboundTls(asyncio.Protocol):
@@ -204,9 +208,9 @@ class InboundTls(asyncio.Protocol):
             p = count_close(rt.h2.H2Downstream(h2_context(rt, self.dst, peer)), rt.stats, INBOUND)
         elif alpn in (ALPN_TCP, ALPN_H2):
             peer_addr = transport.get_extra_info("peername")
-            series = _tcp_series(rt, peer_addr[0] if peer_addr else None, self.dst, peer)
-            p = RelayProtocol(_closed(rt, series))
-            asyncio.get_running_loop().create_task(self._relay(p, transport, series))
+            tcp = _tcp(rt, peer_addr[0] if peer_addr else None, self.dst, peer)
+            p = RelayProtocol(_closed(rt, tcp))
+            asyncio.get_running_loop().create_task(self._relay(p, transport, tcp.counts))
         else:
             rt.stats.protocol_error()
             transport.abort()
@@ -215,7 +219,7 @@ class InboundTls(asyncio.Protocol):
         p.connection_made(transport)
 
     async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport,
-                     series: list[int]) -> None:
+                     counts: list[int]) -> None:
         host, port = self.dst
         try:
             _, up, _ = await self.rt.inbound_connector.connect(
@@ -223,7 +227,7 @@ class InboundTls(asyncio.Protocol):
         except UpstreamError:
             transport.close()
             return
-        count_bytes(down, up, series)
+        count_bytes(down, up, counts)
         link(down, up)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -21,6 +21,7 @@ from .listeners import peek
 from .original_dst import original_dst
 from .relay import RelayProtocol, SpliceRelay, count_bytes, link
 from .stats import OUTBOUND
+from .tcpconn import TcpTelemetry
 from .tls import ALPN_TCP
 from .upstream import UpstreamError
 
@@ -66,13 +67,15 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         ctx = H1Context(OUTBOUND, rt.outbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                         router=router, outbound_port=port, service=port.service,
                         registry=rt.h1_conns, local_identity=rt.identity,
-                        current_router=lambda: rt.router, original_dst=dst, labels=rt.labels)
+                        current_router=lambda: rt.router, original_dst=dst, labels=rt.labels,
+                        tracer=rt.tracer, access_log=rt.access_log)
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
         return
     if kind == detect.H2 and rt.h2 is not None:
         ctx2 = rt.h2.H2Context(router=router, outbound_port=port, inbound_target=None,
                                connector=rt.outbound_connector, peer_identity=None,
-                               stats=rt.stats, draining=rt.is_draining, labels=rt.labels)
+                               stats=rt.stats, draining=rt.is_draining, labels=rt.labels,
+                               tracer=rt.tracer, access_log=rt.access_log)
         await loop.connect_accepted_socket(
             lambda: count_close(rt.h2.H2Downstream(ctx2), rt.stats, OUTBOUND), sock)
         return
@@ -87,25 +90,28 @@ async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> 
         return
     endpoint = decision.endpoint
     timeout = decision.cluster.connect_timeout
-    series = rt.stats.tcp_open(rt.labels.outbound(decision.cluster.service, endpoint, TCP))
+    service = decision.cluster.service
+    tcp = TcpTelemetry(rt.stats, rt.labels.outbound(service, endpoint, TCP), rt.access_log,
+                       f"{endpoint.address}:{endpoint.port}", f"outbound|{port.port}||{service}",
+                       None, endpoint.identity)
     if endpoint.identity is None:
-        await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout, series)
+        await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout, tcp)
         return
     try:
         _, up, _ = await rt.outbound_connector.connect(endpoint, ALPN_TCP, RelayProtocol, timeout)
     except UpstreamError as e:
         log.debug("opaque upstream for %s: %s", port.service, e)
-        rt.stats.tcp_close(series)
+        tcp.close()
         close_counted(rt.stats, OUTBOUND, sock)
         return
 
     def closed() -> None:
         rt.stats.conn_closed(OUTBOUND)
-        rt.stats.tcp_close(series)
+        tcp.close()
 
     loop = asyncio.get_running_loop()
     _, down = await loop.connect_accepted_socket(lambda: RelayProtocol(closed), sock)
-    count_bytes(down, up, series)
+    count_bytes(down, up, tcp.counts)
     link(down, up)
 
 
@@ -115,19 +121,19 @@ async def _passthrough(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
 
 
 async def _splice_to(rt: ProxyRuntime, sock: socket.socket, host: str, port: int,
-                     timeout: float, series: list[int] | None = None) -> None:
+                     timeout: float, tcp: TcpTelemetry | None = None) -> None:
     try:
         up = await rt.outbound_connector.connect_socket(host, port, timeout)
     except UpstreamError as e:
         log.debug("plaintext upstream %s:%d: %s", host, port, e)
-        if series is not None:
-            rt.stats.tcp_close(series)
+        if tcp is not None:
+            tcp.close()
         close_counted(rt.stats, OUTBOUND, sock)
         return
 
     def closed() -> None:
         rt.stats.conn_closed(OUTBOUND)
-        if series is not None:
-            rt.stats.tcp_close(series)
+        if tcp is not None:
+            tcp.close()
 
-    SpliceRelay(sock, up, closed, series)
+    SpliceRelay(sock, up, closed, tcp.counts if tcp is not None else None)

@@ -39,7 +39,7 @@ class _Direction:
 class SpliceRelay:
     """Relay two plain non-blocking sockets until both directions end; then ``on_close``.
 
-    ``counts`` (a stats TCP series, see Stats.tcp_open) gets the bytes read from ``a`` added at
+    ``counts`` (a connection's counts, see Stats.tcp_open) gets the bytes read from ``a`` added at
     [TCP_RECEIVED] and those read from ``b`` at [TCP_SENT] (``a`` is the downstream)."""
 
     def __init__(
@@ -181,7 +181,7 @@ class RelayProtocol(asyncio.Protocol):
 
 
 def count_bytes(down: RelayProtocol, up: RelayProtocol, counts: list[int]) -> None:
-    """Count a relay's bytes into a stats TCP series; bytes read before this are added too."""
+    """Count a relay's bytes into a connection's counts; bytes read before this are added too."""
     for side, counter in ((down, TCP_RECEIVED), (up, TCP_SENT)):
         side.counts, side.counter = counts, counter
         counts[counter] += sum(map(len, side.buffer))

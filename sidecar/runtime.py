@@ -22,7 +22,8 @@ from types import ModuleType
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, inbound, outbound
+from . import admin, inbound, outbound, tracing
+from .accesslog import AccessLog
 from .http1 import H1Downstream, H1Pool
 from .labels import Labeler
 from .listeners import Listener, bind
@@ -51,6 +52,10 @@ class ProxyRuntime:
         self.stats = Stats()
         self.labels = Labeler()  # Istio metric label keys for the current config and identity
         self.app_metrics = AppMetrics(settings.app_metrics) if settings.app_metrics else None
+        self.access_log = AccessLog(settings.access_log) if settings.access_log != "off" else None
+        self.tracer = tracing.from_settings(
+            settings.trace_endpoint, settings.trace_sampling, settings.pod_name or "unknown",
+            settings.pod_namespace, settings.pod_name, settings.trust_domain)
         self.config: ProxyConfig | None = None
         self.router = Router(ProxyConfig())
         self._opaque: frozenset[int] = frozenset(settings.opaque_ports)
@@ -86,6 +91,8 @@ class ProxyRuntime:
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
         self.labels.update(cfg)
+        if self.tracer is not None and cfg.workload is not None:
+            self.tracer.set_workload(cfg.workload.app, cfg.workload.namespace)
         log.info("configuration %s applied (%d services, %d clusters)",
                  cfg.version or cfg.content_hash(), len(cfg.outbound), len(cfg.clusters))
 
@@ -258,7 +265,9 @@ class ProxyRuntime:
     async def _metrics(self, method: str, path: str, query: dict) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        text = await merged(self.stats.render_prometheus(), self.app_metrics)
+        own = (self.stats.render_prometheus() + (self.tracer.render() if self.tracer else "")
+               + (self.access_log.render() if self.access_log else ""))
+        text = await merged(own, self.app_metrics)
         return 200, "text/plain; version=0.0.4", text.encode()
 
     async def _agent(self, method: str, path: str, query: dict) -> admin.Reply:

@@ -39,6 +39,9 @@ class Settings:
     opaque_ports: tuple[int, ...] = ()
     app_probes: str = ""
     app_metrics: str = ""  # the app's metrics URL to merge into :15090 (see metrics_merge.py)
+    trace_endpoint: str = ""  # OTLP/HTTP traces URL; empty: tracing off (docs/telemetry.md)
+    trace_sampling: float = 1.0  # percent of new traces sampled (Istio's default: 1%)
+    access_log: str = "off"  # off, text (Envoy's default format) or json
     bootstrap: str = ""
     detect_timeout: float = 0.1
     admin_port: int = ports.ADMIN_PORT
@@ -62,7 +65,8 @@ _ENV = {
     "REMORA_LOG_LEVEL": "log_level", "REMORA_DRAIN_SECONDS": "drain_seconds",
     "REMORA_OPAQUE_PORTS": "opaque_ports", "REMORA_APP_PROBES": "app_probes",
     "REMORA_BOOTSTRAP": "bootstrap", "REMORA_DETECT_TIMEOUT": "detect_timeout",
-    "REMORA_APP_METRICS": "app_metrics",
+    "REMORA_APP_METRICS": "app_metrics", "REMORA_TRACE_ENDPOINT": "trace_endpoint",
+    "REMORA_TRACE_SAMPLING": "trace_sampling", "REMORA_ACCESS_LOG": "access_log",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -93,6 +97,13 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
         setattr(s, attr, _convert(attr, value))
     if s.log_level.lower() not in LOG_LEVELS:
         raise SettingsError(f"log level {s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if s.access_log not in ("off", "text", "json"):
+        raise SettingsError(f"REMORA_ACCESS_LOG {s.access_log!r}: accepted: off, text, json")
+    if not 0 <= s.trace_sampling <= 100:
+        raise SettingsError(f"REMORA_TRACE_SAMPLING {s.trace_sampling}: accepted: a percentage 0-100")
+    if s.trace_endpoint and not s.trace_endpoint.startswith(("http://", "https://")):
+        raise SettingsError(f"REMORA_TRACE_ENDPOINT {s.trace_endpoint!r}: accepted: an http(s) "
+                            "URL of an OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces")
     if s.app_metrics:
         try:
             parse_url(s.app_metrics)

@@ -56,7 +56,8 @@ class Stats:
         self.active_connections = 0
         # Istio's metrics: (label key, code, grpc status, flags) -> series list; label key -> TCP.
         self.http: dict[tuple[str, int, str, str], list] = {}
-        self.tcp: dict[str, list[int]] = {}
+        self.tcp: dict[str, list[int]] = {}  # closed connections' totals, and opens/closes
+        self.tcp_live: dict[str, dict[int, list[int]]] = {}  # open connections' own counts
 
     def exchange_done(self, key: str, code: int, grpc_status: str, flags: str,
                       request_bytes: int, response_bytes: int, duration_s: float) -> None:
@@ -75,18 +76,28 @@ class Stats:
         s[_RESP0 + bisect_left(BYTES_BUCKETS, response_bytes)] += 1
 
     def tcp_open(self, key: str) -> list[int]:
-        """Count an opaque TCP connection opened; the returned list is the connection's series:
-        the relay adds bytes to [TCP_SENT] (towards the downstream) and [TCP_RECEIVED] (from it),
-        and ``tcp_close`` counts the close."""
+        """Count an opaque TCP connection opened. The returned list is that connection's own:
+        the relay adds bytes to [TCP_SENT] (towards the downstream) and [TCP_RECEIVED] (from
+        it); a scrape adds open connections' bytes in, so the counters move while they last;
+        ``tcp_close`` folds them into the series."""
         s = self.tcp.get(key)
         if s is None:
             s = self.tcp[key] = [0, 0, 0, 0]
         s[TCP_OPENED] += 1
-        return s
+        conn = [0, 0, 0, 0]
+        self.tcp_live.setdefault(key, {})[id(conn)] = conn
+        return conn
 
-    @staticmethod
-    def tcp_close(series: list[int]) -> None:
-        series[TCP_CLOSED] += 1
+    def tcp_close(self, key: str, conn: list[int]) -> None:
+        live = self.tcp_live.get(key)
+        if live is None or live.pop(id(conn), None) is None:
+            return  # closed already: count once
+        if not live:
+            del self.tcp_live[key]
+        s = self.tcp[key]
+        s[TCP_CLOSED] += 1
+        s[TCP_SENT] += conn[TCP_SENT]
+        s[TCP_RECEIVED] += conn[TCP_RECEIVED]
 
     def request_done(
         self, direction: str, service: str, code: int, duration_s: float, peer_identity: str | None
@@ -195,7 +206,13 @@ class Stats:
                 add(f'{name}_bucket{{{lab},le="+Inf"}} {s[_COUNT]}')
                 add(f"{name}_sum{{{lab}}} {s[total]}")
                 add(f"{name}_count{{{lab}}} {s[_COUNT]}")
-        tcp = sorted(self.tcp.items())
+        tcp = []
+        for key, closed in sorted(self.tcp.items()):
+            s = list(closed)
+            for conn in self.tcp_live.get(key, {}).values():
+                s[TCP_SENT] += conn[TCP_SENT]
+                s[TCP_RECEIVED] += conn[TCP_RECEIVED]
+            tcp.append((key, s))
         # TCP series carry the same labels; Istio sets these three for connections.
         suffix = ',response_code="0",grpc_response_status="",response_flags="-"'
         for name, index in (("istio_tcp_connections_opened_total", TCP_OPENED),

@@ -7,18 +7,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import BIN, new_node_prefix
+from cp_mesh import service, wait_for
+from mesh_harness import APP_UID, APPS
 from prometheus_client.parser import text_string_to_metric_families
 from promql_refs import DASHBOARDS, expressions, load, refs
-
-from local_cluster import netns
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "control_plane"))  # cp_mesh
-from cp_mesh import CpMesh, service, wait_for  # noqa: E402
-from mesh_harness import APP_UID, APPS  # noqa: E402
+from telemetry_kit import cp_mesh_on
 
 pytestmark = pytest.mark.root
 NS = "demo"
@@ -31,15 +26,9 @@ H1_REQUESTS, H2_REQUESTS = 5, 3
 
 
 @pytest.fixture(scope="module")
-def traffic():
+def traffic(module_node):
     """One mesh for the module: the traffic runs once, the tests read both proxies' metrics."""
-    reason = netns.have_root_and_tools()
-    if reason:
-        pytest.skip(f"real-kernel test: {reason}")
-    node = netns.Node.create(new_node_prefix())
-    mesh = None
-    try:
-        mesh = CpMesh.start(node, BIN)
+    with cp_mesh_on(module_node) as mesh:
         sel = {"app": "server"}
         mesh.apply("services", service("web", NS, WEB_VIP, 8080, sel),
                    service("h2", NS, H2_VIP, 8081, sel, port_name="http2"),
@@ -90,10 +79,6 @@ def traffic():
             return got if ok else None
 
         yield wait_for(closed_everywhere, 10, "both proxies to count the TCP close")
-    finally:
-        if mesh is not None:
-            mesh.close()
-        node.destroy()
 
 
 def samples(fams: dict, name: str, **want: str) -> list:

@@ -103,18 +103,27 @@ def test_tcp_counters_and_label_key_reuse() -> None:
     stats = Stats()
     key = lab.outbound(HOST, REVIEWS_EP, "tcp")
     assert lab.outbound(HOST, REVIEWS_EP, "tcp") is key  # computed once, then reused
-    series = stats.tcp_open(key)
-    series[2] += 300  # what a relay adds: sent (to the downstream) ...
-    series[3] += 120  # ... and received (from it)
-    stats.tcp_close(series)
-    stats.tcp_open(key)
+    first = stats.tcp_open(key)
+    first[2] += 300  # what a relay adds: sent (to the downstream) ...
+    first[3] += 120  # ... and received (from it)
+    stats.tcp_close(key, first)
+    stats.tcp_close(key, first)  # a second close of one connection is not counted
+    second = stats.tcp_open(key)
+    second[2] += 5  # an open connection's bytes show at once
+
+    def values() -> dict[str, float]:
+        fams = families(stats.render_prometheus())
+        return {name: fams[name].samples[0].value for name in (
+            "istio_tcp_connections_opened", "istio_tcp_connections_closed",
+            "istio_tcp_sent_bytes", "istio_tcp_received_bytes")}
+
+    assert values() == {"istio_tcp_connections_opened": 2, "istio_tcp_connections_closed": 1,
+                        "istio_tcp_sent_bytes": 305, "istio_tcp_received_bytes": 120}
+    second[2] += 10
+    stats.tcp_close(key, second)
+    assert values()["istio_tcp_sent_bytes"] == 315
     fams = families(stats.render_prometheus())
-    values = {name: fams[name].samples[0].value for name in (
-        "istio_tcp_connections_opened", "istio_tcp_connections_closed",
-        "istio_tcp_sent_bytes", "istio_tcp_received_bytes")}
-    assert values == {"istio_tcp_connections_opened": 2, "istio_tcp_connections_closed": 1,
-                      "istio_tcp_sent_bytes": 300, "istio_tcp_received_bytes": 120}
-    for name in values:
+    for name in values():
         assert fams[name].type == "counter"
         assert fams[name].samples[0].labels["request_protocol"] == "tcp"
 
