@@ -57,6 +57,9 @@ class MeshConfig:
     rewrite_probes: bool = True
     log_level: str = "info"
     drain_seconds: int = 5
+    tracing_endpoint: str = ""  # OTLP/HTTP traces URL; empty: tracing off
+    tracing_sampling: float = 1.0  # percent of new traces sampled
+    access_log: str = "off"  # off, text, json
     ipv6: bool | None = None  # None: remora-init decides (its own default)
     proxy_resources: Resources = field(
         default_factory=lambda: Resources("100m", "64Mi", "2", "256Mi"))
@@ -83,7 +86,11 @@ _TOP = {
     "ipv6": "ipv6",
     "resources": "proxy_resources",
     "initResources": "init_resources",
+    "tracingEndpoint": "tracing_endpoint",
+    "tracingSampling": "tracing_sampling",
+    "accessLog": "access_log",
 }
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 
@@ -169,6 +176,16 @@ def from_dict(data: dict[str, Any] | None) -> MeshConfig:
                     f"mesh config drainSeconds: invalid value {v!r}; "
                     f"accepted: whole seconds from 0 to {ann.MAX_DRAIN_SECONDS}")
             values[name] = v
+        elif key == "tracingEndpoint":
+            values[name] = _str(key, v, re.compile(r"^$|" + _URL.pattern),
+                                "an http(s) URL of an OTLP/HTTP traces endpoint, or empty (off)")
+        elif key == "tracingSampling":
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+                raise MeshConfigError(f"mesh config tracingSampling: invalid value {v!r}; "
+                                      "accepted: a percentage from 0 to 100")
+            values[name] = float(v)
+        elif key == "accessLog":
+            values[name] = _str(key, v, re.compile("^(off|text|json)$"), "off, text or json")
         elif key == "proxyVersion":
             values[name] = _str(key, v, re.compile(r"^\S+$"), "a version string such as 0.1.0")
         else:  # resources, initResources

@@ -91,6 +91,25 @@ def _parse_drain(name: str, value: str) -> int:
     return int(value)
 
 
+def _parse_percent(name: str, value: str) -> float:
+    try:
+        pct = float(value)
+    except ValueError:
+        pct = -1.0
+    if not 0 <= pct <= 100:
+        raise _fail(name, value, "a percentage from 0 to 100, e.g. 1 or 0.5")
+    return pct
+
+
+ACCESS_LOG_FORMATS = ("off", "text", "json")
+
+
+def _parse_access_log(name: str, value: str) -> str:
+    if value not in ACCESS_LOG_FORMATS:
+        raise _fail(name, value, "one of " + ", ".join(ACCESS_LOG_FORMATS))
+    return value
+
+
 def _list_parser(parse: Callable[[str], Any], accepted: str) -> Callable[[str, str], Any]:
     def parser(name: str, value: str) -> Any:
         try:
@@ -171,6 +190,11 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("merge-metrics", "true", "false", "true, false",
                "merge the app's own Prometheus metrics (its `prometheus.io/*` annotations) into "
                "the proxy's :15090/stats/prometheus, as Istio's metrics merging", _parse_bool),
+    Annotation("trace-sampling", "1 (mesh config `tracingSampling`)", "10", "0-100",
+               "percent of new traces the proxy samples (tracing is on when the mesh config "
+               "sets `tracingEndpoint`)", _parse_percent),
+    Annotation("access-log", "off (mesh config `accessLog`)", "json", ", ".join(ACCESS_LOG_FORMATS),
+               "proxy access log on stdout: Envoy's text format or JSON lines", _parse_access_log),
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}

@@ -25,6 +25,7 @@ BAD_VALUES = {
     "exclude-outbound-cidrs": "10.0.0.0/33", "include-outbound-cidrs": "example.com",
     "opaque-ports": "3306,,6379", "native-sidecar": "yes", "hold-application": "1",
     "rewrite-probes": "True", "drain-seconds": "3601", "merge-metrics": "yes",
+    "trace-sampling": "101", "access-log": "TEXT",
 }
 
 

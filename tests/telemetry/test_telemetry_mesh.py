@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -34,7 +35,9 @@ def traffic(module_node):
                    service("h2", NS, H2_VIP, 8081, sel, port_name="http2"),
                    service("cache", NS, CACHE_VIP, 7000, sel, port_name="redis"),
                    service("down", NS, DOWN_VIP, 8090, sel))  # nothing listens on 8090
+        mesh.proxy_env = {"REMORA_ACCESS_LOG": "text"}  # the server's proxy: Envoy's format
         server = mesh.add_pod("server", NS, "server", {"app": "server", "version": "v7"})
+        mesh.proxy_env = {"REMORA_ACCESS_LOG": "json"}  # the client's proxy: JSON lines
         client = mesh.add_pod("client", NS, "client", {"app": "client", "version": "v1"},
                               hosts={"web.demo": WEB_VIP, "h2.demo": H2_VIP,
                                      "cache.demo": CACHE_VIP, "down.demo": DOWN_VIP})
@@ -78,7 +81,41 @@ def traffic(module_node):
                      for r in got)
             return got if ok else None
 
-        yield wait_for(closed_everywhere, 10, "both proxies to count the TCP close")
+        got = wait_for(closed_everywhere, 10, "both proxies to count the TCP close")
+
+        def logged() -> dict | None:  # every exchange and the TCP connection, on both sides
+            logs = {"server": text_lines(mesh.proxies["server"].log_text()),
+                    "client": json_lines(mesh.proxies["client"].log_text())}
+            want = H1_REQUESTS + H2_REQUESTS + 2
+            return logs if all(len(v) >= want for v in logs.values()) else None
+
+        got["logs"] = wait_for(logged, 5, "the access log lines")
+        yield got
+
+
+# Envoy's default format, then upstream cluster, the peers' SPIFFE IDs and the trace id.
+TEXT_LINE = re.compile(
+    r'^\[(?P<start_time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] '
+    r'"(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" (?P<response_code>\d+) '
+    r'(?P<response_flags>\S+) (?P<bytes_received>\d+) (?P<bytes_sent>\d+) (?P<duration>\d+) '
+    r'(?P<upstream_service_time>\S+) "(?P<x_forwarded_for>[^"]*)" "(?P<user_agent>[^"]*)" '
+    r'"(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)" '
+    r'(?P<upstream_cluster>\S+) "(?P<downstream_peer_uri_san>[^"]*)" '
+    r'"(?P<upstream_peer_uri_san>[^"]*)" "(?P<trace_id>[^"]*)"$')
+
+
+def text_lines(log: str) -> list[dict]:
+    return [m.groupdict() for m in map(TEXT_LINE.match, log.splitlines()) if m]
+
+
+def json_lines(log: str) -> list[dict]:
+    out = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if "start_time" in rec:
+                out.append(rec)
+    return out
 
 
 def samples(fams: dict, name: str, **want: str) -> list:
@@ -148,7 +185,7 @@ def test_opaque_tcp_byte_counters_are_exact(traffic, reporter: str) -> None:
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboard_queries_use_only_metrics_and_labels_the_proxies_export(traffic, path) -> None:
     labels: dict[str, set[str]] = {}  # sample name -> every label it carries, both reporters
-    for fams in traffic.values():
+    for fams in (traffic["source"], traffic["destination"]):
         for fam in fams.values():
             for s in fam.samples:
                 labels.setdefault(s.name, set()).update(s.labels)
@@ -169,3 +206,36 @@ def test_a_failed_upstream_connection_carries_envoys_response_flag(traffic) -> N
     assert (server_side.labels["response_code"], server_side.labels["response_flags"]) == ("503", "UF")
     (client_side,) = samples(traffic["source"], "istio_requests", destination_service_name="down")
     assert (client_side.labels["response_code"], client_side.labels["response_flags"]) == ("503", "-")
+
+
+def test_access_log_lines_for_http1_http2_and_tcp_in_both_formats(traffic) -> None:
+    server, client = traffic["logs"]["server"], traffic["logs"]["client"]
+    # The server's proxy, Envoy's text format (values as text; "-" where none).
+    h1 = [r for r in server if r["upstream_cluster"] == "inbound|8080||"]
+    assert len(h1) == H1_REQUESTS
+    assert {(r["method"], r["path"], r["protocol"], r["response_code"], r["response_flags"],
+             r["bytes_sent"], r["downstream_peer_uri_san"]) for r in h1} == {
+        ("GET", "/", "HTTP/1.1", "200", "-", "4", CLIENT_ID)}
+    assert all(r["upstream_host"].endswith(":8080") and len(r["request_id"]) == 36 for r in h1)
+    h2 = [r for r in server if r["upstream_cluster"] == "inbound|8081||"]
+    assert [(r["protocol"], r["path"], r["bytes_sent"]) for r in h2] == [("HTTP/2", "/f", str(H2_FILE))] * H2_REQUESTS
+    (tcp,) = [r for r in server if r["upstream_cluster"] == "inbound|7000||"]
+    assert (tcp["method"], tcp["protocol"], tcp["response_code"], tcp["bytes_received"],
+            tcp["bytes_sent"], tcp["downstream_peer_uri_san"]) == (
+        "-", "-", "0", str(TCP_BYTES), str(TCP_BYTES), CLIENT_ID)
+    # The client's proxy, JSON lines (numbers as numbers, null where none).
+    web = f"outbound|8080||web.{NS}.svc.cluster.local"
+    h1c = [r for r in client if r["upstream_cluster"] == web]
+    assert len(h1c) == H1_REQUESTS
+    assert {(r["method"], r["protocol"], r["response_code"], r["bytes_sent"], r["authority"],
+             r["upstream_peer_uri_san"], r["downstream_peer_uri_san"]) for r in h1c} == {
+        ("GET", "HTTP/1.1", 200, 4, "web.demo:8080", SERVER_ID, None)}
+    # One request id per request, the same on both sides.
+    assert {r["request_id"] for r in h1c} == {r["request_id"] for r in h1}
+    h2c = [r for r in client if r["upstream_cluster"] == f"outbound|8081||h2.{NS}.svc.cluster.local"]
+    assert [(r["protocol"], r["response_code"], r["bytes_sent"]) for r in h2c] == [
+        ("HTTP/2", 200, H2_FILE)] * H2_REQUESTS
+    (tcpc,) = [r for r in client if r["upstream_cluster"] == f"outbound|7000||cache.{NS}.svc.cluster.local"]
+    assert (tcpc["method"], tcpc["bytes_received"], tcpc["bytes_sent"], tcpc["upstream_peer_uri_san"]) == (
+        None, TCP_BYTES, TCP_BYTES, SERVER_ID)
+    assert all(isinstance(r["duration"], int) and r["duration"] >= 0 for r in client)
