@@ -6,7 +6,8 @@ VENV    ?= .venv
 # The proxy runs as uid 1337, so the virtualenv must come from a Python every uid can execute.
 PYTHON  ?= $(shell scripts/find-python)
 APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc \
-            wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light
+            wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light \
+            chromium
 PYTEST_ARGS ?=
 
 # Where other uids cannot read this checkout, make mirrors it to a world-readable directory

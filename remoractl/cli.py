@@ -10,7 +10,7 @@ import argparse
 import importlib
 from types import ModuleType
 
-SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status")
+SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status", "stat", "dashboard")
 
 
 def modules() -> list[ModuleType]:

@@ -13,7 +13,8 @@ import pytest
 
 from local_cluster import netns
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "control_plane"))  # cp_mesh
+for _kit in ("control_plane", "local_cluster"):  # cp_mesh, lc_kit
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / _kit))
 
 # As the root conftest's prefix: short enough for interface names, swept at the end.
 PREFIX = f"remora-e{secrets.token_hex(2)}"
