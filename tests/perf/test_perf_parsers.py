@@ -93,3 +93,13 @@ def test_targets_met_and_missed() -> None:
     assert "| ≤ 0.15 vCPU per 1,000 req/s per proxy | client: 0.100, server: 0.100 | ✅ |" in md
     assert "| mesh | 5,000 (5,000) | 0.50 ❌ |" in md
     assert "mesh-h2: failed: h2load failed" in md
+
+
+def test_telemetry_cost_is_a_ratio_against_mesh_of_the_same_run() -> None:
+    proxies = {"proxy-client": 25.0, "proxy-server": 25.0}
+    results = {"machine": {}, "params": {}, "scenarios": [
+        _scenario("mesh", 5000, 1.2, proxies), _scenario("mesh-telemetry", 4500, 1.5, proxies)]}
+    assert ("Telemetry cost (mesh-telemetry: tracing at 1% and access logs on, vs mesh: metrics "
+            "only, same run): max req/s x0.90, p99 at 1k req/s x1.25.") in report.markdown(results)
+    results["scenarios"].pop()
+    assert "Telemetry cost" not in report.markdown(results)

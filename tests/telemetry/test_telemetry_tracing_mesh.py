@@ -20,6 +20,7 @@ from local_cluster import netns
 
 pytestmark = pytest.mark.root
 HERE = Path(__file__).resolve().parent
+RECEIVER = HERE.parents[1] / "perf" / "bench" / "otlp_receiver.py"
 NS, VIP, PORT = "demo", "198.19.0.41", 8080
 URL = f"http://web.{NS}:{PORT}"
 OTLP_PORT = 4318
@@ -36,7 +37,7 @@ def mesh(module_node):
         spans_dir = m.tmp / "spans"
         spans_dir.mkdir()
         receiver = netns.spawn_in(module_node.netns, [
-            sys.executable, str(HERE / "otlp_receiver.py"), CONTROL_IP, str(OTLP_PORT), str(spans_dir)])
+            sys.executable, str(RECEIVER), CONTROL_IP, str(OTLP_PORT), str(spans_dir)])
         m.apps.append(receiver)  # stopped with the mesh
         m.apply("svc", service("web", NS, VIP, PORT, {"app": "web"}))
         server = m.add_pod("web", NS, "web", {"app": "web", "version": "v1"})

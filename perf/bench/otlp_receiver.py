@@ -1,8 +1,9 @@
-"""A real OTLP/HTTP traces receiver for tests: stores each POSTed protobuf body as a file.
+"""A real OTLP/HTTP traces receiver (tests and the mesh-telemetry benchmark): stores each
+POSTed protobuf body as a file in DIR.
 
     python otlp_receiver.py HOST PORT DIR
 
-Answers 200 with an empty ExportTraceServiceResponse body; the test decodes the files with
+Answers 200 with an empty ExportTraceServiceResponse body; the tests decode the files with
 opentelemetry-proto.
 """
 
