@@ -3,22 +3,22 @@
 The service graph with each edge's request rate, success rate, p50/p99 latency and mTLS
 state, per-workload golden metrics and each proxy's sync status, redrawn every two seconds.
 The numbers are the proxies' own (``:15090``), scraped every ``--interval`` seconds, rates
-over the last ``--window`` seconds. Works on the local cluster with no setup.
+over the last ``--window`` seconds. Works on the local cluster with no setup; elsewhere
+(Kubernetes) point it at a Prometheus that scrapes the proxies (``--prometheus URL``, e.g.
+after ``kubectl port-forward``) and at the control plane (``--control-plane-url``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import sys
 from typing import Any
 
 from aiohttp import web
 
-from local_cluster import client, config
-from remoractl import meshsource, meshview
+from remoractl import meshsource
 from remoractl.dashboard_page import PAGE
 
 DEFAULT_PORT = 20001  # Kiali's port
@@ -27,7 +27,7 @@ DEFAULT_PORT = 20001  # Kiali's port
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("dashboard", help="live mesh dashboard in the browser (127.0.0.1)",
                               description=__doc__)
-    p.add_argument("-n", "--namespace", default=None, help="only this namespace (default: all)")
+    meshsource.add_arguments(p)
     p.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free port")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
@@ -36,34 +36,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 class Dashboard:
-    def __init__(self, source: meshsource.LocalSource, interval: float, window: float) -> None:
+    def __init__(self, source: meshsource.Source, interval: float, window: float) -> None:
         self.source, self.interval, self.window = source, interval, window
-        self.snapshots: collections.deque[meshsource.Snapshot] = collections.deque()
-        self.error = ""
+        self.latest: dict[str, Any] = {
+            "source": source.describe(), "window_s": 0.0, "edges": [], "workloads": [],
+            "proxies": [], "pods": [], "scrape_errors": {}, "proxies_error": "no scrape yet"}
 
     async def sample_forever(self) -> None:
         while True:
             try:
-                snap = await self.source.snapshot()
-                self.error = ""
-                self.snapshots.append(snap)
-                while len(self.snapshots) > 2 and snap.at - self.snapshots[1].at >= self.window:
-                    self.snapshots.popleft()
-            except client.ClusterError as e:
-                self.error = str(e)
+                self.latest = await self.source.current(self.window)
+            except meshsource.SourceError as e:
+                self.latest = {**self.latest, "proxies_error": str(e)}
             await asyncio.sleep(self.interval)
 
     def graph(self) -> dict[str, Any]:
-        if not self.snapshots:
-            return {"source": self.source.describe(), "window_s": 0.0, "edges": [], "workloads": [],
-                    "proxies": [], "pods": [], "scrape_errors": {},
-                    "proxies_error": self.error or "no scrape yet"}
-        first, last = self.snapshots[0], self.snapshots[-1]
-        view = meshview.view(first.samples if first is not last else {}, last.samples,
-                             last.at - first.at if first is not last else 0.0)
-        return {"source": self.source.describe(), **view, "proxies": last.proxies,
-                "pods": last.pods, "scrape_errors": last.errors,
-                "proxies_error": self.error or last.proxies_error}
+        return self.latest
 
     def app(self) -> web.Application:
         async def index(request: web.Request) -> web.Response:
@@ -78,8 +66,7 @@ class Dashboard:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    dash = Dashboard(meshsource.LocalSource(config.StateDir.from_env(), args.namespace),
-                     args.interval, args.window)
+    dash = Dashboard(meshsource.from_args(args), args.interval, args.window)
     runner = web.AppRunner(dash.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.address, args.port)
@@ -100,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         print("remoractl dashboard: accepted: --interval > 0 and --window >= --interval",
               file=sys.stderr)
         return 1
-    try:
-        client.checked(config.StateDir.from_env(), "GET", "/healthz")
-    except client.ClusterError as e:
+    try:  # the source must answer once before the page is offered
+        source = meshsource.from_args(args)
+        asyncio.run(source.current(args.window))
+    except meshsource.SourceError as e:
         print(f"remoractl dashboard: {e}", file=sys.stderr)
         return 1
     try:
