@@ -46,10 +46,12 @@ def mesh(module_node):
                  "Prometheus to be ready")
         m.spawn_app(client, "load", f"http://web.{NS}:8080/", "60", str(m.tmp / "load.json"))
 
-        def scraped_traffic() -> bool:
-            q = in_node(m, ["curl", "-s", f"{PROM}/api/v1/query?query=istio_requests_total"])
+        def scraped_traffic() -> bool:  # an increase needs two scrapes of the series
+            query = 'increase(istio_requests_total{reporter="destination"}[5s]) > 0'
+            q = in_node(m, ["curl", "-s", "-G", f"{PROM}/api/v1/query", "--data-urlencode",
+                            f"query={query}"])
             return '"reporter":"destination"' in q.stdout
-        wait_for(scraped_traffic, 20, "Prometheus to have scraped requests", interval=0.5)
+        wait_for(scraped_traffic, 20, "Prometheus to have scraped requests twice", interval=0.5)
         yield m
 
 
