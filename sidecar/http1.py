@@ -905,6 +905,13 @@ class H1Downstream(asyncio.Protocol):
         self._cancel_timer()
         self.ctx.stats.request_done(self.ctx.direction, self.ctx.service, 101,
                                     time.monotonic() - self.started_at, self.peer)
+        if self.lkey:  # an upgrade is counted when it is accepted, as remora_requests_total
+            self.ctx.stats.exchange_done(self.lkey, 101, "", self.flags, self.req_bytes, 0,
+                                         time.monotonic() - self.started_at)
+        if self.span is not None:
+            self.ctx.tracer.end(self.span, 101, self.flags, _upstream_cluster(self.ctx), self.peer,
+                                self.req_bytes, 0, self.request_id)
+            self.span = None
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
             self.tunnel_bytes = b""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from control_plane.api.model import DISABLE, STRICT, Endpoint
@@ -164,7 +165,7 @@ def _tcp(rt: ProxyRuntime, source: str | None, dst: tuple[str, int],
                         f"{dst[0]}:{dst[1]}", f"inbound|{dst[1]}||", peer, None)
 
 
-def _closed(rt: ProxyRuntime, tcp: TcpTelemetry):
+def _closed(rt: ProxyRuntime, tcp: TcpTelemetry) -> Callable[[], None]:
     def closed() -> None:
         rt.stats.conn_closed(INBOUND)
         tcp.close()
