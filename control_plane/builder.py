@@ -31,6 +31,12 @@ from control_plane.api.spiffe import spiffe_id
 from control_plane.protocols import is_http
 from control_plane.registry import Registry
 from control_plane.resources import Service, ServicePort, Workload, selector_matches
+from control_plane.workload_meta import meta_of
+
+
+def workload_meta(w: Workload) -> model.WorkloadMeta:
+    """Telemetry labels of a pod (sidecar/telemetry.py turns them into Istio's labels)."""
+    return meta_of(w.workload_name or w.name, w.namespace, w.labels, w.service_account)
 
 ISTIO_SYSTEM = "istio-system"
 
@@ -76,6 +82,7 @@ class SnapshotBuilder:
             opaque_ports=tuple(sorted({
                 p.port for s in registry.services.values() for p in s.ports if p.protocol == model.OPAQUE
             })),
+            peers={w.ip: workload_meta(w) for w in registry.workloads.values() if w.ip},
         )
         self._base = dataclasses.replace(self._base, unsupported=tuple(sorted(set(self._notes))))
         # Only what source matches read goes per proxy, so proxies still share snapshots.
@@ -99,7 +106,7 @@ class SnapshotBuilder:
         return Endpoint(
             address=address, port=port,
             identity=w.identity(self.trust_domain) if w.injected else None,
-            labels=dict(w.labels),
+            labels=dict(w.labels), workload=workload_meta(w),
         )
 
     def _endpoints(self, svc: Service, sp: ServicePort) -> list[Endpoint]:
@@ -461,14 +468,16 @@ class SnapshotBuilder:
         inbound = dataclasses.replace(inbound, authz=self.authz_for(w, key.namespace))
         opaque = self._opaque_for(w)
         sc = self.sidecar_for(key.namespace, w.labels if w else None)
+        meta = workload_meta(w) if w else None
         cache_key = (inbound.mtls_mode, tuple(sorted(inbound.port_mtls.items())), opaque,
                      (sc.namespace, sc.name) if sc else None, namespace, tuple(sorted(labels.items())),
-                     inbound.authz)
+                     inbound.authz, meta)
         snap = self._cache.get(cache_key)
         if snap is None:
             outbound, clusters = self._scoped(sc)
             cfg = dataclasses.replace(self._base, inbound=inbound, opaque_ports=opaque, outbound=outbound,
-                                      clusters=clusters, workload_namespace=namespace, workload_labels=labels)
+                                      clusters=clusters, workload_namespace=namespace, workload_labels=labels,
+                                      workload=meta)
             cfg = dataclasses.replace(cfg, version=cfg.content_hash())
             payload = json.dumps(cfg.to_dict(), separators=(",", ":"))
             snap = self._cache[cache_key] = Snapshot(cfg, payload)

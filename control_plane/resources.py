@@ -13,6 +13,7 @@ from typing import Any
 from control_plane.api.annotations import STATUS_ANNOTATION
 from control_plane.api.spiffe import spiffe_id
 from control_plane.protocols import port_protocol
+from control_plane.workload_meta import workload_name
 
 CLUSTER_DOMAIN = "cluster.local"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -73,6 +74,7 @@ class Workload:
     named_ports: Mapping[str, int] = field(default_factory=dict)
     opaque_ports: tuple[int, ...] = ()
     ready: bool = True
+    workload_name: str = ""  # the controller's name (telemetry); "" = the pod's name
 
     def identity(self, trust_domain: str) -> str:
         return spiffe_id(self.namespace, self.service_account, trust_domain)
@@ -141,6 +143,7 @@ def parse_pod(obj: Mapping[str, Any]) -> Workload:
         opaque_ports=_port_list(opaque) if opaque else (),
         ready=(phase not in ("Failed", "Succeeded") and not meta.get("deletionTimestamp")
                and not unready),
+        workload_name=workload_name(meta),
     )
 
 

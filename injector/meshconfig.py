@@ -62,6 +62,9 @@ class MeshConfig:
     drain_seconds: int | float = 5
     dns_capture: bool = True
     revision: str = "default"  # the remora.dev/rev value this injector serves (ann.DEFAULT_REVISION)
+    tracing_endpoint: str = ""  # OTLP/HTTP traces URL; empty: tracing off
+    tracing_sampling: float = 1.0  # percent of new traces sampled (annotation trace-sampling)
+    access_log: str = "off"  # off, text, json (annotation access-log)
     ipv6: bool | None = None  # None: remora-init decides (its own default)
     proxy_resources: Resources = field(
         default_factory=lambda: Resources("100m", "64Mi", "2", "256Mi"))
@@ -90,7 +93,11 @@ FIELDS = {
     "ipv6": "ipv6",
     "resources": "proxy_resources",
     "initResources": "init_resources",
+    "tracingEndpoint": "tracing_endpoint",
+    "tracingSampling": "tracing_sampling",
+    "accessLog": "access_log",
 }
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 _REVISION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
@@ -171,6 +178,9 @@ def from_dict(data: dict[str, Any] | None) -> MeshConfig:
                                 "Always, IfNotPresent or Never")
         elif key == "revision":
             values[name] = _str(key, v, _REVISION, "a DNS label such as canary or 0-2 (63 characters at most)")
+        elif key == "tracingEndpoint":
+            values[name] = _str(key, v, re.compile(r"^$|" + _URL.pattern),
+                                "an http(s) URL of an OTLP/HTTP traces endpoint, or empty (off)")
         elif key == "proxyVersion":
             values[name] = _str(key, v, re.compile(r"^\S+$"), "a version string such as 0.1.0")
         else:  # resources, initResources

@@ -25,7 +25,7 @@ from control_plane.api.ports import (
     TRUST_KEY,
 )
 from control_plane.api.version import version
-from injector import probes
+from injector import probes, scrape
 from injector.meshconfig import FIELDS, MeshConfig, Resources
 
 TEMPLATE_VERSION = "1"  # bump when the shape of what is injected changes
@@ -144,6 +144,14 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
         "REMORA_TEMPLATE_HASH": template_hash(mesh),
     }
     plain["REMORA_APP_PROBES"] = json.dumps(app_probes, sort_keys=True, separators=(",", ":"))
+    if settings.get("app-metrics"):  # set by inject_pod from the app's prometheus.io annotations
+        plain[scrape.APP_METRICS_ENV] = settings["app-metrics"]
+    if mesh.tracing_endpoint:  # tracing off: no variable, the proxy never loads the SDK
+        plain["REMORA_TRACE_ENDPOINT"] = mesh.tracing_endpoint
+        plain["REMORA_TRACE_SAMPLING"] = str(settings.get("trace-sampling", mesh.tracing_sampling))
+    access_log = settings.get("access-log", mesh.access_log)
+    if access_log != "off":
+        plain["REMORA_ACCESS_LOG"] = access_log
     return env + [{"name": k, "value": v} for k, v in plain.items()]
 
 
@@ -233,6 +241,7 @@ def inject_pod(pod: dict[str, Any], mesh: MeshConfig) -> dict[str, Any]:
     if not apps:
         raise ValueError("pod has no containers: nothing to inject a sidecar next to")
 
+    annotations, settings["app-metrics"] = scrape.apply(annotations, settings)
     rewrite = settings.get("rewrite-probes", mesh.rewrite_probes)
     app_probes = probes.rewrite(apps) if rewrite else {}
     native = settings.get("native-sidecar", mesh.native_sidecar)

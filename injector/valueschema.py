@@ -40,11 +40,12 @@ def mesh_schema() -> dict[str, Any]:
         "mtlsMode": {"enum": list(model.MTLS_MODES)},  # the control plane's, not the injector's
         "proxyResources": _resources(),
         "initResources": _resources(),
+        "tracingEndpoint": {"type": "string", "pattern": r"^$|^https?://[^\s/]+(/\S*)?$"},
     }
     props: dict[str, Any] = {}
     for key in ("trustDomain", "nativeSidecar", "holdApplication", "rewriteProbes", "logLevel",
                 "drainSeconds", "dnsCapture", "ipv6", "mtlsMode", "proxyResources",
-                "initResources"):
+                "initResources", "tracingEndpoint", "tracingSampling", "accessLog"):
         spec = ann.BY_MESH_KEY.get(key)
         if spec is None:
             props[key] = own[key]

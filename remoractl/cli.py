@@ -15,6 +15,7 @@ from types import ModuleType
 
 SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status", "upgrade")
 SUBCOMMANDS += ("version", "analyze", "check")
+SUBCOMMANDS += ("stat", "dashboard")
 
 
 def modules() -> list[ModuleType]:

@@ -20,6 +20,7 @@ from typing import Any
 from local_cluster import client, config
 from local_cluster.client import ClusterError
 from local_cluster.testing import sample
+from remoractl.dashboard import DEFAULT_PORT as DASHBOARD_PORT
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -104,8 +105,10 @@ def _looking_around(state: config.StateDir) -> None:
                 "local logs -n demo loadgen -c remora-proxy",
                 "local exec -n demo loadgen -- curl -s http://web:8080/",
                 "local exec -n demo loadgen -c remora-proxy -- curl -s 127.0.0.1:15090/metrics",
-                "local down"):
+                "stat -n demo", "local down"):
         _say(f"  {ctl} {cmd}")
+    _say(f"Live dashboard: {ctl} dashboard -n demo, then open "
+         f"http://127.0.0.1:{DASHBOARD_PORT}/")
 
 
 def next_version(version: str) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from control_plane.api.model import DISABLE, STRICT, AuthzPolicy, Endpoint
@@ -20,10 +21,12 @@ from . import authz, detect
 from .conn import close_counted, serve_guarded
 from .http.exchange import FORBIDDEN, Authorizer, RequestAttrs
 from .http1 import H1Context, H1Downstream
+from .labels import TCP
 from .listeners import peek
 from .original_dst import original_dst
-from .relay import RelayProtocol, SpliceRelay, link
+from .relay import RelayProtocol, SpliceRelay, count_bytes, link
 from .stats import INBOUND
+from .tcpconn import TcpTelemetry
 from .tls import ALPN_H1, ALPN_H2, ALPN_TCP, client_hello_alpns, client_hello_sni, peer_identity
 from .tlsbio import TlsWire
 from .upstream import UpstreamError
@@ -116,7 +119,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         except UpstreamError:
             close_counted(rt.stats, INBOUND, sock)
             return
-        SpliceRelay(sock, up, lambda: rt.stats.conn_closed(INBOUND))
+        tcp = _tcp(rt, _peer_address(sock), dst, None)
+        SpliceRelay(sock, up, _closed(rt, tcp), tcp.counts)
 
 
 async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
@@ -150,9 +154,32 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
         rt.stats.conn_closed(INBOUND)
         raw.close()
         return
-    down = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
+    tcp = _tcp(rt, _peer_address(sock), dst, peer_identity(wire.sslobj))
+    down = RelayProtocol(_closed(rt, tcp))
+    count_bytes(down, up, tcp.counts)
     wire.start(down)
     link(down, up)
+
+
+def _peer_address(sock: socket.socket) -> str | None:
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None
+
+
+def _tcp(rt: ProxyRuntime, source: str | None, dst: tuple[str, int],
+         peer: str | None) -> TcpTelemetry:
+    """Istio's TCP metrics (reporter=destination) and access log of one opaque connection."""
+    return TcpTelemetry(rt.stats, rt.labels.inbound(source, dst, peer, TCP), rt.access_log,
+                        f"{dst[0]}:{dst[1]}", f"inbound|{dst[1]}||", peer, None)
+
+
+def _closed(rt: ProxyRuntime, tcp: TcpTelemetry) -> Callable[[], None]:
+    def closed() -> None:
+        rt.stats.conn_closed(INBOUND)
+        tcp.close()
+    return closed
 
 
 def _peer_ip(sock: socket.socket) -> str:
@@ -230,8 +257,10 @@ class InboundTls(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]  # a TLS transport
             return
         elif alpn in (ALPN_TCP, ALPN_H2):
-            p = RelayProtocol(lambda: rt.stats.conn_closed(INBOUND))
-            asyncio.get_running_loop().create_task(self._relay(p, transport))
+            peer_addr = transport.get_extra_info("peername")
+            tcp = _tcp(rt, peer_addr[0] if peer_addr else None, self.dst, peer)
+            p = RelayProtocol(_closed(rt, tcp))
+            asyncio.get_running_loop().create_task(self._relay(p, transport, tcp.counts))
         else:
             rt.stats.protocol_error()
             transport.abort()  # type: ignore[attr-defined]  # a TLS transport
@@ -239,7 +268,8 @@ class InboundTls(asyncio.Protocol):
         transport.set_protocol(p)
         p.connection_made(transport)
 
-    async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport) -> None:
+    async def _relay(self, down: RelayProtocol, transport: asyncio.BaseTransport,
+                     counts: list[int]) -> None:
         host, port = self.dst
         try:
             _, up, _ = await self.rt.inbound_connector.connect(
@@ -247,6 +277,7 @@ class InboundTls(asyncio.Protocol):
         except UpstreamError:
             transport.close()
             return
+        count_bytes(down, up, counts)
         link(down, up)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -16,10 +16,12 @@ from control_plane.api.model import GRPC, HTTP, HTTP2, OPAQUE, TLS, OutboundPort
 from . import detect
 from .conn import close_counted, serve_guarded
 from .http1 import H1Context, H1Downstream
+from .labels import TCP
 from .listeners import peek
 from .original_dst import original_dst
-from .relay import RelayProtocol, SpliceRelay, link
+from .relay import RelayProtocol, SpliceRelay, count_bytes, link
 from .stats import OUTBOUND
+from .tcpconn import TcpTelemetry
 from .tls import ALPN_TCP
 from .upstream import UpstreamError
 
@@ -90,18 +92,28 @@ async def _opaque(rt: ProxyRuntime, sock: socket.socket, port: OutboundPort) -> 
     endpoint, cluster = decision.endpoint, decision.cluster
     assert endpoint is not None and cluster is not None  # no status: the router picked both
     timeout = cluster.connect_timeout
+    service = cluster.service
+    tcp = TcpTelemetry(rt.stats, rt.labels.outbound(service, endpoint, TCP), rt.access_log,
+                       f"{endpoint.address}:{endpoint.port}", f"outbound|{port.port}||{service}",
+                       None, endpoint.identity)
     if endpoint.identity is None:
-        await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout)
+        await _splice_to(rt, sock, endpoint.address, endpoint.port, timeout, tcp)
         return
     try:
         _, up, _ = await rt.outbound_connector.connect(endpoint, ALPN_TCP, RelayProtocol, timeout)
     except UpstreamError as e:
         log.debug("opaque upstream for %s: %s", port.service, e)
+        tcp.close()
         close_counted(rt.stats, OUTBOUND, sock)
         return
+
+    def closed() -> None:
+        rt.stats.conn_closed(OUTBOUND)
+        tcp.close()
+
     loop = asyncio.get_running_loop()
-    _, down = await loop.connect_accepted_socket(
-        lambda: RelayProtocol(lambda: rt.stats.conn_closed(OUTBOUND)), sock)
+    _, down = await loop.connect_accepted_socket(lambda: RelayProtocol(closed), sock)
+    count_bytes(down, up, tcp.counts)
     link(down, up)
 
 
@@ -111,11 +123,19 @@ async def _passthrough(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
 
 
 async def _splice_to(rt: ProxyRuntime, sock: socket.socket, host: str, port: int,
-                     timeout: float) -> None:
+                     timeout: float, tcp: TcpTelemetry | None = None) -> None:
     try:
         up = await rt.outbound_connector.connect_socket(host, port, timeout)
     except UpstreamError as e:
         log.debug("plaintext upstream %s:%d: %s", host, port, e)
+        if tcp is not None:
+            tcp.close()
         close_counted(rt.stats, OUTBOUND, sock)
         return
-    SpliceRelay(sock, up, lambda: rt.stats.conn_closed(OUTBOUND))
+
+    def closed() -> None:
+        rt.stats.conn_closed(OUTBOUND)
+        if tcp is not None:
+            tcp.close()
+
+    SpliceRelay(sock, up, closed, tcp.counts if tcp is not None else None)

@@ -18,15 +18,18 @@ import os
 import socket
 from collections.abc import Callable
 
+from .stats import TCP_RECEIVED, TCP_SENT
+
 CHUNK = 65536
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 class _Direction:
-    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "pending", "eof", "done")
+    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "pending", "eof", "done", "counter")
 
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, src: socket.socket, dst: socket.socket, counter: int) -> None:
         self.src, self.dst = src, dst
+        self.counter = counter  # index into the relay's byte counters
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pending = 0  # bytes in the pipe not yet written to dst
         self.eof = False
@@ -34,15 +37,20 @@ class _Direction:
 
 
 class SpliceRelay:
-    """Relay two plain non-blocking sockets until both directions end; then ``on_close``."""
+    """Relay two plain non-blocking sockets until both directions end; then ``on_close``.
+
+    ``counts`` (a connection's counts, see Stats.tcp_open) gets the bytes read from ``a`` added at
+    [TCP_RECEIVED] and those read from ``b`` at [TCP_SENT] (``a`` is the downstream)."""
 
     def __init__(
-        self, a: socket.socket, b: socket.socket, on_close: Callable[[], None] | None = None
+        self, a: socket.socket, b: socket.socket, on_close: Callable[[], None] | None = None,
+        counts: list[int] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_close = on_close
         self.closed = False
-        self.dirs = (_Direction(a, b), _Direction(b, a))
+        self.counts = counts if counts is not None else [0, 0, 0, 0]
+        self.dirs = (_Direction(a, b, TCP_RECEIVED), _Direction(b, a, TCP_SENT))
         for d in self.dirs:
             self.loop.add_reader(d.src.fileno(), self._readable, d)
 
@@ -59,6 +67,7 @@ class SpliceRelay:
             self.loop.remove_reader(d.src.fileno())
         else:
             d.pending += n
+            self.counts[d.counter] += n
         self._flush(d)
 
     def _flush(self, d: _Direction) -> None:
@@ -109,11 +118,14 @@ class SpliceRelay:
 class RelayProtocol(asyncio.Protocol):
     """One side of a transport-to-transport relay; ``link`` two of them."""
 
-    __slots__ = ("transport", "peer", "buffer", "eof", "closed", "on_close")
+    __slots__ = ("transport", "peer", "buffer", "eof", "closed", "on_close", "counts", "counter")
 
     def __init__(self, on_close: Callable[[], None] | None = None) -> None:
         # None until connection_made; typed as set, since every use comes after it.
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # Telemetry: bytes this side reads are added to counts[counter] (see count_bytes).
+        self.counts: list[int] | None = None
+        self.counter = 0
         self.peer: RelayProtocol | None = None
         self.buffer: list[bytes] = []  # bytes that arrived before the peer was linked
         self.eof = False
@@ -124,6 +136,8 @@ class RelayProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.counts is not None:
+            self.counts[self.counter] += len(data)
         peer = self.peer
         if peer is None or peer.transport is None:
             self.buffer.append(data)
@@ -165,6 +179,13 @@ class RelayProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.peer and self.peer.transport and not self.peer.closed:
             self.peer.transport.resume_reading()
+
+
+def count_bytes(down: RelayProtocol, up: RelayProtocol, counts: list[int]) -> None:
+    """Count a relay's bytes into a connection's counts; bytes read before this are added too."""
+    for side, counter in ((down, TCP_RECEIVED), (up, TCP_SENT)):
+        side.counts, side.counter = counts, counter
+        counts[counter] += sum(map(len, side.buffer))
 
 
 def link(a: RelayProtocol, b: RelayProtocol) -> None:

@@ -23,10 +23,13 @@ from typing import Any
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, dns, inbound, outbound
+from . import admin, dns, inbound, outbound, tracing
+from .accesslog import AccessLog
 from .dnstable import NameTable
 from .http1 import H1Pool
+from .labels import Labeler
 from .listeners import Listener, bind
+from .metrics_merge import AppMetrics, merged
 from .routing import Router
 from .settings import LOG_LEVELS, Settings, default_workdir, load_bootstrap, python_log_level
 from .stats import INBOUND, OUTBOUND, Stats
@@ -49,6 +52,12 @@ class ProxyRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
+        self.labels = Labeler()  # Istio metric label keys for the current config and identity
+        self.app_metrics = AppMetrics(settings.app_metrics) if settings.app_metrics else None
+        self.access_log = AccessLog(settings.access_log) if settings.access_log != "off" else None
+        self.tracer = tracing.from_settings(
+            settings.trace_endpoint, settings.trace_sampling, settings.pod_name or "unknown",
+            settings.pod_namespace, settings.pod_name, settings.trust_domain)
         self.config: ProxyConfig | None = None
         self.router = Router(ProxyConfig())
         self._opaque: frozenset[int] = frozenset(settings.opaque_ports)
@@ -95,6 +104,9 @@ class ProxyRuntime:
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
         self.dns_table = NameTable.build(cfg, self.settings.pod_namespace)
+        self.labels.update(cfg)
+        if self.tracer is not None and cfg.workload is not None:
+            self.tracer.set_workload(cfg.workload.app, cfg.workload.namespace)
         log.info("configuration %s applied (%d services, %d clusters)",
                  cfg.version or cfg.content_hash(), len(cfg.outbound), len(cfg.clusters))
 
@@ -124,6 +136,7 @@ class ProxyRuntime:
         tls = build_contexts(chain, key, roots)
         self.tls = tls
         self.identity = tls.identity
+        self.labels.update(identity=tls.identity)
         log.info("certificate for %s loaded (expires %s)", tls.identity, tls.not_after)
 
     # -- state used by the listeners -----------------------------------------------------
@@ -267,12 +280,14 @@ class ProxyRuntime:
                    if not ok]
         return 503, "text/plain", f"not ready: {', '.join(missing)}\n".encode()
 
-    def _metrics(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
+    async def _metrics(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        text = self.stats.render_prometheus()
+        own = (self.stats.render_prometheus() + (self.tracer.render() if self.tracer else "")
+               + (self.access_log.render() if self.access_log else ""))
         if self.dns is not None:
-            text += self.dns.stats.render_prometheus()
+            own += self.dns.stats.render_prometheus()
+        text = await merged(own, self.app_metrics)
         return 200, "text/plain; version=0.0.4", text.encode()
 
     async def _agent(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:

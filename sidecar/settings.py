@@ -18,6 +18,8 @@ from control_plane.api import annotations as ann
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
+from .metrics_merge import parse_url
+
 
 class SettingsError(ValueError):
     pass
@@ -40,6 +42,10 @@ class Settings:
     dns_capture: bool = True  # serve DNS on dns_port (remora-init sends the pod's port 53 there)
     resolv_conf: str = "/etc/resolv.conf"  # the pod's resolvers, where unknown names go
     app_probes: str = ""
+    app_metrics: str = ""  # the app's metrics URL to merge into :15090 (see metrics_merge.py)
+    trace_endpoint: str = ""  # OTLP/HTTP traces URL; empty: tracing off (docs/telemetry.md)
+    trace_sampling: float = 1.0  # percent of new traces sampled (Istio's default: 1%)
+    access_log: str = "off"  # off, text (Envoy's default format) or json
     bootstrap: str = ""
     detect_timeout: float = 0.1
     admin_port: int = ports.ADMIN_PORT
@@ -65,6 +71,8 @@ _ENV = {
     "REMORA_OPAQUE_PORTS": "opaque_ports", "REMORA_APP_PROBES": "app_probes",
     "REMORA_BOOTSTRAP": "bootstrap", "REMORA_DETECT_TIMEOUT": "detect_timeout",
     "REMORA_RESOLV_CONF": "resolv_conf",
+    "REMORA_APP_METRICS": "app_metrics", "REMORA_TRACE_ENDPOINT": "trace_endpoint",
+    "REMORA_TRACE_SAMPLING": "trace_sampling", "REMORA_ACCESS_LOG": "access_log",
 }
 # Settings that a pod annotation sets (through the injector): parsed with the annotation's own
 # domain, so whatever the webhook accepts the proxy accepts, and nothing else.
@@ -114,6 +122,14 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
             setattr(s, attr, spec.domain.parse(value))
         except ValueError as e:
             raise SettingsError(f"{source}: {e}") from None
+    if s.trace_endpoint and not s.trace_endpoint.startswith(("http://", "https://")):
+        raise SettingsError(f"REMORA_TRACE_ENDPOINT {s.trace_endpoint!r}: accepted: an http(s) "
+                            "URL of an OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces")
+    if s.app_metrics:
+        try:
+            parse_url(s.app_metrics)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
     if not s.bootstrap and not s.control_plane:
         raise SettingsError("no configuration source: set REMORA_BOOTSTRAP (or --bootstrap) for a "
                             "static config, or REMORA_CONTROL_PLANE (or --control-plane)")

@@ -150,6 +150,32 @@ class Seconds(Domain):
         return str(int(value)) if float(value).is_integer() else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
+class Percent(Domain):
+    """A percentage from 0 to 100, such as "1" or "0.5"."""
+
+    accepted = "a percentage from 0 to 100, such as 1 or 0.5"
+
+    def parse(self, text: str) -> float:
+        try:
+            pct = float(text)
+        except ValueError:
+            raise Invalid(text, self.accepted) from None
+        if not 0 <= pct <= 100:
+            raise Invalid(text, self.accepted)
+        return pct
+
+    def check_value(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise Invalid(value, self.accepted)
+        return float(value)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "minimum": 0, "maximum": 100}
+
+    def text(self, value: Any) -> str:
+        return str(int(value)) if float(value).is_integer() else str(value)
+
+
 class Pattern(Domain):
     def __init__(self, pattern: re.Pattern[str], accepted: str,
                  positive: Callable[[str], float] | None = None) -> None:
@@ -193,6 +219,9 @@ LOG_LEVEL = Choice(LOG_LEVELS)
 BOOLEAN = Boolean()
 DRAIN = Seconds(MAX_DRAIN_SECONDS)
 PORTS = NetList(netparse.parse_ports, _PORTS)
+PERCENT = Percent()
+ACCESS_LOG_FORMATS = ("off", "text", "json")
+ACCESS_LOG = Choice(ACCESS_LOG_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -277,6 +306,16 @@ ANNOTATIONS: tuple[Annotation, ...] = (
                "send the pod's DNS queries (port 53) to the proxy, which answers mesh names "
                "and forwards the rest (docs/dns.md)", BOOLEAN, mesh_key="dnsCapture",
                proxy_env="REMORA_DNS_CAPTURE", init_flag="--dns-capture"),
+    Annotation("merge-metrics", "true", "false", "true, false",
+               "merge the app's own Prometheus metrics (its `prometheus.io/*` annotations) into "
+               "the proxy's :15090/stats/prometheus, as Istio's metrics merging", BOOLEAN),
+    Annotation("trace-sampling", "1 (mesh config `tracingSampling`)", "10", "0-100",
+               "percent of new traces the proxy samples (tracing is on when the mesh config "
+               "sets `tracingEndpoint`)", PERCENT, mesh_key="tracingSampling",
+               proxy_env="REMORA_TRACE_SAMPLING"),
+    Annotation("access-log", "off (mesh config `accessLog`)", "json", ", ".join(ACCESS_LOG_FORMATS),
+               "proxy access log on stdout: Envoy's text format or JSON lines", ACCESS_LOG,
+               mesh_key="accessLog", proxy_env="REMORA_ACCESS_LOG"),
 )
 
 BY_KEY: dict[str, Annotation] = {a.key: a for a in ANNOTATIONS}

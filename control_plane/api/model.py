@@ -40,6 +40,18 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkloadMeta:
+    """Who runs behind an address, for telemetry labels (Istio's source_*/destination_*)."""
+
+    name: str  # the workload (Deployment, StatefulSet, ...) name, else the pod name
+    namespace: str
+    app: str = "unknown"  # labels app.kubernetes.io/name or app
+    version: str = "unknown"  # labels app.kubernetes.io/version or version
+    service_account: str = "default"
+    cluster: str = "Kubernetes"  # Istio's default cluster id
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One backend: a pod IP and target port, and the identity its proxy must present."""
 
@@ -49,6 +61,7 @@ class Endpoint:
     identity: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
+    workload: WorkloadMeta | None = None  # telemetry: destination_workload, _app, _version
 
 
 # DestinationRule load balancers (PASSTHROUGH: connect to the address the app asked for).
@@ -342,6 +355,10 @@ class ProxyConfig:
     # some match reads, and the namespace only when some match reads it (snapshots stay shared).
     workload_namespace: str = ""
     workload_labels: Mapping[str, str] = field(default_factory=dict)
+    # Telemetry: this proxy's own workload, and every known pod IP's workload (names the
+    # client of an inbound connection without a per-request metadata exchange).
+    workload: WorkloadMeta | None = None
+    peers: Mapping[str, WorkloadMeta] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = to_jsonable(self)

@@ -106,6 +106,7 @@ class Mesh:
         expect_identity: str = SERVER_ID,
         drain_seconds: float = 5.0,
         pods: tuple[netns.Pod, netns.Pod] | None = None,
+        proxy_env: dict[str, str] | None = None,
     ) -> Mesh:
         """``pods``: an existing (client, server) pair to mesh instead of adding two to ``node``."""
         services = list(services)
@@ -122,8 +123,10 @@ class Mesh:
             client.write_hosts({s.name: s.vip for s in services})
             client_cfg = mesh._client_config(expect_identity, opaque_ports)
             server_cfg = {"inbound": {"mtls_mode": mtls_mode}, "opaque_ports": list(opaque_ports)}
-            mesh.proxies["client"] = mesh._start_proxy(client, CLIENT_ID, client_cfg, drain_seconds)
-            mesh.proxies["server"] = mesh._start_proxy(server, SERVER_ID, server_cfg, drain_seconds)
+            mesh.proxies["client"] = mesh._start_proxy(client, CLIENT_ID, client_cfg, drain_seconds,
+                                                       proxy_env)
+            mesh.proxies["server"] = mesh._start_proxy(server, SERVER_ID, server_cfg, drain_seconds,
+                                                       proxy_env)
             for name in ("client", "server"):
                 mesh.wait_ready(name)
         except BaseException:
@@ -148,7 +151,7 @@ class Mesh:
                 "opaque_ports": list(opaque_ports)}
 
     def _start_proxy(self, pod: netns.Pod, identity: str, config: dict,
-                     drain_seconds: float) -> ProxyHandle:
+                     drain_seconds: float, extra_env: dict[str, str] | None = None) -> ProxyHandle:
         workdir = self.tmp / pod.name
         workdir.mkdir()
         key, chain = self.ca.issue(identity)
@@ -165,7 +168,8 @@ class Mesh:
                "POD_NAMESPACE": "default", "POD_IP": pod.ip, "SERVICE_ACCOUNT": pod.name,
                "REMORA_BOOTSTRAP": str(workdir / "bootstrap.json"),
                "REMORA_WORKDIR": str(workdir), "REMORA_DRAIN_SECONDS": str(drain_seconds),
-               "REMORA_LOG_LEVEL": os.environ.get("REMORA_TEST_LOG_LEVEL", "info")}
+               "REMORA_LOG_LEVEL": os.environ.get("REMORA_TEST_LOG_LEVEL", "info"),
+               **(extra_env or {})}
         with open(log, "wb") as out:
             proc = pod.spawn([str(self.bin_dir / "remora-proxy")], uid=ports.PROXY_UID,
                              gid=ports.PROXY_GID, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -212,6 +212,17 @@ def _other_tables(by: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _telemetry_cost(by: dict[str, dict]) -> list[str]:
+    """mesh-telemetry (tracing 1% + access logs) against mesh (metrics only), same run."""
+    base, tel = by.get("mesh"), by.get("mesh-telemetry")
+    if not base or not tel:
+        return []
+    rps = tel["throughput"]["rps_median"] / base["throughput"]["rps_median"]
+    p99 = tel["latency"]["service"]["p99_ms"] / base["latency"]["service"]["p99_ms"]
+    return ["", f"Telemetry cost (mesh-telemetry: tracing at 1% and access logs on, vs mesh: "
+            f"metrics only, same run): max req/s x{rps:.2f}, p99 at 1k req/s x{p99:.2f}."]
+
+
 def markdown(results: dict) -> str:
     """Targets first (✅ met, ❌ missed), then one table per kind of traffic."""
     by = _ok(results)
@@ -253,6 +264,7 @@ def markdown(results: dict) -> str:
         lines += ["", f"Proxy-to-proxy connection reuse: the server proxy's TLS handshakes went "
                   f"{reuse['before']} → {reuse['after']} over the max-throughput runs"
                   f"{' (flat: pooled connections reused)' if flat else ' (NOT flat: reconnecting)'}."]
+    lines += _telemetry_cost(by)
     for r in results["scenarios"]:
         if "error" in r:
             lines.append(f"\n{r['scenario']}: failed: {r['error'][:300]}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.ca import CertificateAuthority
+from local_cluster import netns
 from local_cluster.testing.meshpair import Mesh, Service
 from perf.bench import certs, haproxy, nginx
 from perf.bench.procstat import wait_for_port
@@ -69,13 +70,14 @@ def server_handshakes(mesh: Mesh) -> int:
     return int(m.group(1)) if m else -1
 
 
-def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
+def mesh_pair(topo: Topology, kind: str = HTTP1, proxy_env: dict[str, str] | None = None) -> Target:
     """The two pods meshed (remora-init + remora-proxy from static bootstraps, STRICT mTLS):
     the load generator (uid 1000) calls the service VIP, which the client pod intercepts."""
     port = start_app(topo, kind)
     protocol = {HTTP1: "http", H2: "http2", GRPC: "grpc", TCP: "tcp"}[kind]
     mesh = Mesh.start(topo.node, Path(python()).parent, [Service("web", port, protocol)],
-                      opaque_ports=[port] if kind == TCP else (), pods=(topo.client, topo.server))
+                      opaque_ports=[port] if kind == TCP else (), pods=(topo.client, topo.server),
+                      proxy_env=proxy_env)
     topo.cleanups.append(mesh.close)
     procs = {f"proxy-{name}": h.proc.pid for name, h in mesh.proxies.items()}
     for pid in procs.values():
@@ -83,6 +85,20 @@ def mesh_pair(topo: Topology, kind: str = HTTP1) -> Target:
     return Target(url=f"http://web:{port}{_path(kind)}", kind=kind, proxies=procs,
                   handshake_counter=lambda: server_handshakes(mesh), python_proxies=True,
                   grpc_body=_grpc_body(topo, kind))
+
+
+def mesh_telemetry(topo: Topology) -> Target:
+    """``mesh`` with tracing at 1% (spans to a real OTLP/HTTP receiver in the node namespace)
+    and access logs on (Envoy's text format, to the proxies' stdout, a file); the metrics are
+    on in every mesh scenario. Compare with ``mesh`` of the same run."""
+    spans = topo.workdir / "spans"
+    spans.mkdir()
+    receiver = Path(__file__).with_name("otlp_receiver.py")
+    topo.procs.append(netns.spawn_in(topo.node.netns, [
+        python(), str(receiver), str(netns.GATEWAY), "4318", str(spans)]))
+    return mesh_pair(topo, HTTP1, {
+        "REMORA_TRACE_ENDPOINT": f"http://{netns.GATEWAY}:4318/v1/traces",
+        "REMORA_TRACE_SAMPLING": "1", "REMORA_ACCESS_LOG": "text"})
 
 
 def haproxy_pair(topo: Topology, kind: str = HTTP1) -> Target:
@@ -121,6 +137,7 @@ SCENARIOS: dict[str, Callable[[Topology], Target]] = {
     "direct": direct,
     "haproxy": haproxy_pair,
     "mesh": mesh_pair,
+    "mesh-telemetry": mesh_telemetry,
     "direct-h2": lambda topo: direct(topo, H2),
     "haproxy-h2": lambda topo: haproxy_pair(topo, H2),
     "mesh-h2": lambda topo: mesh_pair(topo, H2),

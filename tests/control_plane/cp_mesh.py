@@ -60,6 +60,7 @@ class CpMesh:
     proxies: dict[str, ProxyHandle] = field(default_factory=dict)
     pods: dict[str, netns.Pod] = field(default_factory=dict)
     apps: list[subprocess.Popen] = field(default_factory=list)
+    proxy_env: dict[str, str] = field(default_factory=dict)  # extra env of every proxy
 
     @property
     def manifests(self) -> Path:
@@ -181,6 +182,7 @@ class CpMesh:
             "REMORA_TOKEN_FILE": str(d / "token"), "REMORA_TRUST_ROOT": str(self.tmp / "root-cert.pem"),
             "REMORA_WORKDIR": str(d / "work"),
             "REMORA_LOG_LEVEL": os.environ.get("REMORA_TEST_LOG_LEVEL", "info"),
+            **self.proxy_env,
         }
         log = self.tmp / f"{pod.name}-proxy.log"
         with open(log, "wb") as out:

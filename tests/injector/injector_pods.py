@@ -133,7 +133,8 @@ EVERY_ANNOTATION = {
     "exclude-outbound-ports": "5432,6379", "exclude-outbound-cidrs": "169.254.169.254/32",
     "include-outbound-cidrs": "198.18.0.0/15,fd00::/8", "opaque-ports": "5432,6379",
     "native-sidecar": "false", "hold-application": "true", "rewrite-probes": "true",
-    "drain-seconds": "30", "dns-capture": "false",
+    "drain-seconds": "30", "dns-capture": "false", "merge-metrics": "true", "trace-sampling": "10",
+    "access-log": "json",
 }
 
 

@@ -25,7 +25,8 @@ BAD_VALUES = {
     "include-outbound-ports": "http", "exclude-outbound-ports": "1-1024",
     "exclude-outbound-cidrs": "10.0.0.0/33", "include-outbound-cidrs": "example.com",
     "opaque-ports": "3306,,6379", "native-sidecar": "yes", "hold-application": "1",
-    "rewrite-probes": "True", "drain-seconds": "3601", "dns-capture": "off",
+    "rewrite-probes": "True", "drain-seconds": "3601", "dns-capture": "off", "merge-metrics": "yes",
+    "trace-sampling": "101", "access-log": "TEXT",
 }
 
 

@@ -85,3 +85,14 @@ def local_cluster(state_dir: Path, prefix: str | None = None) -> Iterator[LocalC
         yield lc
     finally:
         lc.ctl("down")
+
+
+@contextmanager
+def sample_cluster(state_dir: Path, timeout: float = 150) -> Iterator[LocalCluster]:
+    """A local cluster running the sample app (examples/manifests), every pod ready."""
+    from local_cluster.testing import sample
+
+    with local_cluster(state_dir) as lc:
+        sample.apply(lc.state)
+        sample.wait_ready(lc.state, timeout=timeout)
+        yield lc

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from lc_kit import REMORACTL, LocalCluster, local_cluster
+from lc_kit import REMORACTL, LocalCluster, sample_cluster
 
 from local_cluster.procs import PidRecords, is_alive
 from local_cluster.testing import sample
@@ -27,9 +27,7 @@ CALLERS = {"web": f"{TD}/loadgen", "catalog": f"{TD}/web", "reviews-v1": f"{TD}/
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with local_cluster(tmp_path_factory.mktemp("e2e") / "state") as lc:
-        sample.apply(lc.state)
-        sample.wait_ready(lc.state, timeout=150)
+    with sample_cluster(tmp_path_factory.mktemp("e2e") / "state") as lc:
         yield lc
 
 

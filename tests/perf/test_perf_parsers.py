@@ -121,3 +121,13 @@ def test_issue_targets_from_pair_ratios() -> None:
     assert got == [("HTTP/2 GET 1 KB", True), ("gRPC unary", False), ("opaque TCP", True)]
     md = report.markdown(results)
     assert "| grpc | mesh/haproxy | 0.30 | 0.30–0.30 | 0.30 |" in md
+
+
+def test_telemetry_cost_is_a_ratio_against_mesh_of_the_same_run() -> None:
+    proxies = {"proxy-client": 25.0, "proxy-server": 25.0}
+    results = {"machine": {}, "params": {}, "scenarios": [
+        _scenario("mesh", 5000, 1.2, proxies), _scenario("mesh-telemetry", 4500, 1.5, proxies)]}
+    assert ("Telemetry cost (mesh-telemetry: tracing at 1% and access logs on, vs mesh: metrics "
+            "only, same run): max req/s x0.90, p99 at 1k req/s x1.25.") in report.markdown(results)
+    results["scenarios"].pop()
+    assert "Telemetry cost" not in report.markdown(results)

@@ -1,0 +1,212 @@
+"""Where ``remoractl stat`` and ``remoractl dashboard`` get their numbers.
+
+Two sources, one shape (``current(window)`` → the view of ``remoractl/meshview.py`` plus the
+proxies' sync status):
+
+- the local cluster, with no setup: its daemon knows every pod's network namespace and
+  address; every proxy's ``:15090/stats/prometheus`` and the control plane's proxy status
+  (on the node's bridge address) are read from inside those namespaces, and rates come from
+  successive scrapes;
+- a Prometheus that scrapes the proxies (``--prometheus URL``, e.g. on Kubernetes after
+  ``kubectl port-forward``): ``increase(...[window])`` of Istio's metrics, and the proxy
+  status from ``--control-plane-url`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from control_plane.api.ports import METRICS_PORT, MONITORING_PORT
+from local_cluster import client, config, meshstats, netns, nsutil
+from local_cluster.meshstats import Sample
+from remoractl import meshview
+
+TIMEOUT = 3.0
+
+
+class SourceError(RuntimeError):
+    """A one-line, user-facing error: the data source cannot be read."""
+
+
+@dataclass
+class Snapshot:
+    at: float  # monotonic seconds
+    pods: list[dict[str, Any]]  # name, namespace, workload, meshed, ip
+    samples: dict[str, dict[Sample, float]]  # pod -> its proxy's samples
+    errors: dict[str, str] = field(default_factory=dict)  # pod -> why it was not scraped
+    proxies: list[dict[str, Any]] = field(default_factory=list)  # control-plane sync status
+    proxies_error: str = ""
+
+
+def _result(source: str, view: dict[str, Any], pods: list, errors: dict, proxies: list,
+            proxies_error: str) -> dict[str, Any]:
+    return {"source": source, **view, "pods": pods, "scrape_errors": errors, "proxies": proxies,
+            "proxies_error": proxies_error}
+
+
+class LocalSource:
+    """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
+
+    def __init__(self, state: config.StateDir, namespace: str | None = None) -> None:
+        self.state, self.namespace = state, namespace
+        self.history: collections.deque[Snapshot] = collections.deque()
+
+    def describe(self) -> str:
+        return f"local cluster {self.state.root}"
+
+    async def current(self, window: float) -> dict[str, Any]:
+        """Scrape now; rates over the scrapes of the last ``window`` seconds (none yet: 0)."""
+        snap = await self.snapshot()
+        self.history.append(snap)
+        while len(self.history) > 2 and snap.at - self.history[1].at >= window:
+            self.history.popleft()
+        first = self.history[0]
+        seconds = snap.at - first.at
+        before = first.samples if seconds else snap.samples  # one scrape so far: no rates yet
+        view = meshview.view(before, snap.samples, seconds)
+        return _result(self.describe(), view, snap.pods, snap.errors, snap.proxies,
+                       snap.proxies_error)
+
+    async def snapshot(self) -> Snapshot:
+        try:
+            status = await asyncio.to_thread(client.checked, self.state, "GET", "/status")
+        except client.ClusterError as e:
+            raise SourceError(str(e)) from None
+        pods = [p for p in status["pods"]
+                if self.namespace is None or p["namespace"] == self.namespace]
+        meshed = [p for p in pods if p.get("podIP") and "remora-proxy" in
+                  {c["name"] for c in p["containers"]}]
+        results = await asyncio.gather(*(self._scrape(p) for p in meshed),
+                                       self._proxies(status["node"]["netns"]))
+        snap = Snapshot(time.monotonic(), [
+            {"name": p["name"], "namespace": p["namespace"],
+             "workload": f"{p['workload']}.{p['namespace']}", "ip": p.get("podIP") or "",
+             "meshed": p in meshed} for p in pods], {})
+        for p, r in zip(meshed, results[:-1], strict=True):
+            if isinstance(r, str):
+                snap.errors[p["name"]] = r
+            else:
+                snap.samples[f"{p['namespace']}/{p['name']}"] = r
+        snap.proxies, snap.proxies_error = results[-1]
+        return snap
+
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        try:
+            code, body = await nsutil.http_get_in(p["netns"], p["podIP"], METRICS_PORT,
+                                                  "/stats/prometheus", timeout=TIMEOUT)
+        except (OSError, TimeoutError, ConnectionError) as e:
+            return f"{type(e).__name__}: {e}"
+        if code != 200:
+            return f"HTTP {code}"
+        return meshstats.parse(body.decode(errors="replace"))
+
+    async def _proxies(self, node_netns: str) -> tuple[list[dict[str, Any]], str]:
+        try:
+            code, body = await nsutil.http_get_in(node_netns, str(netns.GATEWAY), MONITORING_PORT,
+                                                  "/debug/proxies", timeout=TIMEOUT)
+        except (OSError, TimeoutError, ConnectionError) as e:
+            return [], f"control plane not reachable: {type(e).__name__}: {e}"
+        return _proxies_from(code, body, self.namespace)
+
+
+def _proxies_from(code: int, body: bytes, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+    if code != 200:
+        return [], f"control plane answered HTTP {code}"
+    try:
+        proxies = json.loads(body)["proxies"]
+    except (ValueError, KeyError, TypeError):
+        return [], "control plane answered something other than its proxy list"
+    if namespace is not None:
+        proxies = [p for p in proxies if p["proxy_id"].endswith(f".{namespace}")]
+    return proxies, ""
+
+
+# Counters whose increase over the window the view needs; the TCP open/close counters are read
+# as they are (the view derives open connections and the mTLS share from them).
+_INCREASE = ("istio_requests_total", "istio_request_duration_milliseconds_bucket",
+             "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total")
+_RAW = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total")
+
+
+class PrometheusSource:
+    """A Prometheus server at ``url`` that scrapes the proxies (``/api/v1/query``)."""
+
+    def __init__(self, url: str, control_plane_url: str | None = None,
+                 namespace: str | None = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SourceError(f"--prometheus {url!r}: accepted: an http(s) URL such as "
+                              "http://127.0.0.1:9090")
+        self.url, self.control_plane_url, self.namespace = url.rstrip("/"), control_plane_url, namespace
+
+    def describe(self) -> str:
+        return f"Prometheus {self.url}"
+
+    async def current(self, window: float) -> dict[str, Any]:
+        seconds = max(1, round(window))
+        ns = f'{{destination_workload_namespace="{self.namespace}"}}' if self.namespace else ""
+        increase = [f"increase({m}{ns}[{seconds}s])" for m in _INCREASE]
+        raw = [f"{m}{ns}" for m in _RAW]
+        results = await asyncio.gather(*(asyncio.to_thread(self._query, q) for q in increase + raw))
+        after: dict[Sample, float] = {}
+        before: dict[Sample, float] = {}
+        for name, rows in zip(_INCREASE + _RAW, results, strict=True):
+            for row in rows:
+                labels = tuple(sorted((k, v) for k, v in row["metric"].items() if k != "__name__"))
+                after[(name, labels)] = float(row["value"][1])
+                if name in _RAW:  # read as it is: no increase in the window
+                    before[(name, labels)] = float(row["value"][1])
+        view = meshview.view({"prometheus": before}, {"prometheus": after}, float(seconds))
+        proxies, proxies_error = await asyncio.to_thread(self._proxy_status)
+        return _result(self.describe(), view, [], {}, proxies, proxies_error)
+
+    def _query(self, query: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = json.load(r)
+        except (OSError, ValueError) as e:
+            raise SourceError(f"cannot query Prometheus at {self.url}: {e}") from None
+        if body.get("status") != "success":
+            raise SourceError(f"Prometheus at {self.url} refused {query!r}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def _proxy_status(self) -> tuple[list[dict[str, Any]], str]:
+        if not self.control_plane_url:
+            return [], "no --control-plane-url: proxy sync status not shown"
+        try:
+            with urllib.request.urlopen(self.control_plane_url.rstrip("/") + "/debug/proxies",
+                                        timeout=10) as r:
+                return _proxies_from(r.status, r.read(), self.namespace)
+        except urllib.error.HTTPError as e:
+            return [], f"control plane answered HTTP {e.code}"
+        except OSError as e:
+            return [], f"control plane not reachable: {e}"
+
+
+Source = LocalSource | PrometheusSource
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", default=None, help="only this namespace (default: all)")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="read a Prometheus that scrapes the proxies (e.g. on Kubernetes after "
+                        "kubectl port-forward) instead of the local cluster")
+    p.add_argument("--control-plane-url", metavar="URL",
+                   help="with --prometheus: remora-control's monitoring address, for the proxies' "
+                        "sync status (e.g. http://127.0.0.1:15014)")
+
+
+def from_args(args: argparse.Namespace) -> Source:
+    if args.prometheus:
+        return PrometheusSource(args.prometheus, args.control_plane_url, args.namespace)
+    return LocalSource(config.StateDir.from_env(), args.namespace)
