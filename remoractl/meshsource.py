@@ -91,12 +91,14 @@ class LocalSource:
             {"name": p["name"], "namespace": p["namespace"],
              "workload": f"{p['workload']}.{p['namespace']}", "ip": p.get("podIP") or "",
              "meshed": p in meshed} for p in pods], {})
-        for p, r in zip(meshed, results[:-1], strict=True):
+        scraped: list[Any] = list(results[:-1])
+        for p, r in zip(meshed, scraped, strict=True):
             if isinstance(r, str):
                 snap.errors[p["name"]] = r
             else:
                 snap.samples[f"{p['namespace']}/{p['name']}"] = r
-        snap.proxies, snap.proxies_error = results[-1]
+        last: Any = results[-1]
+        snap.proxies, snap.proxies_error = last
         return snap
 
     async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:

@@ -67,7 +67,7 @@ def table(data: list[dict[str, Any]], wide: bool) -> str:
     lines = [head]
     for r in data:
         meshed = "-" if r["pods"] is None else f"{r['meshed']}/{r['pods']}"
-        cells = (r["workload"], meshed, _pct(r["success"]),
+        cells: tuple[str, ...] = (r["workload"], meshed, _pct(r["success"]),
                  f"{r['rps']:.1f}", _ms(r["p50_ms"]), _ms(r["p95_ms"]), _ms(r["p99_ms"]),
                  str(r["tcp_connections"]))
         if wide:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 OFF, TEXT, JSON = "off", "text", "json"
 FORMATS = (OFF, TEXT, JSON)
@@ -88,7 +89,7 @@ class AccessLog:
             "upstream_peer_uri_san": upstream_peer, "trace_id": None,
         })
 
-    def _emit(self, rec: dict) -> None:
+    def _emit(self, rec: dict[str, Any]) -> None:
         if self.json:
             line = json.dumps(rec, separators=(",", ":")) + "\n"
         else:

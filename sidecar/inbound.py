@@ -163,7 +163,7 @@ async def _tunnel(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, int],
 
 def _peer_address(sock: socket.socket) -> str | None:
     try:
-        return sock.getpeername()[0]
+        return str(sock.getpeername()[0])
     except OSError:
         return None
 

@@ -11,6 +11,9 @@ number of series is bounded by the mesh's size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from control_plane.api.model import Endpoint, ProxyConfig, WorkloadMeta
 
 # Istio's label names, in the order Istio's proxies print them.
@@ -60,7 +63,7 @@ class Labeler:
         self.identity: str | None = None
         self.peers: dict[str, WorkloadMeta] = {}
         self.inbound_services: dict[tuple[str, int], str] = {}  # (pod address, port) -> host
-        self._cache: dict[tuple, str] = {}
+        self._cache: dict[tuple[Any, ...], str] = {}
 
     def update(self, cfg: ProxyConfig | None = None, identity: str | None = None) -> None:
         if cfg is not None:
@@ -75,7 +78,7 @@ class Labeler:
             self.identity = identity
         self._cache = {}
 
-    def _cached(self, ck: tuple, make) -> str:
+    def _cached(self, ck: tuple[Any, ...], make: Callable[[], tuple[str, ...]]) -> str:
         key = self._cache.get(ck)
         if key is None:
             if len(self._cache) >= _CACHE_MAX:

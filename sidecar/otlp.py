@@ -83,7 +83,7 @@ class OtlpSink:
         return self.processor.force_flush(timeout_ms)
 
     def shutdown(self) -> None:
-        self.processor.shutdown()
+        self.processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK is untyped here
 
     def render(self) -> str:
         out = []

@@ -62,7 +62,7 @@ class Stats:
         self.accept_exhausted: dict[str, int] = {}
         self.http2_codec = ""  # which HTTP/2 codec the process chose (sidecar/http/h2select.py)
         # Istio's metrics: (label key, code, grpc status, flags) -> series list; label key -> TCP.
-        self.http: dict[tuple[str, int, str, str], list] = {}
+        self.http: dict[tuple[str, int, str, str], list[Any]] = {}
         self.tcp: dict[str, list[int]] = {}  # closed connections' totals, and opens/closes
         self.tcp_live: dict[str, dict[int, list[int]]] = {}  # open connections' own counts
 
@@ -212,7 +212,7 @@ class Stats:
         self._render_istio(add)
         return "\n".join(out) + "\n"
 
-    def _render_istio(self, add) -> None:
+    def _render_istio(self, add: Callable[[str], None]) -> None:
         series = sorted(self.http.items())
         labels = [f'{k},response_code="{c}",grpc_response_status="{_esc(g)}",'
                   f'response_flags="{_esc(f)}"' for (k, c, g, f), _ in series]

@@ -10,6 +10,7 @@ which is what Istio's apps forward.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 W3C, B3_MULTI, B3_SINGLE = 1, 2, 4
 TRACEPARENT, B3 = b"traceparent", b"b3"
@@ -106,12 +107,12 @@ def parse(headers: list[tuple[bytes, bytes]]) -> Incoming | None:
     return found
 
 
-def new_trace_id(_bits=random.getrandbits) -> int:
+def new_trace_id(_bits: Callable[[int], int] = random.getrandbits) -> int:
     # Mersenne Twister, not os.urandom: no syscall per request; a trace id is not a secret.
     return _bits(128) or 1
 
 
-def new_span_id(_bits=random.getrandbits) -> int:
+def new_span_id(_bits: Callable[[int], int] = random.getrandbits) -> int:
     return _bits(64) or 1
 
 
