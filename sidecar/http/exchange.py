@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..stats import Stats
 
 INBOUND, OUTBOUND = "inbound", "outbound"
+NO_FLAGS = "-"  # Envoy's response_flags when there are none
 INBOUND_CONNECT_TIMEOUT = 5.0  # the hop to the app in the same pod
 FORBIDDEN = "RBAC: access denied"
 
@@ -157,9 +158,15 @@ def authorize(ctx: ExchangeContext, method: bytes, path: bytes, authority: bytes
 
 
 class Exchange:
-    """Accounting shared by both relays: one exchange is counted exactly once."""
+    """Accounting shared by both relays: one exchange is counted exactly once.
 
-    __slots__ = ("ctx", "direction", "service", "peer", "started", "finished")
+    Besides the remora_* accounting it carries what Istio's telemetry and Envoy's response
+    flags need, filled in by whoever learns it: ``flags`` (sidecar/traffic/flags.py names,
+    joined with ","; "-" when none), body byte counts, and the upstream endpoint it went to.
+    """
+
+    __slots__ = ("ctx", "direction", "service", "peer", "started", "finished", "flags",
+                 "req_bytes", "resp_bytes", "upstream")
 
     def __init__(self, ctx: ExchangeContext) -> None:
         self.ctx = ctx
@@ -170,6 +177,10 @@ class Exchange:
         self.peer: str | None = ctx.peer_identity
         self.started = time.monotonic()
         self.finished = False
+        self.flags = NO_FLAGS
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.upstream: Endpoint | None = None
 
     def restart(self, service: str) -> None:
         """Reuse this object for the next exchange on the connection (HTTP/1.1: one at a time)."""
@@ -177,6 +188,13 @@ class Exchange:
         self.peer = self.ctx.peer_identity
         self.started = time.monotonic()
         self.finished = False
+        self.flags = NO_FLAGS
+        self.req_bytes = self.resp_bytes = 0
+        self.upstream = None
+
+    def add_flag(self, flag: str) -> None:
+        """Record an Envoy response flag (UF, UT, NR, UO, URX, DI, FI, UH...)."""
+        self.flags = flag if self.flags == NO_FLAGS else f"{self.flags},{flag}"
 
     def done(self, status: int) -> bool:
         """Count the exchange (once; False if it already was)."""

@@ -37,14 +37,15 @@ async def test_crds_are_installed_only_where_absent_or_ours(tmp_path: Path) -> N
         api.add(CRDS, crd("virtualservices.networking.istio.io", "istio-base", "istio-system"))  # Istio's
         api.add(CRDS, crd("destinationrules.networking.istio.io"))  # kubectl apply'd, no owner
         api.add(CRDS, crd("peerauthentications.security.istio.io", RELEASE, NAMESPACE))  # ours
-        # authorizationpolicies: absent
+        # authorizationpolicies, serviceentries, sidecars: absent
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                   "metadata": {"name": "remora-ca", "namespace": NAMESPACE},
                   "data": {"root-cert.pem": "Uk9PVA==", "ca-cert.pem": "Uk9PVA==", "ca-key.pem": "S0VZ"}}
         api.add("v1/secrets", secret)
         objects = await asyncio.to_thread(render_live, api.kubeconfig)
     rendered = {o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"}
-    assert rendered == {"peerauthentications.security.istio.io", "authorizationpolicies.security.istio.io"}
+    assert rendered == {"peerauthentications.security.istio.io", "authorizationpolicies.security.istio.io",
+                        "serviceentries.networking.istio.io", "sidecars.networking.istio.io"}
     (ca,) = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "remora-ca"]
     assert ca["data"] == secret["data"]  # the live CA, not a new one
 
