@@ -186,6 +186,9 @@ class H2Codec:
             raise NoStreamAvailable(str(e)) from e
         return sid
 
+    def start_response(self, head: RequestHead) -> None:
+        pass  # HTTP/2 frames every response the same way
+
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:
         try:
