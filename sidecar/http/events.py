@@ -174,8 +174,8 @@ class ProtocolError(Event):
 
     Server codecs have already queued what to answer (HTTP/1.1: a ``status`` reply with
     ``connection: close``; HTTP/2: GOAWAY PROTOCOL_ERROR): the owner writes
-    ``data_to_send()`` and closes. ``status`` is the HTTP status a server answers (400 or
-    431), 0 for a client codec.
+    ``data_to_send()`` and closes. ``status`` is the HTTP status the HTTP/1.1 server codec
+    answered (400 or 431); 0 where no status was sent (client codecs, HTTP/2).
     """
 
     __slots__ = ("message", "status")
