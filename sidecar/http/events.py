@@ -8,8 +8,9 @@ event-loop turn). There is no I/O and no asyncio in a codec.
 Conventions shared by all codecs, so the exchange never asks which protocol it is on:
 
 - ``stream_id``: HTTP/2's stream id; on HTTP/1.1 the codec numbers the exchanges on one
-  connection 1, 3, 5, ... (one at a time: pipelined requests are held until the previous
-  response is done, see ``H1ServerCodec``).
+  connection 1, 3, 5, ... and reports pipelined requests as they are parsed; answering
+  them one at a time, in order, is the owner's job (it holds a later stream's events until
+  the earlier response is done).
 - Header names and values are ``bytes``. HTTP/2 names are lowercase (the protocol says so);
   HTTP/1.1 names keep the case they came with (apps are case-blind, but byte-for-byte
   relay is what users expect) and policy code compares ``name.lower()``. Pseudo-headers
@@ -25,7 +26,7 @@ created per request on the hot path.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -173,8 +174,8 @@ class ProtocolError(Event):
 
     Server codecs have already queued what to answer (HTTP/1.1: a ``status`` reply with
     ``connection: close``; HTTP/2: GOAWAY PROTOCOL_ERROR): the owner writes
-    ``data_to_send()`` and closes. ``status`` is the HTTP status a server answers (400 or
-    431), 0 for a client codec.
+    ``data_to_send()`` and closes. ``status`` is the HTTP status the HTTP/1.1 server codec
+    answered (400 or 431); 0 where no status was sent (client codecs, HTTP/2).
     """
 
     __slots__ = ("message", "status")
@@ -197,6 +198,7 @@ class TunnelData(Event):
         self.data = data
 
 
+@runtime_checkable
 class ServerCodec(Protocol):
     """The server end of a connection (downstream): requests in, responses out.
 
@@ -205,6 +207,10 @@ class ServerCodec(Protocol):
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse bytes from the client; the events they complete, in order."""
+
+    def start_response(self, head: RequestHead) -> None:
+        """Say which request the next response answers (HTTP/1.1 frames it by the request's
+        method and version; HTTP/2 needs nothing)."""
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:
@@ -238,6 +244,7 @@ class ServerCodec(Protocol):
         """How many concurrent streams the peer accepts (HTTP/1.1: 1)."""
 
 
+@runtime_checkable
 class ClientCodec(Protocol):
     """The client end of a connection (upstream): requests out, responses in.
 

@@ -134,7 +134,7 @@ class H2Codec:
         except h2.exceptions.ProtocolError as e:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)
-            return [ProtocolError(f"HTTP/2 protocol error: {e}", 400 if not self.client_side else 0)]
+            return [ProtocolError(f"HTTP/2 protocol error: {e}", 0)]
         out: list[Event] = []
         ended_with_head: set[int] | None = None  # streams whose END_STREAM is already told
         for ev in h2_events:
@@ -185,6 +185,9 @@ class H2Codec:
         except h2.exceptions.TooManyStreamsError as e:
             raise NoStreamAvailable(str(e)) from e
         return sid
+
+    def start_response(self, head: RequestHead) -> None:
+        pass  # HTTP/2 frames every response the same way
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:

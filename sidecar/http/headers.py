@@ -8,7 +8,9 @@
   plaintext inbound request (no verified peer) gets none. Outbound it passes untouched.
 
 The HTTP/1.1 relay builds its request head in one pass for speed and takes the sets and
-helpers below; the pair-list functions serve HTTP/2 and the codecs.
+helpers below; the pair-list functions serve HTTP/2 and the codecs. One difference is on
+purpose: the HTTP/1.1 relay drops ``te`` entirely, because it does not relay HTTP/1.1
+trailers, so ``te: trailers`` would promise the app something the hop cannot carry.
 """
 
 from __future__ import annotations

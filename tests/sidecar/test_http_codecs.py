@@ -15,6 +15,13 @@ PEER = "spiffe://cluster.local/ns/a/sa/client"
 ME = "spiffe://cluster.local/ns/b/sa/server"
 
 
+def test_every_codec_implements_the_interface() -> None:
+    # What a new codec (libnghttp2) is held to as well: the methods the relays call.
+    assert isinstance(H1ServerCodec(), ev.ServerCodec) and isinstance(H1ClientCodec(), ev.ClientCodec)
+    assert isinstance(H2Codec(client_side=False), ev.ServerCodec)
+    assert isinstance(H2Codec(client_side=True), ev.ClientCodec)
+
+
 def kinds(events: list[ev.Event]) -> list[str]:
     return [type(e).__name__ for e in events]
 
