@@ -209,8 +209,14 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    reason = getattr(exc, "reason", None)  # the kubernetes client's ApiException
+    if reason:
+        status = getattr(exc, "status", 0)
+        text = f"HTTP {status} {reason}" if status else str(reason)
+    else:
+        text = str(exc).strip()
+    text = " ".join(text.split(" -+-+- ")[0].split())  # websocket errors append headers and body
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
 
 
 def resolve(args: argparse.Namespace) -> Target:

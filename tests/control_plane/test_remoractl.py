@@ -135,6 +135,11 @@ async def test_kubeconfig_target_without_a_control_plane_pod_says_so(tmp_path: P
             "status": {"phase": "Running"}})
         target = await asyncio.to_thread(resolve, kube)
         assert target.where.startswith("remora-control pod remora-system/remora-control-7d9f")
+        # kmock cannot port-forward (no WebSocket upgrade): the failure is still one clear line.
+        with pytest.raises(TargetError, match="cannot port-forward to pod remora-system/remora-control-7d9f") \
+                as failed:
+            await asyncio.to_thread(target.get, "/debug/proxies")
+        assert "\n" not in str(failed.value) and len(str(failed.value)) < 300
 
 
 @dataclass
