@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import pytest
-from chart_kit import NAMESPACE, Rendered, render, selector_matches
+from chart_kit import NAMESPACE, Rendered, RenderError, render, selector_matches
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from kube_kit import CORE, Api, kmock_api, resource
@@ -354,3 +354,28 @@ def test_the_chart_and_the_control_plane_exclude_the_same_namespaces_by_default(
     custom = Rendered(render({"controlPlane": {"rootCertExcludedNamespaces": []}}), {})
     args = custom.container("remora-control")["args"]
     assert args[args.index("--root-cert-excluded-namespaces") + 1] == ""
+
+
+async def test_extra_roots_reach_every_namespace_for_a_root_rotation(tmp_path: Path) -> None:
+    from control_plane.ca import CertificateAuthority
+
+    new_root = CertificateAuthority.generate("cluster.local").root_pem.decode()
+    chart = Rendered(render({"controlPlane": {"ca": {"extraRoots": new_root}}}), {})
+    ca_root = base64.b64decode(chart.get("Secret", "remora-ca")["data"]["root-cert.pem"]).decode()
+    async with kmock_api(tmp_path, {**CORE, **served_crds(chart)}, namespaces=["shop"]) as api:
+        control = Component(chart, "remora-control", api, tmp_path, {
+            "--port": ("15012", free_port()), "--monitoring-port": ("15014", free_port())})
+        try:
+            await control.start()
+
+            async def bundle_in_shop() -> str | None:
+                cm = api.get("v1/configmaps", "shop", TRUST_CONFIGMAP)
+                return cm and cm["data"][TRUST_KEY]
+            assert await until(bundle_in_shop, "the trust bundle in shop", control) == ca_root + new_root
+        finally:
+            await control.stop()
+
+
+def test_extra_roots_must_be_pem_certificates() -> None:
+    with pytest.raises(RenderError, match="extraRoots"):
+        render({"controlPlane": {"ca": {"extraRoots": "not a certificate"}}})
