@@ -230,7 +230,8 @@ async def test_the_chart_runs_the_mesh_on_a_kubernetes_api(tmp_path: Path) -> No
             namespace = api.get("v1/namespaces", None, "shop")
             assert namespace and selector_matches(hook["namespaceSelector"], namespace["metadata"]["labels"])
             assert selector_matches(hook["objectSelector"], pod["metadata"]["labels"])
-            answer = await until(lambda: _admit(hook, webhook_port, pod), "the webhook's answer", injector)
+            answer = await until(lambda: _admit(hook, webhook_port, pod), "the webhook's answer", injector,
+                                 timeout=60)  # kopf serves once its namespace index is filled
             assert answer["allowed"] is True and answer["patchType"] == "JSONPatch", answer
             injected = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["patch"])))
             injected["metadata"]["name"] = "reviews-5d4b9c7f-abcde"  # generateName, as the API server does
@@ -311,7 +312,7 @@ async def _admit(hook: dict[str, Any], port: int, pod: dict[str, Any]) -> dict[s
         "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"}}}
     try:
         conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Fixed(host))
-        async with aiohttp.ClientSession(connector=conn) as s, \
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=5)) as s, \
                 s.post(f"https://{host}:{port}{service['path']}", json=review) as r:
             response = (await r.json())["response"]
     except (aiohttp.ClientError, TimeoutError, OSError):
