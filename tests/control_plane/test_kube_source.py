@@ -169,9 +169,10 @@ async def test_ready_says_what_the_control_plane_waits_for(tmp_path: Path) -> No
         try:
             async def ready() -> tuple[int, str]:
                 try:
-                    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/ready") as r:
+                    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, \
+                            s.get(f"http://127.0.0.1:{port}/ready") as r:
                         return r.status, await r.text()
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError):
                     return 0, ""
             status, text = 0, ""
             for _ in range(200):
