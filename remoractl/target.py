@@ -119,8 +119,12 @@ def from_local_cluster() -> Target | None:
     from local_cluster import client, config
 
     state = config.StateDir.from_env()
-    if not state.socket.exists():
-        return None
+    try:
+        if not state.socket.exists():
+            return None
+    except PermissionError:
+        raise TargetError(f"cannot read the local cluster's state directory {state.root}; it belongs to "
+                          "root: run remoractl as root (or give --control-plane-url / --context)") from None
     try:
         status = client.checked(state, "GET", "/status")
     except client.ClusterError:

@@ -148,3 +148,18 @@ class RemoraKubeArgs:
     context: str | None = "kmock"
     control_plane_url: str | None = None
     control_plane_namespace: str = "remora-system"
+
+
+@pytest.mark.root
+def test_a_user_who_cannot_read_the_local_cluster_is_told_why(tmp_path: Path) -> None:
+    state = tmp_path / "private" / "state"
+    state.mkdir(parents=True)
+    (state / "daemon.sock").touch()
+    (tmp_path / "private").chmod(0o700)  # as /var/lib/remora/local is: root's
+    tmp_path.chmod(0o755)
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REMORACTL,
+                          "proxy-status"], capture_output=True, text=True, timeout=30, cwd="/",
+                         env={**os.environ, "REMORA_LOCAL_DIR": str(state), "KUBECONFIG": ""})
+    if "Permission denied" in res.stderr and "remoractl" not in res.stderr:
+        pytest.skip("uid 65534 cannot run this virtualenv here")
+    assert_one_line(res, "cannot read the local cluster's state directory", "run remoractl as root")
