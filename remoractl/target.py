@@ -134,8 +134,12 @@ def from_local_cluster() -> Target | None:
     from local_cluster import client, config
 
     state = config.StateDir.from_env()
-    if not state.socket.exists():
-        return None
+    try:
+        if not state.socket.exists():
+            return None
+    except PermissionError:
+        raise TargetError(f"cannot read the local cluster's state directory {state.root}; it belongs to "
+                          "root: run remoractl as root (or give --control-plane-url / --context)") from None
     try:
         status = client.checked(state, "GET", "/status")
     except client.ClusterError:
@@ -224,8 +228,14 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    reason = getattr(exc, "reason", None)  # the kubernetes client's ApiException
+    if reason:
+        status = getattr(exc, "status", 0)
+        text = f"HTTP {status} {reason}" if status else str(reason)
+    else:
+        text = str(exc).strip()
+    text = " ".join(text.split(" -+-+- ")[0].split())  # websocket errors append headers and body
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
 
 
 def resolve(args: argparse.Namespace) -> Target:

@@ -136,6 +136,8 @@ class ListWatch:
             raise
         self._open.add(resp)
         try:
+            if self.stop.is_set():  # stopped while connecting: close() may have missed this one
+                return
             for line in _lines(resp):
                 if self.stop.is_set():
                     return
@@ -154,6 +156,8 @@ class ListWatch:
                     self.on_event(kind, self._stamp(obj))
         finally:
             self._open.discard(resp)
+            with contextlib.suppress(Exception):  # a watch stream is never reused: close it, or the
+                resp.close()  # pool would keep it open and the server would keep streaming to it
             resp.release_conn()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -169,6 +173,8 @@ class ListWatch:
                                     self.kind.api_version(self.version or ""))
                     self.on_list(items, self.version or "")
                     listed, missing_reported = True, False
+                if self.stop.is_set():
+                    return
                 self.watch()
                 self.stop.wait(0.2)  # the server ended the watch: resume from resource_version
                 continue

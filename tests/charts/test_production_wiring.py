@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import pytest
-from chart_kit import NAMESPACE, Rendered, render, selector_matches
+from chart_kit import NAMESPACE, Rendered, RenderError, render, selector_matches
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from kube_kit import CORE, Api, kmock_api, resource
@@ -230,7 +230,8 @@ async def test_the_chart_runs_the_mesh_on_a_kubernetes_api(tmp_path: Path) -> No
             namespace = api.get("v1/namespaces", None, "shop")
             assert namespace and selector_matches(hook["namespaceSelector"], namespace["metadata"]["labels"])
             assert selector_matches(hook["objectSelector"], pod["metadata"]["labels"])
-            answer = await until(lambda: _admit(hook, webhook_port, pod), "the webhook's answer", injector)
+            answer = await until(lambda: _admit(hook, webhook_port, pod), "the webhook's answer", injector,
+                                 timeout=60)  # kopf serves once its namespace index is filled
             assert answer["allowed"] is True and answer["patchType"] == "JSONPatch", answer
             injected = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["patch"])))
             injected["metadata"]["name"] = "reviews-5d4b9c7f-abcde"  # generateName, as the API server does
@@ -311,7 +312,7 @@ async def _admit(hook: dict[str, Any], port: int, pod: dict[str, Any]) -> dict[s
         "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"}}}
     try:
         conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Fixed(host))
-        async with aiohttp.ClientSession(connector=conn) as s, \
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=5)) as s, \
                 s.post(f"https://{host}:{port}{service['path']}", json=review) as r:
             response = (await r.json())["response"]
     except (aiohttp.ClientError, TimeoutError, OSError):
@@ -354,3 +355,28 @@ def test_the_chart_and_the_control_plane_exclude_the_same_namespaces_by_default(
     custom = Rendered(render({"controlPlane": {"rootCertExcludedNamespaces": []}}), {})
     args = custom.container("remora-control")["args"]
     assert args[args.index("--root-cert-excluded-namespaces") + 1] == ""
+
+
+async def test_extra_roots_reach_every_namespace_for_a_root_rotation(tmp_path: Path) -> None:
+    from control_plane.ca import CertificateAuthority
+
+    new_root = CertificateAuthority.generate("cluster.local").root_pem.decode()
+    chart = Rendered(render({"controlPlane": {"ca": {"extraRoots": new_root}}}), {})
+    ca_root = base64.b64decode(chart.get("Secret", "remora-ca")["data"]["root-cert.pem"]).decode()
+    async with kmock_api(tmp_path, {**CORE, **served_crds(chart)}, namespaces=["shop"]) as api:
+        control = Component(chart, "remora-control", api, tmp_path, {
+            "--port": ("15012", free_port()), "--monitoring-port": ("15014", free_port())})
+        try:
+            await control.start()
+
+            async def bundle_in_shop() -> str | None:
+                cm = api.get("v1/configmaps", "shop", TRUST_CONFIGMAP)
+                return cm and cm["data"][TRUST_KEY]
+            assert await until(bundle_in_shop, "the trust bundle in shop", control) == ca_root + new_root
+        finally:
+            await control.stop()
+
+
+def test_extra_roots_must_be_pem_certificates() -> None:
+    with pytest.raises(RenderError, match="extraRoots"):
+        render({"controlPlane": {"ca": {"extraRoots": "not a certificate"}}})

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sys
 from pathlib import Path
 
 import aiohttp
 import kmock
 import pytest
-from kube_kit import Api, kmock_api, resource
+from kube_kit import CORE, Api, kmock_api, resource
 
 from control_plane.auth import AuthError, TokenReviewAuthenticator
 from control_plane.builder import ProxyKey, SnapshotBuilder
@@ -20,6 +22,7 @@ from control_plane.sources.kube import KINDS, KubeSource, api_client
 from control_plane.sources.listwatch import Kind
 
 DATA = Path(__file__).parent / "data"
+CORE_EXTRA = {"v1/namespaces": CORE["v1/namespaces"], "v1/configmaps": CORE["v1/configmaps"]}
 
 
 def path_of(k: Kind, version: str | None = None) -> str:
@@ -149,6 +152,40 @@ async def test_a_missing_core_kind_keeps_the_control_plane_not_ready(tmp_path: P
             assert waiting.startswith("EndpointSlice: EndpointSlice is not served")
         finally:
             task.cancel()
+
+
+async def test_ready_says_what_the_control_plane_waits_for(tmp_path: Path) -> None:
+    slices = kind_named("EndpointSlice")
+    async with kmock_api(tmp_path, {**served([k for k in KINDS if k is not slices]), **CORE_EXTRA}) as k8s:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = tmp_path / "control.log"
+        with open(log, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "remora-control"), "--source", "kube",
+                "--kubeconfig", k8s.kubeconfig, "--ca-dir", str(tmp_path / "ca"), "--address", "127.0.0.1",
+                "--port", "0", "--monitoring-port", str(port), stdout=out, stderr=asyncio.subprocess.STDOUT)
+        try:
+            async def ready() -> tuple[int, str]:
+                try:
+                    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, \
+                            s.get(f"http://127.0.0.1:{port}/ready") as r:
+                        return r.status, await r.text()
+                except (aiohttp.ClientError, TimeoutError):
+                    return 0, ""
+            status, text = 0, ""
+            for _ in range(200):
+                assert proc.returncode is None, log.read_text()
+                status, text = await ready()
+                if text.count("waiting for") == 1 and "waiting for EndpointSlice" in text:
+                    break  # every other kind listed
+                await asyncio.sleep(0.1)
+            assert status == 503, (status, text, log.read_text())
+            assert "waiting for EndpointSlice: EndpointSlice is not served by the API server" in text
+        finally:
+            proc.terminate()
+            await proc.wait()
 
 
 async def test_istio_v1beta1_is_read_where_v1_is_not_served(tmp_path: Path) -> None:

@@ -135,6 +135,11 @@ async def test_kubeconfig_target_without_a_control_plane_pod_says_so(tmp_path: P
             "status": {"phase": "Running"}})
         target = await asyncio.to_thread(resolve, kube)
         assert target.where.startswith("remora-control pod remora-system/remora-control-7d9f")
+        # kmock cannot port-forward (no WebSocket upgrade): the failure is still one clear line.
+        with pytest.raises(TargetError, match="cannot port-forward to pod remora-system/remora-control-7d9f") \
+                as failed:
+            await asyncio.to_thread(target.get, "/debug/proxies")
+        assert "\n" not in str(failed.value) and len(str(failed.value)) < 300
 
 
 @dataclass
@@ -143,3 +148,18 @@ class RemoraKubeArgs:
     context: str | None = "kmock"
     control_plane_url: str | None = None
     control_plane_namespace: str = "remora-system"
+
+
+@pytest.mark.root
+def test_a_user_who_cannot_read_the_local_cluster_is_told_why(tmp_path: Path) -> None:
+    state = tmp_path / "private" / "state"
+    state.mkdir(parents=True)
+    (state / "daemon.sock").touch()
+    (tmp_path / "private").chmod(0o700)  # as /var/lib/remora/local is: root's
+    tmp_path.chmod(0o755)
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REMORACTL,
+                          "proxy-status"], capture_output=True, text=True, timeout=30, cwd="/",
+                         env={**os.environ, "REMORA_LOCAL_DIR": str(state), "KUBECONFIG": ""})
+    if "Permission denied" in res.stderr and "remoractl" not in res.stderr:
+        pytest.skip("uid 65534 cannot run this virtualenv here")
+    assert_one_line(res, "cannot read the local cluster's state directory", "run remoractl as root")
