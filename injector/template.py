@@ -146,12 +146,8 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
     plain["REMORA_APP_PROBES"] = json.dumps(app_probes, sort_keys=True, separators=(",", ":"))
     if settings.get("app-metrics"):  # set by inject_pod from the app's prometheus.io annotations
         plain[scrape.APP_METRICS_ENV] = settings["app-metrics"]
-    if mesh.tracing_endpoint:  # tracing off: no variable, the proxy never loads the SDK
+    if mesh.tracing_endpoint:  # tracing off: no endpoint, the proxy never loads the SDK
         plain["REMORA_TRACE_ENDPOINT"] = mesh.tracing_endpoint
-        plain["REMORA_TRACE_SAMPLING"] = str(settings.get("trace-sampling", mesh.tracing_sampling))
-    access_log = settings.get("access-log", mesh.access_log)
-    if access_log != "off":
-        plain["REMORA_ACCESS_LOG"] = access_log
     return env + [{"name": k, "value": v} for k, v in plain.items()]
 
 

@@ -184,6 +184,10 @@ class ProxyRuntime:
         loop.add_signal_handler(signal.SIGINT, lambda: self.stop(0))
         log.info("remora-proxy listening: outbound :%d, inbound :%d, admin 127.0.0.1:%d",
                  s.outbound_port, s.inbound_port, s.admin_port)
+        if self.h2 is not None:
+            from .http import h2select
+
+            log.info("HTTP/2 codec: %s", h2select.describe(self.stats.http2_codec))
 
     def _start_discovery(self) -> None:
         try:

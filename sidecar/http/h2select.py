@@ -49,12 +49,11 @@ _factory: Callable[[bool], Any] | None = None
 
 
 def select(name: str | None = None) -> str:
-    """Choose the codec for this process (at start; REMORA_H2_CODEC or the best built) and
-    log the choice once."""
+    """Choose the codec for this process (at start; REMORA_H2_CODEC or the best built); the
+    runtime logs the choice once it serves."""
     global _chosen, _factory
     _chosen = choose(name)
     _factory = factory(_chosen)
-    log.info("HTTP/2 codec: %s", describe(_chosen))
     return _chosen
 
 

@@ -24,14 +24,16 @@ def proxy_env(annotations: dict[str, str], mesh: meshconfig.MeshConfig) -> dict[
 
 def test_mesh_defaults_and_per_pod_overrides_reach_the_proxy() -> None:
     off = proxy_env({}, meshconfig.MeshConfig())
-    assert not {"REMORA_TRACE_ENDPOINT", "REMORA_TRACE_SAMPLING", "REMORA_ACCESS_LOG"} & set(off)
+    # Tracing is off without an endpoint; the defaults travel as the annotations' own values.
+    assert "REMORA_TRACE_ENDPOINT" not in off
+    assert (off["REMORA_TRACE_SAMPLING"], off["REMORA_ACCESS_LOG"]) == ("1", "off")
     mesh = meshconfig.from_dict({"tracingEndpoint": ENDPOINT, "tracingSampling": 2.5,
                                  "accessLog": "text"})
     env = proxy_env({}, mesh)
     assert (env["REMORA_TRACE_ENDPOINT"], env["REMORA_TRACE_SAMPLING"], env["REMORA_ACCESS_LOG"]) == (
         ENDPOINT, "2.5", "text")
     env = proxy_env({"remora.dev/trace-sampling": "50", "remora.dev/access-log": "off"}, mesh)
-    assert env["REMORA_TRACE_SAMPLING"] == "50.0" and "REMORA_ACCESS_LOG" not in env
+    assert (env["REMORA_TRACE_SAMPLING"], env["REMORA_ACCESS_LOG"]) == ("50", "off")
     assert proxy_env({"remora.dev/access-log": "json"}, meshconfig.MeshConfig())[
         "REMORA_ACCESS_LOG"] == "json"
 
