@@ -68,7 +68,8 @@ class Connection:
         if self.shape is None:
             return snap.payload  # encoded once for every proxy that shares it
         dropped: list[str] = []
-        body = skew.prune(json.loads(snap.payload), self.shape, "config", dropped)
+        body = skew.downgrade(json.loads(snap.payload), self.state.proxy_version, dropped)
+        body = skew.prune(body, self.shape, "config", dropped)
         new = {skew.field_path(p) for p in dropped} - self.state.pruned_fields
         if new:
             self.state.pruned_fields.update(new)

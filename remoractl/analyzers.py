@@ -18,6 +18,7 @@ from typing import Any
 from control_plane import istio
 from control_plane.api import annotations as ann
 from control_plane.api import model
+from control_plane.istio import REPORTED_KINDS as NOT_IMPLEMENTED_KINDS
 from control_plane.registry import KINDS, Registry
 from control_plane.resources import key_of, resolve_host, selector_matches
 
@@ -122,6 +123,8 @@ def not_implemented(mesh: Mesh) -> list[Message]:
         for note in notes:
             m = _NOTE.match(note)
             res = _res(m["kind"], m["ns"] if m["ns"] != "-" else "", m["name"]) if m else "?"
+            if m and m["text"] == f"{m['kind']} is not implemented (no effect)":
+                continue  # a whole kind Remora does not implement: kinds() says it (RMR0003)
             out.append(Message(code, res, m["text"] if m else note))
     return out
 
@@ -132,7 +135,7 @@ def kinds(mesh: Mesh) -> list[Message]:
     for obj in mesh.objects:
         kind, ns, name = key_of(obj)
         group = str(obj.get("apiVersion", "")).split("/")[0]
-        if group in ISTIO_GROUPS and kind not in KINDS:
+        if group in ISTIO_GROUPS and (kind not in KINDS or kind in NOT_IMPLEMENTED_KINDS):
             out.append(Message("RMR0003", _res(kind, ns or "default", name),
                                f"Remora does not implement {kind} ({group}); it has no effect"))
     return out

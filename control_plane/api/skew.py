@@ -48,6 +48,14 @@ STRICT_RELEASES: dict[tuple[int, int], Shape] = {
 }
 
 
+# Fields of a recorded release that the current model no longer has, which ``downgrade``
+# computes for that release from what replaced them.
+DOWNGRADED: dict[tuple[int, int], frozenset[str]] = {
+    (0, 1): frozenset({"config.outbound.routes.matches.path_exact",
+                       "config.outbound.routes.matches.path_prefix"}),
+}
+
+
 def shape_of(tp: Any) -> Shape:
     """The shape of a model type (dataclasses, tuples, mappings, optionals, leaves)."""
     if dataclasses.is_dataclass(tp):
@@ -84,6 +92,69 @@ def prune(value: Any, shape: Shape, path: str = "config", dropped: list[str] | N
             out[k] = prune(v, shape[k], f"{path}.{k}", dropped)
         elif dropped is not None:
             dropped.append(f"{path}.{k}")
+    return out
+
+
+def downgrade(body: dict[str, Any], proxy_version: str, dropped: list[str]) -> dict[str, Any]:
+    """A snapshot in the vocabulary of an older release, before ``prune`` trims its shape.
+
+    0.1 matched routes on ``path_exact``/``path_prefix``, an exact ``method`` and exact header
+    values. A match that says only that much is rewritten to those fields; a route with any
+    match that 0.1 cannot express is left out of that proxy's snapshot (pruning its fields
+    would turn it into a match-all and take traffic that is not its own). Left-out routes are
+    appended to ``dropped`` like pruned fields.
+    """
+    if versions.minor(proxy_version) != (0, 1):
+        return body
+    for i, port in enumerate(body.get("outbound") or []):
+        kept = []
+        for j, route in enumerate(port.get("routes") or []):
+            matches = [_match_0_1(m) for m in route.get("matches") or []]
+            if any(m is None for m in matches) or _needs_newer(route):
+                dropped.append(f"config.outbound[{i}].routes[{j}] (needs a newer proxy)")
+                continue
+            kept.append({**route, "matches": matches})
+        if "routes" in port:
+            port["routes"] = kept
+    return body
+
+
+def _needs_newer(route: dict[str, Any]) -> bool:
+    """Redirects and direct responses have no destinations; 0.1 would route them anywhere."""
+    return not route.get("destinations")
+
+
+def _exact(sm: Any) -> str | None:
+    if not isinstance(sm, dict) or set(k for k, v in sm.items() if v is not None) != {"exact"}:
+        return None
+    return str(sm["exact"])
+
+
+def _match_0_1(m: dict[str, Any]) -> dict[str, Any] | None:
+    """One match in 0.1's terms, or None when it uses anything 0.1 cannot evaluate."""
+    newer = ("scheme", "authority", "without_headers", "query_params", "port", "source_labels",
+             "source_namespace")
+    if any(m.get(k) for k in newer) or m.get("ignore_uri_case"):
+        return None
+    out: dict[str, Any] = {"path_exact": None, "path_prefix": None, "method": None, "headers": {}}
+    uri = m.get("uri")
+    if uri:
+        if uri.get("exact") is not None and not uri.get("prefix") and not uri.get("regex"):
+            out["path_exact"] = uri["exact"]
+        elif uri.get("prefix") is not None and not uri.get("exact") and not uri.get("regex"):
+            out["path_prefix"] = uri["prefix"]
+        else:
+            return None
+    if m.get("method"):
+        method = _exact(m["method"])
+        if method is None:
+            return None
+        out["method"] = method
+    for name, sm in (m.get("headers") or {}).items():
+        value = _exact(sm)
+        if value is None:
+            return None
+        out["headers"][name] = value
     return out
 
 

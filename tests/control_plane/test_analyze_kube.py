@@ -11,7 +11,7 @@ from test_remoractl import remoractl
 
 async def test_live_analysis_matches_the_files(k8s) -> None:  # noqa: F811
     code, from_files, _ = await remoractl("analyze", "-f", str(DATA / "mesh.yaml"))
-    assert code == 0 and "spec.http[1].fault is not implemented yet" in from_files
+    assert code == 0 and "spec.http[1].mirrors is not implemented yet" in from_files
     code, live, err = await remoractl("analyze", "--kubeconfig", k8s.kubeconfig)
     assert code == 0, err
     assert live == from_files

