@@ -227,15 +227,17 @@ class Exchange:
         self.upstream = endpoint
         if service:
             self.service = service
-            labels = self.ctx.labels
-            if labels is not None and self.direction == OUTBOUND:
-                self.lkey = labels.outbound(service, endpoint, protocol)
+        labels = self.ctx.labels
+        if labels is not None and self.direction == OUTBOUND:
+            self.lkey = labels.outbound(service, endpoint, protocol)
 
     def unrouted(self, decision: Decision, protocol: str = HTTP) -> None:
         """Outbound, answered locally for want of an endpoint: NR (no route: 404, or no
         router) or UH (no healthy upstream)."""
         self.add_flag(NR if decision.status == 404 or not decision.service else UH)
-        self.route_to(None, decision.service or self.service, protocol)
+        port = self.ctx.outbound_port
+        self.route_to(None, decision.service or (port.service if port is not None else ""),
+                      protocol)
 
     def trace(self, tracer: Tracer, headers: Headers, method: bytes, path: bytes,
               protocol: str) -> Headers:

@@ -25,7 +25,7 @@ CFG = {
     "outbound": [
         {"service": "web.a.svc.cluster.local", "addresses": ["198.18.0.1"], "port": 80, "protocol": "http",
          "default_cluster": "web|80",
-         "routes": [{"name": "slow", "matches": [{"path_prefix": "/slow"}], "timeout": 1.5,
+         "routes": [{"name": "slow", "matches": [{"uri": {"prefix": "/slow"}}], "timeout": 1.5,
                      "destinations": [{"cluster": "web|80", "weight": 1}]}]},
         {"service": "empty.a.svc.cluster.local", "addresses": ["198.18.0.2"], "port": 80, "protocol": "http",
          "default_cluster": "empty|80"},
