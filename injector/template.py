@@ -149,9 +149,13 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
     if mesh.tracing_endpoint:  # tracing off: no variable, the proxy never loads the SDK
         plain["REMORA_TRACE_ENDPOINT"] = mesh.tracing_endpoint
         plain["REMORA_TRACE_SAMPLING"] = str(settings.get("trace-sampling", mesh.tracing_sampling))
+    else:  # _passed_on put the mesh default there
+        plain.pop("REMORA_TRACE_SAMPLING", None)
     access_log = settings.get("access-log", mesh.access_log)
     if access_log != "off":
         plain["REMORA_ACCESS_LOG"] = access_log
+    else:
+        plain.pop("REMORA_ACCESS_LOG", None)
     return env + [{"name": k, "value": v} for k, v in plain.items()]
 
 
