@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from telemetry_kit import SpanSink
+
 from control_plane.api.model import Cluster, Endpoint, OutboundPort, ProxyConfig, WorkloadMeta
 from sidecar.accesslog import AccessLog
 from sidecar.http.exchange import (
@@ -18,7 +20,7 @@ from sidecar.http.exchange import (
 )
 from sidecar.labels import Labeler
 from sidecar.stats import Stats
-from sidecar.tracing import Span, Tracer
+from sidecar.tracing import Tracer
 
 WEB = WorkloadMeta("web", "demo", "web", "v1", "web")
 REVIEWS = WorkloadMeta("reviews-v2", "demo", "reviews", "v2", "reviews")
@@ -27,19 +29,6 @@ REVIEWS_ID = "spiffe://cluster.local/ns/demo/sa/reviews"
 EP = Endpoint("198.18.0.22", 9080, REVIEWS_ID, workload=REVIEWS)
 PORT = OutboundPort(HOST, ("198.19.0.9",), 9080, "http", f"{HOST}|9080")
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    def submit(self, span: Span, end_ns: int) -> None:
-        self.spans.append(span)
-
-    def set_service(self, name: str) -> None:
-        pass
-
-    def render(self) -> str:
-        return ""
 
 
 @dataclass
@@ -71,7 +60,7 @@ def read_lines(fd: int) -> list[dict]:
 
 def test_done_reports_metrics_access_log_and_span_once() -> None:
     r, w = os.pipe()
-    sink = Sink()
+    sink = SpanSink()
     ctx = Ctx(labels=labeler(), tracer=Tracer(100.0, sink), access_log=AccessLog("json", w))
     ex = Exchange(ctx)  # type: ignore[arg-type]
     headers = [(b"host", b"reviews:9080"), (b"user-agent", b"t/1")]

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from telemetry_kit import SpanSink
 
 from control_plane.api.model import Cluster, Endpoint
 from sidecar.accesslog import AccessLog
@@ -26,7 +27,7 @@ from sidecar.http2 import H2Context, H2Downstream, H2Pool
 from sidecar.labels import Labeler
 from sidecar.routing import RouteDecision
 from sidecar.stats import Stats
-from sidecar.tracing import Span, Tracer
+from sidecar.tracing import Tracer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sidecar"))
 from test_http2 import (  # noqa: E402
@@ -41,19 +42,6 @@ from test_http2 import (  # noqa: E402
 SERVICE_HOST = "echo.b.svc.cluster.local"
 TRACE, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    def submit(self, span: Span, end_ns: int) -> None:
-        self.spans.append(span)
-
-    def set_service(self, name: str) -> None:
-        pass
-
-    def render(self) -> str:
-        return ""
 
 
 class Router:
@@ -72,7 +60,7 @@ class Router:
 class Relays:
     port: int
     stats: Stats
-    sink: Sink
+    sink: SpanSink
     log: AccessLog
     log_fd: int
 
@@ -103,7 +91,7 @@ def codec(request) -> str:
 async def relays(timeout: float | None = None, dead_upstream: bool = False) -> AsyncIterator[Relays]:
     loop = asyncio.get_running_loop()
     server, app_port = start_app("127.0.0.1:0", AppState())
-    stats, sink, labels = Stats(), Sink(), Labeler()
+    stats, sink, labels = Stats(), SpanSink(), Labeler()
     tracer = Tracer(100.0, sink)
     r, w = os.pipe()
     log = AccessLog("json", w)
