@@ -59,6 +59,7 @@ INBOUND, OUTBOUND = "inbound", "outbound"
 NO_FLAGS = "-"  # Envoy's response_flags when there are none
 INBOUND_CONNECT_TIMEOUT = 5.0  # the hop to the app in the same pod
 FORBIDDEN = "RBAC: access denied"
+_NO_HEADERS: Headers = []  # shared placeholder, never mutated: no list per exchange
 
 
 class RequestAttrs:
@@ -203,7 +204,7 @@ class Exchange:
         self.span: Span | None = None
         self.request_id = b""  # the x-request-id this proxy added when the relay keeps it aside
         self.method = self.path = b""
-        self.req_headers: Headers = []
+        self.req_headers: Headers = _NO_HEADERS  # the request's list, set by the relay
         self.protocol = ""  # the access log's %PROTOCOL%: HTTP/1.1, HTTP/1.0, HTTP/2
 
     def restart(self, service: str) -> None:
