@@ -18,20 +18,36 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
 from .http import replies
-from .http.exchange import Authorizer, Exchange, authorize, current_router, decide_outbound
+from .http.exchange import (
+    NO_FLAGS,
+    Authorizer,
+    Exchange,
+    authorize,
+    current_router,
+    decide_outbound,
+    inbound_label_keys,
+)
 from .http.h1 import MAX_HEAD_BYTES, MAX_RESPONSE_HEAD_BYTES, BadRequest, framing_header
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
+from .tracing import h1_rewrite
+from .traffic.flags import DC, UC, UF, UT
 from .upstream import Connector, UpstreamError
+
+if TYPE_CHECKING:
+    from .accesslog import AccessLog
+    from .labels import Labeler
+    from .tracing import Tracer
 
 log = logging.getLogger("remora.http1")
 POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
@@ -68,16 +84,20 @@ class H1Context:
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
     authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
+    labels: Labeler | None = None  # Istio's metric labels (None: only the remora_* series)
+    tracer: Tracer | None = None  # None: tracing off, trace headers pass through untouched
+    access_log: AccessLog | None = None  # None: access logs off
 
 
 class _Target:
     """One routing outcome: the endpoint, timeouts, ALPN and the pool key for it."""
 
-    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key")
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service")
 
     def __init__(self, endpoint: Endpoint, timeout: float | None, connect_timeout: float,
-                 alpn: str, direction: str) -> None:
+                 alpn: str, direction: str, service: str = "") -> None:
         self.endpoint = endpoint
+        self.service = service  # outbound: the cluster's service host (the metric's)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.alpn = alpn
@@ -256,6 +276,7 @@ class H1Upstream(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         down = self.down
         if down is not None:
+            down.ex.resp_bytes += len(body)
             if down.resp_chunked:
                 down.wbuf += (b"%x\r\n" % len(body), body, b"\r\n")
             else:
@@ -322,6 +343,8 @@ class H1Downstream(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
+        if self.ctx.labels is not None and self.ctx.direction == INBOUND:
+            self.ex.lkey = inbound_label_keys(self.ctx, transport)[0]
 
     def close_if_idle(self) -> None:
         """Draining: close a keep-alive connection that has no request in flight."""
@@ -375,6 +398,9 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        if self.busy and not self.ex.finished:  # the client left mid-exchange: count it
+            self.ex.add_flag(DC)
+            self.ex.done(self.resp_status if self.resp_started else 0)
         self.ctx.stats.conn_closed(self.ctx.direction)
         if self.ctx.registry is not None:
             self.ctx.registry.discard(self)
@@ -498,8 +524,10 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
+        rid = b""
         if not has_id:
-            out.append(b"x-request-id: %s\r\n" % request_id())
+            rid = request_id()
+            out.append(b"x-request-id: %s\r\n" % rid)
         if self.xfcc:
             out.append(self.xfcc)
         if chunked:
@@ -508,6 +536,10 @@ class H1Downstream(asyncio.Protocol):
             out.append(b"content-length: %s\r\n" % cl)
         if upgrade:
             out.append(b"connection: upgrade\r\n")
+        ex = self.ex
+        protocol = "HTTP/1.0" if version == "1.0" else "HTTP/1.1"
+        if ctx.tracer is not None:
+            out = h1_rewrite(out, ex.trace(ctx.tracer, self.headers, method, self.url, protocol))
         out.append(b"\r\n")
         self.busy = True
         self.method = method
@@ -520,12 +552,16 @@ class H1Downstream(asyncio.Protocol):
         self.http10 = version == "1.0"
         self.upgrade = upgrade
         self.resp_started = False
-        ex = self.ex  # Exchange.restart, inlined: this is the per-request hot path
+        # Exchange.restart, inlined (this is the per-request hot path), and what the access
+        # log prints of the request.
         ex.service, ex.peer, ex.started, ex.finished = (ctx.service, ctx.peer_identity,
                                                          time.monotonic(), False)
+        ex.flags, ex.req_bytes, ex.resp_bytes, ex.upstream, ex.request_id = NO_FLAGS, 0, 0, None, rid
+        ex.method, ex.path, ex.req_headers, ex.protocol = method, self.url, self.headers, protocol
         self.pending_dispatch = True
 
     def _body(self, body: bytes) -> None:
+        self.ex.req_bytes += len(body)
         up = self.up
         if up is None:
             self.req_body.append(body)
@@ -562,9 +598,10 @@ class H1Downstream(asyncio.Protocol):
             return self.target
         d = decide_outbound(ctx, self.method, self.url, self.headers)
         if d.endpoint is None:
+            self.ex.unrouted(d)
             self._local_reply(d.status, d.message)
             return None
-        target = _Target(d.endpoint, d.timeout, d.connect_timeout, ALPN_H1, OUTBOUND)
+        target = _Target(d.endpoint, d.timeout, d.connect_timeout, ALPN_H1, OUTBOUND, d.service)
         if router is not None and router.is_fixed(ctx.outbound_port):
             self.target, self.target_router = target, router
         return target
@@ -573,6 +610,7 @@ class H1Downstream(asyncio.Protocol):
         target = self._route()
         if target is None:
             return
+        self.ex.route_to(target.endpoint, target.service)
         if target.timeout:
             self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
         self.decision_key = key = target.key
@@ -590,6 +628,7 @@ class H1Downstream(asyncio.Protocol):
             _, up, peer = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
         except UpstreamError as e:
             if not self.closed and self.busy:
+                self.ex.add_flag(UF)
                 self._local_reply(503, f"upstream connect error: {e}")
             return
         except Exception:
@@ -640,12 +679,15 @@ class H1Downstream(asyncio.Protocol):
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
                 return
+            self.ex.add_flag(UC)
             self._local_reply(502, replies.UPSTREAM_RESET)
             return
         if self.resp_until_close:
             self._finish_response(reusable=False)
             self.flush()
-        else:
+        else:  # cut short: the client sees the connection reset
+            self.ex.add_flag(UC)
+            self.ex.done(self.resp_status)
             self.transport.abort()
 
     def _dispatch_retry(self) -> None:
@@ -655,6 +697,7 @@ class H1Downstream(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self.timer = None
+        self.ex.add_flag(UT)
         up = self.up
         if up is not None:
             self.up = None
@@ -663,6 +706,7 @@ class H1Downstream(asyncio.Protocol):
         if not self.resp_started:
             self._local_reply(504, replies.UPSTREAM_TIMEOUT)
         else:
+            self.ex.done(self.resp_status)
             self.transport.abort()
 
     def _cancel_timer(self) -> None:
@@ -842,5 +886,6 @@ class H1Downstream(asyncio.Protocol):
         if close:
             self.keep_alive = False
         self.resp_chunked = False
+        self.ex.resp_bytes = len(body)
         self._exchange_done(status)
         self.flush()

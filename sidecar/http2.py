@@ -37,13 +37,26 @@ from .http.events import (
     NoStreamAvailable,
     StreamGone,
 )
-from .http.exchange import Authorizer, Exchange, authorize, decide_outbound
+from .http.exchange import (
+    Authorizer,
+    Exchange,
+    authorize,
+    decide_outbound,
+    grpc_status,
+    inbound_label_keys,
+)
 from .http.headers import request_headers, response_headers, xfcc_value
+from .labels import GRPC, HTTP
+from .tracing import h2_rewrite
+from .traffic.flags import DC, UC, UF, UT
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
+    from sidecar.accesslog import AccessLog
+    from sidecar.labels import Labeler
     from sidecar.routing import Router
     from sidecar.stats import Stats
+    from sidecar.tracing import Tracer
     from sidecar.upstream import Connector
 
 log = logging.getLogger("remora.http2")
@@ -78,6 +91,9 @@ class H2Context:
     current_router: Callable[[], Router] | None = None
     original_dst: tuple[str, int] | None = None
     authorizer: Authorizer | None = None  # inbound: the authorization policy (None: none)
+    labels: Labeler | None = None  # Istio's metric labels (None: only the remora_* series)
+    tracer: Tracer | None = None  # None: tracing off, trace headers pass through untouched
+    access_log: AccessLog | None = None  # None: access logs off
 
 
 class _Side(asyncio.Protocol):
@@ -175,6 +191,10 @@ class _Side(asyncio.Protocol):
         if ex is None:  # stream already torn down: give the window back and drop the bytes
             self.ack(ev.flow, ev.stream_id)
             return
+        if self.client_side:  # body bytes: an upstream sends the response
+            ex.resp_bytes += len(ev.data)
+        else:
+            ex.req_bytes += len(ev.data)
         self.in_pipe(ex).push(ev.data, ev.flow)
 
     def _on_trailers(self, ev: ev_.Trailers) -> None:
@@ -380,6 +400,7 @@ class _Exchange(Exchange):
         except Exception as e:  # UpstreamError, OSError, TimeoutError: all mean 503
             self.task = None
             log.info("h2 upstream %s:%s (%s) failed: %s", endpoint.address, endpoint.port, alpn, e)
+            self.add_flag(UF)
             self.local_reply(503, f"upstream connect error: {e}")
             return
         self.task = None
@@ -395,6 +416,8 @@ class _Exchange(Exchange):
             if status >= 200:
                 self.status = status
                 self.response_started = True
+                if ended and self.grpc:  # trailers-only: grpc-status is in the head
+                    self.grpc_status = grpc_status(head.headers)
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
             self.down.codec.send_response_head(self.down_sid, status,
                                                response_headers(head.headers), ended)
@@ -423,11 +446,13 @@ class _Exchange(Exchange):
         if self.finished:
             return
         if side is self.down:
+            self.add_flag(DC)
             if self.up is not None:
                 self.up.reset(self.up_sid, code)
         elif self.response_received():
             return
         else:
+            self.add_flag(UC)
             self.down.reset(self.down_sid, code)
         self.finish(self.status)
 
@@ -446,14 +471,17 @@ class _Exchange(Exchange):
         if self.finished:
             return
         if side is self.down:
+            self.add_flag(DC)
             if self.up is not None:
                 self.up.reset(self.up_sid, CANCEL)
             self.finish(self.status)
         elif self.response_received():
             return
         elif not self.response_started:
+            self.add_flag(UC)
             self.local_reply(503, replies.UPSTREAM_RESET)
         else:
+            self.add_flag(UC)
             self.down.reset(self.down_sid, INTERNAL_ERROR)
             self.finish(self.status)
 
@@ -466,6 +494,7 @@ class _Exchange(Exchange):
         self.timer = None
         if self.finished:
             return
+        self.add_flag(UT)
         if self.up is not None:
             self.up.reset(self.up_sid, CANCEL)
         if self.response_started:
@@ -487,12 +516,14 @@ class _Exchange(Exchange):
             codec, sid = down.codec, self.down_sid
             try:
                 if self.grpc:
-                    codec.send_response_head(sid, status, replies.grpc_headers(status, message),
-                                             end_stream=True)
+                    headers = replies.grpc_headers(status, message)
+                    self.grpc_status = grpc_status(headers)
+                    codec.send_response_head(sid, status, headers, end_stream=True)
                 else:
                     headers, body = replies.plain_headers(status, message)
                     codec.send_response_head(sid, status, headers)
                     codec.send_data(sid, body, end_stream=True)
+                    self.resp_bytes = len(body)
                 if not self.req.ended:  # we answered: the rest of the request is not wanted
                     codec.send_reset(sid, NO_ERROR)
             except StreamGone:
@@ -502,6 +533,8 @@ class _Exchange(Exchange):
 
     def finish(self, status: int) -> None:
         """Count the exchange once and release both streams."""
+        if self.grpc and not self.grpc_status and not self.finished:
+            self.grpc_status = grpc_status(self.resp.trailers)
         if not self.done(status):
             return
         if self.timer is not None:
@@ -677,11 +710,14 @@ class H2Downstream(_Side):
         self.inbound_service = f"inbound|{ctx.inbound_target[1]}" if ctx.inbound_target else ""
         # Inbound: what this proxy asserts about the verified peer (None: plaintext, no peer).
         self.xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity) if ctx.inbound_target else None
+        self.lkeys = ("", "")  # inbound: this connection's label keys for HTTP, gRPC
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
+        if self.ctx.labels is not None and self.inbound_endpoint is not None:
+            self.lkeys = inbound_label_keys(self.ctx, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ctx.registry is not None:
@@ -740,8 +776,14 @@ class H2Downstream(_Side):
         if ev.end_stream:
             ex.req.ended = True
         ctx = self.ctx
+        ex.method, ex.path, ex.req_headers, ex.protocol = method, path, headers, "HTTP/2"
+        if ctx.tracer is not None:
+            headers = ev.headers = h2_rewrite(
+                headers, ex.trace(ctx.tracer, headers, method, path, "HTTP/2"))
         if self.inbound_endpoint is not None:
             ex.service = self.inbound_service  # named like the HTTP/1.1 inbound side
+            ex.lkey = self.lkeys[ex.grpc]
+            ex.upstream = self.inbound_endpoint
             denied = authorize(ctx, method, path, authority, headers)
             if denied is not None:
                 ex.local_reply(denied.status, denied.message)
@@ -766,8 +808,10 @@ class H2Downstream(_Side):
             ex.service = d.service
             ex.connect_timeout = d.connect_timeout
         if d.endpoint is None:
+            ex.unrouted(d, GRPC if ex.grpc else HTTP)
             ex.local_reply(d.status, d.message)
             return None
+        ex.route_to(d.endpoint, d.service, GRPC if ex.grpc else HTTP)
         if d.timeout:
             ex.timer = asyncio.get_running_loop().call_later(d.timeout, ex.on_timeout)
         return d.endpoint

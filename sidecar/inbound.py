@@ -204,7 +204,8 @@ def h1_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None,
     return H1Context(INBOUND, rt.inbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                      inbound_target=dst, peer_identity=peer, local_identity=rt.identity,
                      service=f"inbound|{dst[1]}", registry=rt.http_conns,
-                     authorizer=authorizer_for(gate))
+                     authorizer=authorizer_for(gate), labels=rt.labels, tracer=rt.tracer,
+                     access_log=rt.access_log)
 
 
 def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None,
@@ -214,7 +215,8 @@ def h2_context(rt: ProxyRuntime, dst: tuple[str, int], peer: str | None,
                            stats=rt.stats, draining=rt.is_draining,
                            pool=rt.h2_pools[INBOUND], registry=rt.http_conns,
                            closed=lambda: rt.stats.conn_closed(INBOUND),
-                           local_identity=rt.identity, authorizer=authorizer_for(gate))
+                           local_identity=rt.identity, authorizer=authorizer_for(gate),
+                           labels=rt.labels, tracer=rt.tracer, access_log=rt.access_log)
 
 
 def authorizer_for(gate: authz.Gate | None) -> Authorizer | None:

@@ -11,7 +11,6 @@ number of series is bounded by the mesh's size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from control_plane.api.model import Endpoint, ProxyConfig, WorkloadMeta
@@ -78,38 +77,39 @@ class Labeler:
             self.identity = identity
         self._cache = {}
 
-    def _cached(self, ck: tuple[Any, ...], make: Callable[[], tuple[str, ...]]) -> str:
-        key = self._cache.get(ck)
-        if key is None:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache = {}
-            key = self._cache[ck] = render(make())
+    def _store(self, ck: tuple[Any, ...], values: tuple[str, ...]) -> str:
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache = {}
+        key = self._cache[ck] = render(values)
         return key
 
     def outbound(self, service: str, endpoint: Endpoint | None, protocol: str) -> str:
-        """reporter=source: this proxy's workload calling ``endpoint`` of ``service``."""
+        """reporter=source: this proxy's workload calling ``endpoint`` of ``service``.
+        Called per request: a hit is one tuple and one dict lookup."""
         ck = (SOURCE, service, endpoint.address if endpoint else "",
               endpoint.port if endpoint else 0, protocol)
-
-        def make() -> tuple[str, ...]:
-            sw = _workload(self.own)
-            dw = _workload(endpoint.workload if endpoint else None)
-            return (SOURCE, sw[0], sw[1], self.identity or UNKNOWN, sw[2], sw[3], sw[4],
-                    dw[0], dw[1], (endpoint.identity if endpoint else None) or UNKNOWN,
-                    dw[2], dw[3], *_service(service), dw[4], protocol, UNKNOWN)
-        return self._cached(ck, make)
+        key = self._cache.get(ck)
+        if key is not None:
+            return key
+        sw = _workload(self.own)
+        dw = _workload(endpoint.workload if endpoint else None)
+        return self._store(ck, (
+            SOURCE, sw[0], sw[1], self.identity or UNKNOWN, sw[2], sw[3], sw[4],
+            dw[0], dw[1], (endpoint.identity if endpoint else None) or UNKNOWN,
+            dw[2], dw[3], *_service(service), dw[4], protocol, UNKNOWN))
 
     def inbound(self, source_address: str | None, dst: tuple[str, int],
                 peer_identity: str | None, protocol: str) -> str:
         """reporter=destination: a client at ``source_address`` calling this pod at ``dst``."""
         src = (source_address or "").removeprefix("::ffff:")
         ck = (DESTINATION, src, dst, peer_identity, protocol)
-
-        def make() -> tuple[str, ...]:
-            sw = _workload(self.peers.get(src))
-            dw = _workload(self.own)
-            host = self.inbound_services.get((dst[0].removeprefix("::ffff:"), dst[1]), "")
-            return (DESTINATION, sw[0], sw[1], peer_identity or UNKNOWN, sw[2], sw[3], sw[4],
-                    dw[0], dw[1], self.identity or UNKNOWN, dw[2], dw[3], *_service(host),
-                    dw[4], protocol, "mutual_tls" if peer_identity else "none")
-        return self._cached(ck, make)
+        key = self._cache.get(ck)
+        if key is not None:
+            return key
+        sw = _workload(self.peers.get(src))
+        dw = _workload(self.own)
+        host = self.inbound_services.get((dst[0].removeprefix("::ffff:"), dst[1]), "")
+        return self._store(ck, (
+            DESTINATION, sw[0], sw[1], peer_identity or UNKNOWN, sw[2], sw[3], sw[4],
+            dw[0], dw[1], self.identity or UNKNOWN, dw[2], dw[3], *_service(host),
+            dw[4], protocol, "mutual_tls" if peer_identity else "none"))

@@ -67,7 +67,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
         ctx = H1Context(OUTBOUND, rt.outbound_connector, rt.h1_pool, rt.stats, rt.is_draining,
                         router=router, outbound_port=port, service=port.service,
                         registry=rt.http_conns, local_identity=rt.identity,
-                        current_router=lambda: rt.router, original_dst=dst)
+                        current_router=lambda: rt.router, original_dst=dst, labels=rt.labels,
+                        tracer=rt.tracer, access_log=rt.access_log)
         await loop.connect_accepted_socket(lambda: H1Downstream(ctx), sock)
         return
     if kind == detect.H2 and rt.h2 is not None:
@@ -76,7 +77,8 @@ async def _serve_inner(rt: ProxyRuntime, sock: socket.socket, dst: tuple[str, in
                                stats=rt.stats, draining=rt.is_draining,
                                pool=rt.h2_pools[OUTBOUND], registry=rt.http_conns,
                                closed=lambda: rt.stats.conn_closed(OUTBOUND),
-                               current_router=lambda: rt.router, original_dst=dst)
+                               current_router=lambda: rt.router, original_dst=dst,
+                               labels=rt.labels, tracer=rt.tracer, access_log=rt.access_log)
         await loop.connect_accepted_socket(
             lambda: rt.h2.H2Downstream(ctx2), sock)
         return

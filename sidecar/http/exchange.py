@@ -38,18 +38,28 @@ from typing import TYPE_CHECKING, Protocol
 
 from control_plane.api.model import Endpoint
 
+from ..labels import GRPC, HTTP
+from ..tracing import CLIENT as CLIENT_SPAN
+from ..tracing import SERVER as SERVER_SPAN
+from ..traffic.flags import NR, UH
 from .headers import Headers
 
 if TYPE_CHECKING:
+    import asyncio
+
     from control_plane.api.model import OutboundPort
 
+    from ..accesslog import AccessLog
+    from ..labels import Labeler
     from ..routing import RouteDecision, Router
     from ..stats import Stats
+    from ..tracing import Span, Tracer
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 NO_FLAGS = "-"  # Envoy's response_flags when there are none
 INBOUND_CONNECT_TIMEOUT = 5.0  # the hop to the app in the same pod
 FORBIDDEN = "RBAC: access denied"
+_NO_HEADERS: Headers = []  # shared placeholder, never mutated: no list per exchange
 
 
 class RequestAttrs:
@@ -83,6 +93,9 @@ class ExchangeContext(Protocol):
     original_dst: tuple[str, int] | None
     authorizer: Authorizer | None
     stats: Stats
+    labels: Labeler | None  # Istio's metric labels (None: only the remora_* series)
+    tracer: Tracer | None  # None: tracing off, trace headers pass through untouched
+    access_log: AccessLog | None  # None: access logs off
 
 
 class Decision:
@@ -160,13 +173,18 @@ def authorize(ctx: ExchangeContext, method: bytes, path: bytes, authority: bytes
 class Exchange:
     """Accounting shared by both relays: one exchange is counted exactly once.
 
-    Besides the remora_* accounting it carries what Istio's telemetry and Envoy's response
-    flags need, filled in by whoever learns it: ``flags`` (sidecar/traffic/flags.py names,
-    joined with ","; "-" when none), body byte counts, and the upstream endpoint it went to.
+    Besides the remora_* accounting it carries what Istio's telemetry (docs/telemetry.md)
+    and Envoy's response flags need, filled in by whoever learns it: ``flags``
+    (sidecar/traffic/flags.py names, joined with ","; "-" when none), body byte counts, the
+    upstream endpoint it went to, the Istio label key ``lkey`` ("" when metrics labels are
+    off), the gRPC status, the span (tracing on), and what the access log prints of the
+    request. ``done`` reports it all: the one call of ``stats.exchange_done``, the access
+    log and ``Tracer.end`` per exchange.
     """
 
     __slots__ = ("ctx", "direction", "service", "peer", "started", "finished", "flags",
-                 "req_bytes", "resp_bytes", "upstream")
+                 "req_bytes", "resp_bytes", "upstream", "lkey", "grpc_status", "span",
+                 "request_id", "method", "path", "req_headers", "protocol")
 
     def __init__(self, ctx: ExchangeContext) -> None:
         self.ctx = ctx
@@ -181,6 +199,13 @@ class Exchange:
         self.req_bytes = 0
         self.resp_bytes = 0
         self.upstream: Endpoint | None = None
+        self.lkey = ""  # inbound: the connection's (relay); outbound: set by ``route_to``
+        self.grpc_status = ""  # gRPC only: from the trailers or a trailers-only head
+        self.span: Span | None = None
+        self.request_id = b""  # the x-request-id this proxy added when the relay keeps it aside
+        self.method = self.path = b""
+        self.req_headers: Headers = _NO_HEADERS  # the request's list, set by the relay
+        self.protocol = ""  # the access log's %PROTOCOL%: HTTP/1.1, HTTP/1.0, HTTP/2
 
     def restart(self, service: str) -> None:
         """Reuse this object for the next exchange on the connection (HTTP/1.1: one at a time)."""
@@ -191,16 +216,114 @@ class Exchange:
         self.flags = NO_FLAGS
         self.req_bytes = self.resp_bytes = 0
         self.upstream = None
+        self.request_id = b""
 
     def add_flag(self, flag: str) -> None:
-        """Record an Envoy response flag (UF, UT, NR, UO, URX, DI, FI, UH...)."""
+        """Record an Envoy response flag (UF, UT, NR, UO, URX, DI, FI, UH, UC, DC...)."""
         self.flags = flag if self.flags == NO_FLAGS else f"{self.flags},{flag}"
 
+    def route_to(self, endpoint: Endpoint | None, service: str, protocol: str = HTTP) -> None:
+        """The route decision is known: the upstream endpoint (None: none) and, outbound,
+        the cluster's service, which names the reporter=source series (one cached lookup)."""
+        self.upstream = endpoint
+        if service:
+            self.service = service
+        labels = self.ctx.labels
+        if labels is not None and self.direction == OUTBOUND:
+            self.lkey = labels.outbound(service, endpoint, protocol)
+
+    def unrouted(self, decision: Decision, protocol: str = HTTP) -> None:
+        """Outbound, answered locally for want of an endpoint: NR (no route: 404, or no
+        router) or UH (no healthy upstream)."""
+        self.add_flag(NR if decision.status == 404 or not decision.service else UH)
+        port = self.ctx.outbound_port
+        self.route_to(None, decision.service or (port.service if port is not None else ""),
+                      protocol)
+
+    def trace(self, tracer: Tracer, headers: Headers, method: bytes, path: bytes,
+              protocol: str) -> Headers:
+        """Tracing on, at the request head: start this hop's span; returns the trace headers
+        to forward in place of the request's (tracing.h1_rewrite / h2_rewrite)."""
+        ctx = self.ctx
+        inbound = self.direction == INBOUND
+        span, forward = tracer.start(headers, SERVER_SPAN if inbound else CLIENT_SPAN,
+                                     span_name(ctx), method, path, protocol)
+        self.span = span
+        return forward
+
     def done(self, status: int) -> bool:
-        """Count the exchange (once; False if it already was)."""
+        """Count the exchange (once; False if it already was): the remora_* and Istio series,
+        the access log line, the span."""
         if self.finished:
             return False
         self.finished = True
-        self.ctx.stats.request_done(self.direction, self.service, status,
-                                    time.monotonic() - self.started, self.peer)
+        ctx = self.ctx
+        duration = time.monotonic() - self.started
+        ctx.stats.request_done(self.direction, self.service, status, duration, self.peer)
+        if self.lkey:
+            ctx.stats.exchange_done(self.lkey, status, self.grpc_status, self.flags,
+                                    self.req_bytes, self.resp_bytes, duration)
+        if self.span is not None or ctx.access_log is not None:
+            self._report(status, duration)
         return True
+
+    def _report(self, status: int, duration: float) -> None:
+        """The access log line and the span's end (only when either is on)."""
+        ctx = self.ctx
+        cluster = upstream_cluster(ctx, self.service)
+        span = self.span
+        log = ctx.access_log
+        if log is not None:
+            up = self.upstream
+            inbound = self.direction == INBOUND
+            log.request(time.time() - duration, self.method, self.path, self.protocol, status,
+                        self.flags, self.req_bytes, self.resp_bytes, duration, self.req_headers,
+                        self.request_id, f"{up.address}:{up.port}" if up else "", cluster,
+                        self.peer if inbound else None, None if inbound else self.peer,
+                        span.trace_id if span is not None else 0)
+        tracer = ctx.tracer
+        if span is not None and tracer is not None:
+            self.span = None
+            tracer.end(span, status, self.flags, cluster, self.peer, self.req_bytes,
+                       self.resp_bytes, self.request_id)
+
+
+def inbound_label_keys(ctx: ExchangeContext,
+                       transport: asyncio.BaseTransport) -> tuple[str, str]:
+    """Inbound: the connection's label keys for HTTP and gRPC requests (reporter=destination),
+    looked up once per connection; ("", "") when there are none."""
+    labels, dst = ctx.labels, ctx.inbound_target
+    if labels is None or dst is None:
+        return ("", "")
+    peer = transport.get_extra_info("peername")
+    src = peer[0] if peer else None
+    return (labels.inbound(src, dst, ctx.peer_identity, HTTP),
+            labels.inbound(src, dst, ctx.peer_identity, GRPC))
+
+
+def span_name(ctx: ExchangeContext) -> str:
+    """Istio's span name, "<service host>:<port>/*"."""
+    dst = ctx.inbound_target
+    if dst is not None:
+        labels = ctx.labels
+        host = labels.inbound_services.get(dst) if labels is not None else None
+        return f"{host or 'inbound'}:{dst[1]}/*"
+    port = ctx.outbound_port
+    return f"{port.service}:{port.port}/*" if port is not None else "outbound/*"
+
+
+def upstream_cluster(ctx: ExchangeContext, service: str) -> str:
+    """Istio's Envoy cluster name: outbound|<port>||<service host>, inbound|<port>||."""
+    if ctx.inbound_target is not None:
+        return f"inbound|{ctx.inbound_target[1]}||"
+    port = ctx.outbound_port
+    number = port.port if port is not None else ctx.original_dst[1] if ctx.original_dst else 0
+    return f"outbound|{number}||{service}"
+
+
+def grpc_status(headers: Headers | None) -> str:
+    """The grpc-status of trailers or a trailers-only head ("" when absent)."""
+    for name, value in headers or ():
+        if name == b"grpc-status":
+            return value.decode("latin-1")
+    return ""

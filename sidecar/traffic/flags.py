@@ -10,6 +10,8 @@ UT = "UT"  # upstream request timeout (504)
 DI = "DI"  # the request was delayed by fault injection
 FI = "FI"  # the request was aborted by fault injection
 UH = "UH"  # no healthy upstream host (503)
+UC = "UC"  # upstream connection terminated or reset (502/503 before the response head)
+DC = "DC"  # downstream connection terminated (the client went away mid-exchange)
 
 DESCRIPTIONS = {
     NR: "no route", UO: "upstream overflow", UF: "upstream connection failure",

@@ -44,6 +44,9 @@ class Ctx:
     original_dst: tuple[str, int] | None = None
     authorizer: object = None
     stats: Stats = field(default_factory=Stats)
+    labels: object = None
+    tracer: object = None
+    access_log: object = None
 
 
 def router(cfg: dict = CFG) -> Router:

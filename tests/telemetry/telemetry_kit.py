@@ -10,6 +10,7 @@ from pathlib import Path
 from cp_mesh import CpMesh
 
 from local_cluster import netns
+from sidecar.tracing import Span
 
 BIN = Path(sys.executable).parent  # the virtualenv's console scripts
 
@@ -23,3 +24,19 @@ def cp_mesh_on(node: netns.Node, **proxy_env: str) -> Iterator[CpMesh]:
         yield mesh
     finally:
         mesh.close()
+
+
+class SpanSink:
+    """A tracing sink that keeps the finished spans (tests without an OTLP receiver)."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def submit(self, span: Span, end_ns: int) -> None:
+        self.spans.append(span)
+
+    def set_service(self, name: str) -> None:
+        pass
+
+    def render(self) -> str:
+        return ""
