@@ -13,6 +13,8 @@ import argparse
 import importlib
 from types import ModuleType
 
+from remoractl.target import one_line
+
 SUBCOMMANDS: tuple[str, ...] = ("inject", "local", "demo", "proxy_status", "upgrade")
 SUBCOMMANDS += ("version", "analyze", "check")
 SUBCOMMANDS += ("stat", "dashboard")
@@ -27,5 +29,5 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in modules():
         sub = module.add_parser(subparsers)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=one_line(module.run))  # a TargetError is one line, exit code 1
     return parser

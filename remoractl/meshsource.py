@@ -4,12 +4,14 @@ Two sources, one shape (``current(window)`` → the view of ``remoractl/meshview
 proxies' sync status):
 
 - the local cluster, with no setup: its daemon knows every pod's network namespace and
-  address; every proxy's ``:15090/stats/prometheus`` and the control plane's proxy status
-  (on the node's bridge address) are read from inside those namespaces, and rates come from
-  successive scrapes;
+  address; every proxy's ``:15090/stats/prometheus`` is read from inside those namespaces, and
+  rates come from successive scrapes;
 - a Prometheus that scrapes the proxies (``--prometheus URL``, e.g. on Kubernetes after
-  ``kubectl port-forward``): ``increase(...[window])`` of Istio's metrics, and the proxy
-  status from ``--control-plane-url`` when given.
+  ``kubectl port-forward``): ``increase(...[window])`` of Istio's metrics.
+
+The proxies' sync status comes from the control plane, found as by every live command
+(``remoractl/target.py``); with ``--prometheus`` a control plane that cannot be found only
+leaves the sync status out.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import asyncio
 import collections
 import json
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.api.ports import METRICS_PORT, MONITORING_PORT
-from local_cluster import client, config, meshstats, netns, nsutil
+from control_plane.api.ports import METRICS_PORT
+from local_cluster import client, config, meshstats, nsutil
 from local_cluster.meshstats import Sample
 from remoractl import meshview
+from remoractl.target import Target, TargetError, add_target_args, resolve
 
 TIMEOUT = 3.0
 
@@ -56,8 +58,8 @@ def _result(source: str, view: dict[str, Any], pods: list, errors: dict, proxies
 class LocalSource:
     """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
 
-    def __init__(self, state: config.StateDir, namespace: str | None = None) -> None:
-        self.state, self.namespace = state, namespace
+    def __init__(self, state: config.StateDir, target: Target, namespace: str | None = None) -> None:
+        self.state, self.target, self.namespace = state, target, namespace
         self.history: collections.deque[Snapshot] = collections.deque()
 
     def describe(self) -> str:
@@ -86,7 +88,7 @@ class LocalSource:
         meshed = [p for p in pods if p.get("podIP") and "remora-proxy" in
                   {c["name"] for c in p["containers"]}]
         results = await asyncio.gather(*(self._scrape(p) for p in meshed),
-                                       self._proxies(status["node"]["netns"]))
+                                       proxy_status(self.target, self.namespace))
         snap = Snapshot(time.monotonic(), [
             {"name": p["name"], "namespace": p["namespace"],
              "workload": f"{p['workload']}.{p['namespace']}", "ip": p.get("podIP") or "",
@@ -111,22 +113,22 @@ class LocalSource:
             return f"HTTP {code}"
         return meshstats.parse(body.decode(errors="replace"))
 
-    async def _proxies(self, node_netns: str) -> tuple[list[dict[str, Any]], str]:
-        try:
-            code, body = await nsutil.http_get_in(node_netns, str(netns.GATEWAY), MONITORING_PORT,
-                                                  "/debug/proxies", timeout=TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return [], f"control plane not reachable: {type(e).__name__}: {e}"
-        return _proxies_from(code, body, self.namespace)
 
 
-def _proxies_from(code: int, body: bytes, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-    if code != 200:
-        return [], f"control plane answered HTTP {code}"
+async def proxy_status(target: Target | TargetError, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The control plane's proxy list (one namespace's), or why there is none."""
     try:
-        proxies = json.loads(body)["proxies"]
-    except (ValueError, KeyError, TypeError):
-        return [], "control plane answered something other than its proxy list"
+        if isinstance(target, TargetError):
+            raise target
+        code, body = await asyncio.to_thread(target.get, "/debug/proxies")
+    except TargetError as e:
+        return [], str(e)
+    if code != 200:
+        return [], f"{target.where} answered HTTP {code}"
+    try:
+        proxies = body["proxies"]
+    except (KeyError, TypeError):
+        return [], f"{target.where} answered something other than its proxy list"
     if namespace is not None:
         proxies = [p for p in proxies if p["proxy_id"].endswith(f".{namespace}")]
     return proxies, ""
@@ -142,13 +144,12 @@ _RAW = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_tota
 class PrometheusSource:
     """A Prometheus server at ``url`` that scrapes the proxies (``/api/v1/query``)."""
 
-    def __init__(self, url: str, control_plane_url: str | None = None,
-                 namespace: str | None = None) -> None:
+    def __init__(self, url: str, target: Target | TargetError, namespace: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"--prometheus {url!r}: accepted: an http(s) URL such as "
                               "http://127.0.0.1:9090")
-        self.url, self.control_plane_url, self.namespace = url.rstrip("/"), control_plane_url, namespace
+        self.url, self.target, self.namespace = url.rstrip("/"), target, namespace
 
     def describe(self) -> str:
         return f"Prometheus {self.url}"
@@ -168,7 +169,7 @@ class PrometheusSource:
                 if name in _RAW:  # read as it is: no increase in the window
                     before[(name, labels)] = float(row["value"][1])
         view = meshview.view({"prometheus": before}, {"prometheus": after}, float(seconds))
-        proxies, proxies_error = await asyncio.to_thread(self._proxy_status)
+        proxies, proxies_error = await proxy_status(self.target, self.namespace)
         return _result(self.describe(), view, [], {}, proxies, proxies_error)
 
     def _query(self, query: str) -> list[dict[str, Any]]:
@@ -182,18 +183,6 @@ class PrometheusSource:
             raise SourceError(f"Prometheus at {self.url} refused {query!r}: {body.get('error')}")
         return body["data"]["result"]
 
-    def _proxy_status(self) -> tuple[list[dict[str, Any]], str]:
-        if not self.control_plane_url:
-            return [], "no --control-plane-url: proxy sync status not shown"
-        try:
-            with urllib.request.urlopen(self.control_plane_url.rstrip("/") + "/debug/proxies",
-                                        timeout=10) as r:
-                return _proxies_from(r.status, r.read(), self.namespace)
-        except urllib.error.HTTPError as e:
-            return [], f"control plane answered HTTP {e.code}"
-        except OSError as e:
-            return [], f"control plane not reachable: {e}"
-
 
 Source = LocalSource | PrometheusSource
 
@@ -203,12 +192,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus", metavar="URL",
                    help="read a Prometheus that scrapes the proxies (e.g. on Kubernetes after "
                         "kubectl port-forward) instead of the local cluster")
-    p.add_argument("--control-plane-url", metavar="URL",
-                   help="with --prometheus: remora-control's monitoring address, for the proxies' "
-                        "sync status (e.g. http://127.0.0.1:15014)")
+    add_target_args(p)
 
 
 def from_args(args: argparse.Namespace) -> Source:
+    """The source the flags name; TargetError when there is no control plane to read."""
     if args.prometheus:
-        return PrometheusSource(args.prometheus, args.control_plane_url, args.namespace)
-    return LocalSource(config.StateDir.from_env(), args.namespace)
+        try:
+            target: Target | TargetError = resolve(args)
+        except TargetError as e:  # the metrics are Prometheus's: only the sync status is missing
+            target = e
+        return PrometheusSource(args.prometheus, target, args.namespace)
+    target = resolve(args)
+    if target.state is not None:
+        return LocalSource(target.state, target, args.namespace)
+    target.get("/debug/proxies")  # an unreachable control plane is the first thing to say
+    raise SourceError(f"the proxies' metrics are read from the local cluster or a Prometheus; with "
+                      f"{target.where} give --prometheus URL (a Prometheus that scrapes the proxies)")
