@@ -26,13 +26,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.api.ports import METRICS_PORT
-from local_cluster import client, config, meshstats, nsutil
+from local_cluster import client, config
 from local_cluster.meshstats import Sample
-from remoractl import meshview
+from remoractl import meshview, podmetrics
 from remoractl.target import Target, TargetError, add_target_args, resolve
-
-TIMEOUT = 3.0
 
 
 class SourceError(RuntimeError):
@@ -55,15 +52,23 @@ def _result(source: str, view: dict[str, Any], pods: list, errors: dict, proxies
             "proxies_error": proxies_error}
 
 
-class LocalSource:
-    """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
+class _Scraped:
+    """Every meshed pod's proxy scraped now; rates from successive scrapes. Subclasses say
+    which pods there are (``_pods``) and how one is scraped (``_scrape``)."""
 
-    def __init__(self, state: config.StateDir, target: Target, namespace: str | None = None) -> None:
-        self.state, self.target, self.namespace = state, target, namespace
+    def __init__(self, target: Target, namespace: str | None) -> None:
+        self.target, self.namespace = target, namespace
         self.history: collections.deque[Snapshot] = collections.deque()
 
     def describe(self) -> str:
-        return f"local cluster {self.state.root}"
+        raise NotImplementedError
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        """name, namespace, workload, ip, meshed, and what ``_scrape`` needs."""
+        raise NotImplementedError
+
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        raise NotImplementedError
 
     async def current(self, window: float) -> dict[str, Any]:
         """Scrape now; rates over the scrapes of the last ``window`` seconds (none yet: 0)."""
@@ -79,20 +84,12 @@ class LocalSource:
                        snap.proxies_error)
 
     async def snapshot(self) -> Snapshot:
-        try:
-            status = await asyncio.to_thread(client.checked, self.state, "GET", "/status")
-        except client.ClusterError as e:
-            raise SourceError(str(e)) from None
-        pods = [p for p in status["pods"]
-                if self.namespace is None or p["namespace"] == self.namespace]
-        meshed = [p for p in pods if p.get("podIP") and "remora-proxy" in
-                  {c["name"] for c in p["containers"]}]
+        pods = await self._pods()
+        meshed = [p for p in pods if p["meshed"]]
         results = await asyncio.gather(*(self._scrape(p) for p in meshed),
                                        proxy_status(self.target, self.namespace))
         snap = Snapshot(time.monotonic(), [
-            {"name": p["name"], "namespace": p["namespace"],
-             "workload": f"{p['workload']}.{p['namespace']}", "ip": p.get("podIP") or "",
-             "meshed": p in meshed} for p in pods], {})
+            {k: p[k] for k in ("name", "namespace", "workload", "ip", "meshed")} for p in pods], {})
         scraped: list[Any] = list(results[:-1])
         for p, r in zip(meshed, scraped, strict=True):
             if isinstance(r, str):
@@ -103,16 +100,76 @@ class LocalSource:
         snap.proxies, snap.proxies_error = last
         return snap
 
-    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
-        try:
-            code, body = await nsutil.http_get_in(p["netns"], p["podIP"], METRICS_PORT,
-                                                  "/stats/prometheus", timeout=TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return f"{type(e).__name__}: {e}"
-        if code != 200:
-            return f"HTTP {code}"
-        return meshstats.parse(body.decode(errors="replace"))
 
+class LocalSource(_Scraped):
+    """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
+
+    def __init__(self, state: config.StateDir, target: Target, namespace: str | None = None) -> None:
+        super().__init__(target, namespace)
+        self.state = state
+
+    def describe(self) -> str:
+        return f"local cluster {self.state.root}"
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        try:
+            status = await asyncio.to_thread(client.checked, self.state, "GET", "/status")
+        except client.ClusterError as e:
+            raise SourceError(str(e)) from None
+        return [{"name": p["name"], "namespace": p["namespace"], "workload": f"{p['workload']}.{p['namespace']}",
+                 "ip": p.get("podIP") or "", "netns": p.get("netns"),
+                 "meshed": bool(p.get("podIP")) and "remora-proxy" in {c["name"] for c in p["containers"]}}
+                for p in status["pods"] if self.namespace in (None, p["namespace"])]
+
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        return await podmetrics.local(p["netns"], p["ip"])
+
+
+class KubeSource(_Scraped):
+    """A Kubernetes cluster (the target's kubeconfig): pods from the API, each proxy scraped
+    through the API server's pod proxy (RBAC: list pods, get pods/proxy)."""
+
+    def __init__(self, target: Target, namespace: str | None = None) -> None:
+        from kubernetes import client as k
+
+        super().__init__(target, namespace)
+        self.core = k.CoreV1Api(target.api)
+
+    def describe(self) -> str:
+        return f"Kubernetes API server {self.core.api_client.configuration.host}"
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        try:
+            listed: Any = await asyncio.to_thread(
+                lambda: self.core.list_namespaced_pod(self.namespace, _request_timeout=10) if self.namespace
+                else self.core.list_pod_for_all_namespaces(_request_timeout=10))
+        except Exception as e:  # ApiException, connection errors
+            raise SourceError(f"cannot list pods ({self.describe()}): "
+                              f"{getattr(e, 'reason', None) or e}") from None
+        out = []
+        pod: Any
+        for pod in listed.items:
+            meta, spec, st = pod.metadata, pod.spec, pod.status
+            if meta.deletion_timestamp or (st and st.phase != "Running"):
+                continue
+            out.append({"name": meta.name, "namespace": meta.namespace,
+                        "workload": f"{_workload(meta)}.{meta.namespace}", "ip": (st and st.pod_ip) or "",
+                        "meshed": any(c.name == "remora-proxy" for c in [*(spec.containers or []),
+                                                                         *(spec.init_containers or [])])})
+        return out
+
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        return await asyncio.to_thread(podmetrics.kube, self.core, p["namespace"], p["name"])
+
+
+def _workload(meta: Any) -> str:
+    """The pod's workload as the injector names it: its controller (a Deployment for a
+    ReplicaSet that carries the pod-template-hash), else the pod."""
+    ref = next((r for r in meta.owner_references or [] if r.controller), None)
+    if ref is None:
+        return str(meta.name)
+    suffix = "-" + (meta.labels or {}).get("pod-template-hash", "\0")
+    return str(ref.name).removesuffix(suffix) if ref.kind == "ReplicaSet" else str(ref.name)
 
 
 async def proxy_status(target: Target | TargetError, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
@@ -184,7 +241,7 @@ class PrometheusSource:
         return body["data"]["result"]
 
 
-Source = LocalSource | PrometheusSource
+Source = LocalSource | KubeSource | PrometheusSource
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,6 +263,8 @@ def from_args(args: argparse.Namespace) -> Source:
     target = resolve(args)
     if target.state is not None:
         return LocalSource(target.state, target, args.namespace)
+    if target.api is not None:
+        return KubeSource(target, args.namespace)
     target.get("/debug/proxies")  # an unreachable control plane is the first thing to say
-    raise SourceError(f"the proxies' metrics are read from the local cluster or a Prometheus; with "
-                      f"{target.where} give --prometheus URL (a Prometheus that scrapes the proxies)")
+    raise SourceError(f"the proxies' metrics are read from the local cluster, Kubernetes or a Prometheus; "
+                      f"with {target.where} give --prometheus URL (a Prometheus that scrapes the proxies)")

@@ -309,8 +309,10 @@ def _pod_target(core: Any, context: str | None, namespace: str, component: str) 
     except Exception as exc:  # urllib3: connection refused, TLS, DNS...
         raise TargetError(f"cannot reach the Kubernetes API server at {server} ({ctx}): "
                           f"{_first_line(exc)}") from None
+    want = dict(kv.split("=") for kv in SELECTOR.format(component=component).split(","))
     running = sorted(str(p.metadata.name) for p in pods.items if p.metadata is not None
                      and p.metadata.deletion_timestamp is None
+                     and want.items() <= (p.metadata.labels or {}).items()  # a server may ignore it
                      and (p.status is None or p.status.phase in (None, "Running")))
     if not running:
         raise TargetError(f"no running {name} pod in namespace {namespace} ({ctx}, {server}); "

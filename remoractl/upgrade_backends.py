@@ -16,11 +16,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Protocol
 
-from control_plane.api.ports import METRICS_PORT
 from injector import meshconfig
 from injector.template import template_hash
-from local_cluster import client, config, meshstats, nsutil
+from local_cluster import client, config
 from local_cluster.rollouts import RESTARTED_AT
+from remoractl import podmetrics
 from remoractl.target import Target, TargetError
 from remoractl.upgrade_plan import Expected, PodInfo, UpgradeError, Workload, parse_status
 
@@ -131,12 +131,7 @@ class LocalBackend:
                   if (x["namespace"], x["name"]) == (pod.namespace, pod.name)), None)
         if p is None or not p["netns"]:
             return "pod is gone"
-        try:
-            code, body = asyncio.run(nsutil.http_get_in(p["netns"], p["podIP"], METRICS_PORT,
-                                                        "/metrics", timeout=3))
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return f"{type(e).__name__}: {e}"
-        return meshstats.parse(body.decode(errors="replace")) if code == 200 else f"HTTP {code}"
+        return asyncio.run(podmetrics.local(p["netns"], p["podIP"]))
 
 
 def _rfc3339() -> str:
@@ -271,9 +266,4 @@ class KubeBackend:
         return proxies_of(self.control)
 
     def metrics(self, pod: PodInfo) -> Samples | str:
-        try:
-            text = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod.name}:{METRICS_PORT}", pod.namespace, "metrics")
-        except Exception as e:
-            return str(self._err("scraping", e))
-        return meshstats.parse(text if isinstance(text, str) else str(text))
+        return podmetrics.kube(self.core, pod.namespace, pod.name)
