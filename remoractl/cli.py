@@ -2,9 +2,11 @@
 
 To add a subcommand, write ``remoractl/<name>.py`` with those two functions and list the module
 name in ``SUBCOMMANDS``. A command that talks to the control plane calls
-``remoractl.target.add_target_args(parser)`` and ``remoractl.target.resolve(args).get(path)``: it
-then finds the local cluster or the kubeconfig's cluster like the others, and the test of every
-live command's one-line error picks it up by itself.
+``remoractl.target.add_target_args(parser)`` and ``remoractl.target.resolve(args).get(path)``
+(``.injector()`` for the injector next to it): it then finds the local cluster or the
+kubeconfig's cluster like the others, and the test of every live command's one-line error picks
+it up by itself. Every ``run`` is wrapped by ``target.one_line``: a TargetError is one line on
+stderr and exit code 1.
 """
 
 from __future__ import annotations
