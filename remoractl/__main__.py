@@ -6,16 +6,12 @@ import os
 import sys
 
 from remoractl.cli import build_parser
-from remoractl.target import TargetError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except TargetError as exc:
-        print(f"remoractl {args.command}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a user sees one line, never a traceback (REMORACTL_DEBUG=1 shows it)

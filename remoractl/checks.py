@@ -25,6 +25,7 @@ from typing import Any
 from control_plane.api import annotations as ann
 from control_plane.api.ports import OUTBOUND_PORT, PROXY_UID
 from remoractl import meshapi
+from remoractl.target import INJECTOR_URL_ENV, Target, TargetError
 
 ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY = "remora-ca-root-cert", "root-cert.pem"
 EXPIRY_MARGIN = dt.timedelta(days=30)  # a mesh root that expires sooner must be rotated now
@@ -143,25 +144,28 @@ def python_for_proxy(python: str, uid: int = PROXY_UID) -> Result:
 INSTALL = "install"
 
 
-def control_plane_ready(url: str) -> Result:
+def control_plane_ready(target: Target) -> Result:
     name = "control plane ready"
-    ans = meshapi.get_json(url, "/version")
+    ans = meshapi.component_version(target, "control-plane")
     if ans.body is None:
-        return Result(INSTALL, name, False, ans.error or "?",
-                      "is remora-control running? set --control-plane-url to its monitoring port")
-    built = meshapi.get_json(url, "/debug/proxies")  # what /ready answers, as JSON
-    if built.body is not None and built.body.get("last_build_at") is None:
+        return Result(INSTALL, name, False, ans.error or "?")  # the error names what to do
+    try:
+        code, built = target.get("/debug/proxies")  # what /ready answers, as JSON
+    except TargetError as exc:
+        return Result(INSTALL, name, False, str(exc))
+    if code == 200 and isinstance(built, dict) and built.get("last_build_at") is None:
         return Result(INSTALL, name, False, "running but has built no configuration yet",
                       "see the control plane's log: its source (files or Kubernetes API) is not read")
-    return Result(INSTALL, name, True, f"{ans.body.get('version')} (revision {ans.body.get('revision')}) at {url}")
+    return Result(INSTALL, name, True, f"{ans.body.get('version')} (revision {ans.body.get('revision')}), "
+                  f"{target.where}")
 
 
-def injector_ready(url: str | None) -> Result:
+def injector_ready(ans: meshapi.Answer) -> Result:
+    """``ans``: the injector's /version (``meshapi.injector_version``)."""
     name = "injector ready"
-    ans = meshapi.component_version(url, "injector")
     if ans.body is None:
         return Result(INSTALL, name, False, ans.error or "?",
-                      f"set --injector-url (or ${meshapi.INJECTOR_URL_ENV}) to remora-injector's "
+                      f"set --injector-url (or ${INJECTOR_URL_ENV}) to remora-injector's "
                       "monitoring port; is it running?")
     b = ans.body
     return Result(INSTALL, name, True, f"{b['version']} (revision {b['revision']}), injects proxy "
@@ -246,13 +250,11 @@ def namespaces_have_root(namespaces: list[dict[str, Any]], configmaps: dict[str,
     return Result(INSTALL, name, True, f"{len(injected)} namespace(s): {', '.join(injected) or 'none injected'}")
 
 
-def kube_namespaces_and_roots(kubeconfig: str | None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def kube_namespaces_and_roots(api_client: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Namespaces and each one's remora-ca-root-cert ConfigMap, from the Kubernetes API."""
     from kubernetes import client as k8s
 
-    from control_plane.sources.kube import api_client
-
-    api = k8s.CoreV1Api(api_client(kubeconfig))
+    api = k8s.CoreV1Api(api_client)
     raw = api.api_client.sanitize_for_serialization
     namespaces = [raw(n) for n in api.list_namespace().items]
     cms = {}

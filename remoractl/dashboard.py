@@ -5,7 +5,8 @@ state, per-workload golden metrics and each proxy's sync status, redrawn every t
 The numbers are the proxies' own (``:15090``), scraped every ``--interval`` seconds, rates
 over the last ``--window`` seconds. Works on the local cluster with no setup; elsewhere
 (Kubernetes) point it at a Prometheus that scrapes the proxies (``--prometheus URL``, e.g.
-after ``kubectl port-forward``) and at the control plane (``--control-plane-url``).
+after ``kubectl port-forward``); the control plane is found as by every live command
+(the kubeconfig's context, ``--context``, or ``--control-plane-url``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class Dashboard:
         return app
 
 
-async def serve(args: argparse.Namespace) -> None:
-    dash = Dashboard(meshsource.from_args(args), args.interval, args.window)
+async def serve(args: argparse.Namespace, source: meshsource.Source) -> None:
+    dash = Dashboard(source, args.interval, args.window)
     runner = web.AppRunner(dash.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.address, args.port)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"remoractl dashboard: {e}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, source))
     except OSError as e:
         print(f"remoractl dashboard: cannot listen on {args.address}:{args.port}: {e.strerror}",
               file=sys.stderr)

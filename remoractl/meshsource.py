@@ -4,12 +4,14 @@ Two sources, one shape (``current(window)`` → the view of ``remoractl/meshview
 proxies' sync status):
 
 - the local cluster, with no setup: its daemon knows every pod's network namespace and
-  address; every proxy's ``:15090/stats/prometheus`` and the control plane's proxy status
-  (on the node's bridge address) are read from inside those namespaces, and rates come from
-  successive scrapes;
+  address; every proxy's ``:15090/stats/prometheus`` is read from inside those namespaces, and
+  rates come from successive scrapes;
 - a Prometheus that scrapes the proxies (``--prometheus URL``, e.g. on Kubernetes after
-  ``kubectl port-forward``): ``increase(...[window])`` of Istio's metrics, and the proxy
-  status from ``--control-plane-url`` when given.
+  ``kubectl port-forward``): ``increase(...[window])`` of Istio's metrics.
+
+The proxies' sync status comes from the control plane, found as by every live command
+(``remoractl/target.py``); with ``--prometheus`` a control plane that cannot be found only
+leaves the sync status out.
 """
 
 from __future__ import annotations
@@ -19,18 +21,15 @@ import asyncio
 import collections
 import json
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.api.ports import METRICS_PORT, MONITORING_PORT
-from local_cluster import client, config, meshstats, netns, nsutil
+from local_cluster import client, config
 from local_cluster.meshstats import Sample
-from remoractl import meshview
-
-TIMEOUT = 3.0
+from remoractl import meshview, podmetrics
+from remoractl.target import Target, TargetError, add_target_args, resolve
 
 
 class SourceError(RuntimeError):
@@ -53,15 +52,23 @@ def _result(source: str, view: dict[str, Any], pods: list, errors: dict, proxies
             "proxies_error": proxies_error}
 
 
-class LocalSource:
-    """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
+class _Scraped:
+    """Every meshed pod's proxy scraped now; rates from successive scrapes. Subclasses say
+    which pods there are (``_pods``) and how one is scraped (``_scrape``)."""
 
-    def __init__(self, state: config.StateDir, namespace: str | None = None) -> None:
-        self.state, self.namespace = state, namespace
+    def __init__(self, target: Target, namespace: str | None) -> None:
+        self.target, self.namespace = target, namespace
         self.history: collections.deque[Snapshot] = collections.deque()
 
     def describe(self) -> str:
-        return f"local cluster {self.state.root}"
+        raise NotImplementedError
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        """name, namespace, workload, ip, meshed, and what ``_scrape`` needs."""
+        raise NotImplementedError
+
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        raise NotImplementedError
 
     async def current(self, window: float) -> dict[str, Any]:
         """Scrape now; rates over the scrapes of the last ``window`` seconds (none yet: 0)."""
@@ -77,20 +84,12 @@ class LocalSource:
                        snap.proxies_error)
 
     async def snapshot(self) -> Snapshot:
-        try:
-            status = await asyncio.to_thread(client.checked, self.state, "GET", "/status")
-        except client.ClusterError as e:
-            raise SourceError(str(e)) from None
-        pods = [p for p in status["pods"]
-                if self.namespace is None or p["namespace"] == self.namespace]
-        meshed = [p for p in pods if p.get("podIP") and "remora-proxy" in
-                  {c["name"] for c in p["containers"]}]
+        pods = await self._pods()
+        meshed = [p for p in pods if p["meshed"]]
         results = await asyncio.gather(*(self._scrape(p) for p in meshed),
-                                       self._proxies(status["node"]["netns"]))
+                                       proxy_status(self.target, self.namespace))
         snap = Snapshot(time.monotonic(), [
-            {"name": p["name"], "namespace": p["namespace"],
-             "workload": f"{p['workload']}.{p['namespace']}", "ip": p.get("podIP") or "",
-             "meshed": p in meshed} for p in pods], {})
+            {k: p[k] for k in ("name", "namespace", "workload", "ip", "meshed")} for p in pods], {})
         scraped: list[Any] = list(results[:-1])
         for p, r in zip(meshed, scraped, strict=True):
             if isinstance(r, str):
@@ -101,32 +100,92 @@ class LocalSource:
         snap.proxies, snap.proxies_error = last
         return snap
 
+
+class LocalSource(_Scraped):
+    """The local cluster in ``state`` (``REMORA_LOCAL_DIR``), optionally one namespace."""
+
+    def __init__(self, state: config.StateDir, target: Target, namespace: str | None = None) -> None:
+        super().__init__(target, namespace)
+        self.state = state
+
+    def describe(self) -> str:
+        return f"local cluster {self.state.root}"
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        try:
+            status = await asyncio.to_thread(client.checked, self.state, "GET", "/status")
+        except client.ClusterError as e:
+            raise SourceError(str(e)) from None
+        return [{"name": p["name"], "namespace": p["namespace"], "workload": f"{p['workload']}.{p['namespace']}",
+                 "ip": p.get("podIP") or "", "netns": p.get("netns"),
+                 "meshed": bool(p.get("podIP")) and "remora-proxy" in {c["name"] for c in p["containers"]}}
+                for p in status["pods"] if self.namespace in (None, p["namespace"])]
+
     async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        return await podmetrics.local(p["netns"], p["ip"])
+
+
+class KubeSource(_Scraped):
+    """A Kubernetes cluster (the target's kubeconfig): pods from the API, each proxy scraped
+    through the API server's pod proxy (RBAC: list pods, get pods/proxy)."""
+
+    def __init__(self, target: Target, namespace: str | None = None) -> None:
+        from kubernetes import client as k
+
+        super().__init__(target, namespace)
+        self.core = k.CoreV1Api(target.api)
+
+    def describe(self) -> str:
+        return f"Kubernetes API server {self.core.api_client.configuration.host}"
+
+    async def _pods(self) -> list[dict[str, Any]]:
         try:
-            code, body = await nsutil.http_get_in(p["netns"], p["podIP"], METRICS_PORT,
-                                                  "/stats/prometheus", timeout=TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return f"{type(e).__name__}: {e}"
-        if code != 200:
-            return f"HTTP {code}"
-        return meshstats.parse(body.decode(errors="replace"))
+            listed: Any = await asyncio.to_thread(
+                lambda: self.core.list_namespaced_pod(self.namespace, _request_timeout=10) if self.namespace
+                else self.core.list_pod_for_all_namespaces(_request_timeout=10))
+        except Exception as e:  # ApiException, connection errors
+            raise SourceError(f"cannot list pods ({self.describe()}): "
+                              f"{getattr(e, 'reason', None) or e}") from None
+        out = []
+        pod: Any
+        for pod in listed.items:
+            meta, spec, st = pod.metadata, pod.spec, pod.status
+            if meta.deletion_timestamp or (st and st.phase != "Running"):
+                continue
+            out.append({"name": meta.name, "namespace": meta.namespace,
+                        "workload": f"{_workload(meta)}.{meta.namespace}", "ip": (st and st.pod_ip) or "",
+                        "meshed": any(c.name == "remora-proxy" for c in [*(spec.containers or []),
+                                                                         *(spec.init_containers or [])])})
+        return out
 
-    async def _proxies(self, node_netns: str) -> tuple[list[dict[str, Any]], str]:
-        try:
-            code, body = await nsutil.http_get_in(node_netns, str(netns.GATEWAY), MONITORING_PORT,
-                                                  "/debug/proxies", timeout=TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return [], f"control plane not reachable: {type(e).__name__}: {e}"
-        return _proxies_from(code, body, self.namespace)
+    async def _scrape(self, p: dict[str, Any]) -> dict[Sample, float] | str:
+        return await asyncio.to_thread(podmetrics.kube, self.core, p["namespace"], p["name"])
 
 
-def _proxies_from(code: int, body: bytes, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-    if code != 200:
-        return [], f"control plane answered HTTP {code}"
+def _workload(meta: Any) -> str:
+    """The pod's workload as the injector names it: its controller (a Deployment for a
+    ReplicaSet that carries the pod-template-hash), else the pod."""
+    ref = next((r for r in meta.owner_references or [] if r.controller), None)
+    if ref is None:
+        return str(meta.name)
+    suffix = "-" + (meta.labels or {}).get("pod-template-hash", "\0")
+    return str(ref.name).removesuffix(suffix) if ref.kind == "ReplicaSet" else str(ref.name)
+
+
+async def proxy_status(target: Target | TargetError, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The control plane's proxy list (one namespace's), or why there is none."""
     try:
-        proxies = json.loads(body)["proxies"]
-    except (ValueError, KeyError, TypeError):
-        return [], "control plane answered something other than its proxy list"
+        if isinstance(target, TargetError):
+            raise target
+        code, body = await asyncio.to_thread(target.get, "/debug/proxies")
+    except TargetError as e:
+        return [], str(e)
+    if code != 200:
+        return [], f"{target.where} answered HTTP {code}"
+    try:
+        proxies = body["proxies"]
+    except (KeyError, TypeError):
+        return [], f"{target.where} answered something other than its proxy list"
     if namespace is not None:
         proxies = [p for p in proxies if p["proxy_id"].endswith(f".{namespace}")]
     return proxies, ""
@@ -142,13 +201,12 @@ _RAW = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_tota
 class PrometheusSource:
     """A Prometheus server at ``url`` that scrapes the proxies (``/api/v1/query``)."""
 
-    def __init__(self, url: str, control_plane_url: str | None = None,
-                 namespace: str | None = None) -> None:
+    def __init__(self, url: str, target: Target | TargetError, namespace: str | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"--prometheus {url!r}: accepted: an http(s) URL such as "
                               "http://127.0.0.1:9090")
-        self.url, self.control_plane_url, self.namespace = url.rstrip("/"), control_plane_url, namespace
+        self.url, self.target, self.namespace = url.rstrip("/"), target, namespace
 
     def describe(self) -> str:
         return f"Prometheus {self.url}"
@@ -168,7 +226,7 @@ class PrometheusSource:
                 if name in _RAW:  # read as it is: no increase in the window
                     before[(name, labels)] = float(row["value"][1])
         view = meshview.view({"prometheus": before}, {"prometheus": after}, float(seconds))
-        proxies, proxies_error = await asyncio.to_thread(self._proxy_status)
+        proxies, proxies_error = await proxy_status(self.target, self.namespace)
         return _result(self.describe(), view, [], {}, proxies, proxies_error)
 
     def _query(self, query: str) -> list[dict[str, Any]]:
@@ -182,20 +240,8 @@ class PrometheusSource:
             raise SourceError(f"Prometheus at {self.url} refused {query!r}: {body.get('error')}")
         return body["data"]["result"]
 
-    def _proxy_status(self) -> tuple[list[dict[str, Any]], str]:
-        if not self.control_plane_url:
-            return [], "no --control-plane-url: proxy sync status not shown"
-        try:
-            with urllib.request.urlopen(self.control_plane_url.rstrip("/") + "/debug/proxies",
-                                        timeout=10) as r:
-                return _proxies_from(r.status, r.read(), self.namespace)
-        except urllib.error.HTTPError as e:
-            return [], f"control plane answered HTTP {e.code}"
-        except OSError as e:
-            return [], f"control plane not reachable: {e}"
 
-
-Source = LocalSource | PrometheusSource
+Source = LocalSource | KubeSource | PrometheusSource
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,12 +249,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus", metavar="URL",
                    help="read a Prometheus that scrapes the proxies (e.g. on Kubernetes after "
                         "kubectl port-forward) instead of the local cluster")
-    p.add_argument("--control-plane-url", metavar="URL",
-                   help="with --prometheus: remora-control's monitoring address, for the proxies' "
-                        "sync status (e.g. http://127.0.0.1:15014)")
+    add_target_args(p)
 
 
 def from_args(args: argparse.Namespace) -> Source:
+    """The source the flags name; TargetError when there is no control plane to read."""
     if args.prometheus:
-        return PrometheusSource(args.prometheus, args.control_plane_url, args.namespace)
-    return LocalSource(config.StateDir.from_env(), args.namespace)
+        try:
+            target: Target | TargetError = resolve(args)
+        except TargetError as e:  # the metrics are Prometheus's: only the sync status is missing
+            target = e
+        return PrometheusSource(args.prometheus, target, args.namespace)
+    target = resolve(args)
+    if target.state is not None:
+        return LocalSource(target.state, target, args.namespace)
+    if target.api is not None:
+        return KubeSource(target, args.namespace)
+    target.get("/debug/proxies")  # an unreachable control plane is the first thing to say
+    raise SourceError(f"the proxies' metrics are read from the local cluster, Kubernetes or a Prometheus; "
+                      f"with {target.where} give --prometheus URL (a Prometheus that scrapes the proxies)")

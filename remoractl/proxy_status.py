@@ -3,9 +3,9 @@ ACKed, and what one proxy holds now, read from the control plane's monitoring po
 
 Status per proxy: SYNCED (ACKed the last version sent), STALE (sent, no answer yet),
 NOT SENT (nothing sent yet), ERROR (NACKed the last version; the reason is shown and the
-proxy keeps serving its last good version). With ``--injector-url``, a proxy whose version or
-injection template differs from what the injector injects now is marked OUTDATED (restart its
-workload to upgrade it).
+proxy keeps serving its last good version). A proxy whose version or injection template differs
+from what the injector (next to the control plane, or ``--injector-url``) injects now is marked
+OUTDATED (restart its workload to upgrade it).
 """
 
 from __future__ import annotations
@@ -16,25 +16,24 @@ import sys
 from typing import Any
 
 from remoractl import meshapi
-from remoractl.target import TargetError, add_target_args, resolve
+from remoractl.target import add_target_args, one_line, resolve
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     status = subparsers.add_parser("proxy-status", help="sync status of every connected proxy",
                                    description=__doc__)
-    _common(status)
-    meshapi.add_injector_flag(status)
+    _common(status, injector=True)
     config = subparsers.add_parser("proxy-config", help="the configuration one proxy holds now",
                                    description=__doc__)
     config.add_argument("pod", help="POD.NAMESPACE, or POD with -n NAMESPACE")
     config.add_argument("-n", "--namespace", default=None)
     _common(config)
-    config.set_defaults(run=run)
+    config.set_defaults(run=one_line(run))
     return status
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    add_target_args(p)
+def _common(p: argparse.ArgumentParser, injector: bool = False) -> None:
+    add_target_args(p, injector=injector)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
 
 
@@ -85,14 +84,6 @@ def config_summary(body: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except TargetError as exc:
-        print(f"remoractl {args.command}: {exc}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     target = resolve(args)
     if args.command == "proxy-config":
         pid = f"{args.pod}.{args.namespace}" if args.namespace else args.pod
@@ -106,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     if code != 200:
         print(f"remoractl: {target.where} answered {code}: {_error(body)}", file=sys.stderr)
         return 1
-    injector = meshapi.component_version(args.injector_url, "injector")
+    injector = meshapi.injector_version(args, target)
     for p in body["proxies"]:
         p["outdated"], p["outdated_reason"] = meshapi.outdated(p, injector.body)
     body["injector"] = injector.body

@@ -11,7 +11,15 @@ In this order, the first that applies wins:
    port-forward through the API server to a running remora-control pod in
    ``--control-plane-namespace`` (default remora-system), as istioctl does.
 
-Every failure is a ``TargetError``: one line saying what was wrong and what to do.
+``--control-plane-url local`` or ``local:REV`` names a control plane of the running local cluster
+(its default revision or revision REV), reached through the local cluster's daemon.
+
+The injector's monitoring port is found through the same target (``Target.injector()``): the
+local cluster's daemon names it; on Kubernetes it is a port-forward to a running remora-injector
+pod in the same namespace; ``--injector-url`` (``$REMORA_INJECTOR_URL``) overrides it.
+
+Every failure is a ``TargetError``: one line saying what was wrong and what to do. Commands are
+wrapped by ``one_line`` (``remoractl/cli.py`` does it for all), so none prints a traceback for it.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import http.client
 import json
 import os
 import socket
+import sys
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +39,32 @@ from typing import Any
 from control_plane.api.ports import MONITORING_PORT
 
 NAMESPACE = "remora-system"
-SELECTOR = "app.kubernetes.io/name=remora,app.kubernetes.io/component=control-plane"
+SELECTOR = "app.kubernetes.io/name=remora,app.kubernetes.io/component={component}"
 TIMEOUT = 5.0
 URL_FLAG = "--control-plane-url"
+INJECTOR_FLAG = "--injector-url"
+INJECTOR_URL_ENV = "REMORA_INJECTOR_URL"
+LOCAL = "local"  # --control-plane-url local[:REV]
 
 
 class TargetError(Exception):
     """Why the control plane could not be reached or understood; one line for the user."""
 
 
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    """The flags of every live command (tests find live commands by ``--control-plane-url``)."""
+def add_target_args(p: argparse.ArgumentParser, repeat: bool = False, injector: bool = False) -> None:
+    """The flags of every live command (tests find live commands by ``--control-plane-url``);
+    ``repeat``: the URL may be given once per revision; ``injector``: also ``--injector-url``."""
     g = p.add_argument_group("where the control plane is (default: the local cluster if it is up, "
                              "else the kubeconfig's current context)")
-    g.add_argument(URL_FLAG, metavar="URL", help="remora-control's monitoring address, e.g. "
-                   f"http://127.0.0.1:{MONITORING_PORT}")
+    g.add_argument(URL_FLAG, metavar="URL", action="append" if repeat else "store",
+                   help="remora-control's monitoring address, e.g. "
+                   f"http://127.0.0.1:{MONITORING_PORT}, or local[:REV] for a revision of the local "
+                   "cluster" + ("; repeat it for every revision" if repeat else ""))
+    if injector:
+        g.add_argument(INJECTOR_FLAG, metavar="URL", default=os.environ.get(INJECTOR_URL_ENV) or None,
+                       help="remora-injector's monitoring address, or local[:REV] (default "
+                       f"${INJECTOR_URL_ENV}, else the injector next to the control plane); it "
+                       "tells what is current")
     g.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
     g.add_argument("--context", help="kubeconfig context (default: the current one)")
     g.add_argument("--control-plane-namespace", metavar="NS", default=NAMESPACE,
@@ -60,18 +81,22 @@ class Target:
     connect: Any = None  # () -> socket; None: an ordinary connection to host:port
     hint: str = ""  # what to try when it does not answer
     revision: str | None = None  # local[:REV]: a local-cluster revision, through the daemon
+    state: Any = None  # the local cluster's StateDir, when the target is (in) the local cluster
+    api: Any = None  # the kubernetes ApiClient, when the target is a Kubernetes cluster
+    find_injector: Callable[[], Target] | None = None
 
+    def injector(self) -> Target:
+        """The injector's monitoring port next to this control plane."""
+        if self.find_injector is None:
+            raise TargetError(f"where the injector of {self.where} listens is not known; give "
+                              f"{INJECTOR_FLAG} URL")
+        return self.find_injector()
 
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
         """(HTTP status, JSON body) of GET ``path``; TargetError when there is no usable answer."""
         url = path + ("?" + urllib.parse.urlencode(params) if params else "")
         if self.revision is not None:
-            from remoractl import meshapi
-
-            ans = meshapi.get_json(f"{meshapi.LOCAL}:{self.revision}", url)
-            if ans.body is None and ans.status in (0, 502):
-                raise TargetError(f"cannot reach {self.where}: {ans.error}{self.hint}")
-            return ans.status or 200, ans.body if ans.body is not None else {"error": ans.error}
+            return self._relayed(url)
         conn = _Connection(self.host, self.port, self.connect)
         try:
             conn.request("GET", url, headers={"Accept": "application/json"})
@@ -88,6 +113,30 @@ class Target:
         except ValueError:
             raise TargetError(f"{self.where} answered HTTP {resp.status} with something that is not "
                               f"remora-control's JSON: {body[:80]!r}{self.hint}") from None
+
+
+    def _relayed(self, url: str) -> tuple[int, Any]:
+        from local_cluster import client
+
+        try:
+            code, body = client.call(self.state, "GET", f"/monitoring/{self.revision}{url}", timeout=15)
+        except client.ClusterError as exc:
+            raise TargetError(f"cannot reach {self.where}: {exc}{self.hint}") from None
+        if code == 502 or body is None:
+            error = body.get("error") if isinstance(body, dict) else f"HTTP {code}"
+            raise TargetError(f"cannot reach {self.where}: {error}{self.hint}")
+        return code, body
+
+
+def one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` with every TargetError printed as one line on stderr and exit code 1."""
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except TargetError as exc:
+            print(f"remoractl {args.command}: {exc}", file=sys.stderr)
+            return 1
+    return guarded
 
 
 class _Connection(http.client.HTTPConnection):
@@ -110,23 +159,73 @@ def _reason(exc: BaseException) -> str:
 
 # -- the four ways ------------------------------------------------------------------------------
 
-def from_url(url: str) -> Target:
-    from remoractl import meshapi
+def local_revision(url: str | None) -> str | None:
+    """The revision a ``local[:REV]`` URL names; None for an ordinary URL."""
+    if url is None or (url != LOCAL and not url.startswith(LOCAL + ":")):
+        return None
+    return url.partition(":")[2] or "default"
 
-    rev = meshapi.local_revision(url)
-    if rev is not None:  # local or local:REV: a control plane of the local cluster
-        return Target(f"the local cluster's control plane (revision {rev})", "", 0,
-                      hint=" (is the local cluster up? remoractl local status)", revision=rev)
+
+def from_url(url: str, component: str = "control plane") -> Target:
+    """``url`` (http://HOST:PORT or local[:REV]) of the control plane or (``component``
+    "injector") the injector."""
+    flag = INJECTOR_FLAG if component == "injector" else URL_FLAG
+    rev = local_revision(url)
+    if rev is not None:
+        from local_cluster import config
+
+        local = Target(f"the local cluster's control plane (revision {rev})", "", 0,
+                       hint=" (is the local cluster up? remoractl local status)", revision=rev,
+                       state=config.StateDir.from_env())
+        local.find_injector = lambda: _local_injector(local.state, rev)
+        return local.injector() if component == "injector" else local
     try:
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         port = parts.port or MONITORING_PORT
     except ValueError:  # a bad port or IPv6 literal
         parts, port = urllib.parse.urlsplit(""), -1
     if parts.scheme != "http" or not parts.hostname or port <= 0:
-        raise TargetError(f"{URL_FLAG} {url!r} is not an address such as "
+        raise TargetError(f"{flag} {url!r} is not an address such as "
                           f"http://127.0.0.1:{MONITORING_PORT}")
-    return Target(f"the control plane at {parts.hostname}:{port}", parts.hostname, port,
-                  hint=f" (is remora-control running there? check {URL_FLAG})")
+    name = "remora-control" if component == "control plane" else f"remora-{component}"
+    return Target(f"the {component} at {parts.hostname}:{port}", parts.hostname, port,
+                  hint=f" (is {name} running there? check {flag})")
+
+
+def _local_injector(state: Any, rev: str) -> Target:
+    """The injector of revision ``rev`` of the local cluster: the daemon's status names it."""
+    from local_cluster import client
+
+    try:
+        status = client.checked(state, "GET", "/status")
+    except client.ClusterError as exc:
+        raise TargetError(f"cannot ask the local cluster at {state.root} where its injector is: {exc}; "
+                          "is it up? (remoractl local status)") from None
+    if rev == "default":
+        url = (status.get("node") or {}).get("injectorMonitoring")
+    else:
+        url = next((r.get("injectorMonitoring") for r in status.get("revisions") or []
+                    if r.get("name") == rev), None)
+        if url is None:
+            raise TargetError(f"no revision {rev!r} in the local cluster at {state.root} "
+                              "(remoractl local revision list)")
+    if not url:
+        raise TargetError(f"the local cluster at {state.root} did not say where its injector is; "
+                          "restart it: remoractl local down && remoractl local up")
+    target = from_url(url, "injector")
+    target.where = f"the local cluster's injector ({target.host}:{target.port}, revision {rev})"
+    target.hint, target.state = "; see remoractl local status", state
+    return target
+
+
+def injector_of(args: argparse.Namespace, target: Target | None) -> Target:
+    """``--injector-url`` when given, else the injector next to ``target`` (None: none found)."""
+    url = getattr(args, "injector_url", None)
+    if url:
+        return from_url(url, "injector")
+    if target is None:
+        raise TargetError(f"no control plane, so no injector next to it; give {INJECTOR_FLAG} URL")
+    return target.injector()
 
 
 def from_local_cluster() -> Target | None:
@@ -166,7 +265,8 @@ def from_local_cluster() -> Target | None:
         return sock
 
     return Target(f"the local cluster's control plane ({host}:{port} in {netns})", host, int(port),
-                  connect, hint=f"; see remoractl local status and {state.root}/system")
+                  connect, hint=f"; see remoractl local status and {state.root}/system", state=state,
+                  find_injector=lambda: _local_injector(state, "default"))
 
 
 def default_kubeconfig() -> str | None:
@@ -186,11 +286,22 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
         api = config.new_client_from_config(config_file=path, context=context)
     except (ConfigException, OSError, ValueError, TypeError) as exc:
         raise TargetError(f"kubeconfig {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    server = api.configuration.host
-    ctx = context or "the current context"
     core = client.CoreV1Api(api)
+    control = _pod_target(core, context, namespace, "control-plane")
+    control.api = api
+    control.find_injector = lambda: _pod_target(core, context, namespace, "injector")
+    return control
+
+
+def _pod_target(core: Any, context: str | None, namespace: str, component: str) -> Target:
+    """A port-forward to the monitoring port of a running pod of ``component`` (the chart's labels)."""
+    from kubernetes import client
+
+    server = core.api_client.configuration.host
+    ctx = context or "the current context"
+    name = "remora-control" if component == "control-plane" else f"remora-{component}"
     try:
-        pods = core.list_namespaced_pod(namespace, label_selector=SELECTOR,
+        pods = core.list_namespaced_pod(namespace, label_selector=SELECTOR.format(component=component),
                                         field_selector="status.phase=Running", _request_timeout=TIMEOUT)
     except client.exceptions.ApiException as exc:
         raise TargetError(f"the API server at {server} ({ctx}) refused to list pods in {namespace}: "
@@ -198,11 +309,13 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
     except Exception as exc:  # urllib3: connection refused, TLS, DNS...
         raise TargetError(f"cannot reach the Kubernetes API server at {server} ({ctx}): "
                           f"{_first_line(exc)}") from None
+    want = dict(kv.split("=") for kv in SELECTOR.format(component=component).split(","))
     running = sorted(str(p.metadata.name) for p in pods.items if p.metadata is not None
                      and p.metadata.deletion_timestamp is None
+                     and want.items() <= (p.metadata.labels or {}).items()  # a server may ignore it
                      and (p.status is None or p.status.phase in (None, "Running")))
     if not running:
-        raise TargetError(f"no running remora-control pod in namespace {namespace} ({ctx}, {server}); "
+        raise TargetError(f"no running {name} pod in namespace {namespace} ({ctx}, {server}); "
                           "is Remora installed there (docs/install.md)? --control-plane-namespace chooses "
                           "another namespace")
     pod = running[0]
@@ -223,7 +336,7 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None, namespace: str)
         sock.settimeout(TIMEOUT)
         return sock
 
-    return Target(f"remora-control pod {namespace}/{pod} ({ctx}, port-forward to :{MONITORING_PORT})",
+    return Target(f"{name} pod {namespace}/{pod} ({ctx}, port-forward to :{MONITORING_PORT})",
                   "localhost", MONITORING_PORT, connect)
 
 

@@ -16,6 +16,11 @@ inbound 5xx rate (from their own :15090 metrics) is not worse than the old pods'
 that fails a gate is rolled back (``rollout undo``), the pods that failed are listed with the
 reason, and the command exits 1 without touching the next waves.
 
+The cluster is found as by every live command (``remoractl/target.py``): the local cluster when
+it is up, else the kubeconfig's context (``--kubeconfig``, ``--context``), whose control plane is
+reached by a port-forward; ``--cluster`` forces one. Before anything is restarted the control
+plane must answer (gate 2 needs it); ``--control-plane-url`` names it explicitly.
+
 Progress is kept in a state file (``--state-file``): run the command again after an
 interruption and it judges the wave that was in flight before going on. Exit codes: 0 upgraded
 (or nothing to do), 1 a gate failed and was rolled back, 2 bad usage or unreachable cluster.
@@ -30,8 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from local_cluster import client, config
 from remoractl import upgrade_plan as up
+from remoractl.target import (
+    Target,
+    TargetError,
+    add_target_args,
+    from_kubeconfig,
+    from_local_cluster,
+    from_url,
+    resolve,
+)
 from remoractl.upgrade_backends import Backend, KubeBackend, LocalBackend
 from remoractl.upgrade_plan import PodInfo, UpgradeError, Workload
 
@@ -55,14 +68,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="how much higher (0.01 = 1 point) the new 5xx rate may be (default 0.01)")
     p.add_argument("--state-file", type=Path, help="resume state (default: under ~/.local/state/remora)")
     p.add_argument("--cluster", choices=("auto", "local", "kube"), default="auto",
-                   help="auto: the local cluster when one runs, else Kubernetes")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+                   help="whose workloads: auto: where the control plane was found (the local cluster "
+                        "when one runs, else the kubeconfig's)")
     p.add_argument("--mesh-config", type=Path,
                    help="Kubernetes: read the injector's mesh config from this file instead")
     p.add_argument("--mesh-configmap", default="remora-system/remora-mesh",
                    help="Kubernetes: NAMESPACE/NAME of the injector's mesh ConfigMap")
-    p.add_argument("--control-plane-url", default="http://127.0.0.1:15014",
-                   help="Kubernetes: remora-control's monitoring address (port-forward it)")
+    add_target_args(p)
     return p
 
 
@@ -80,26 +92,37 @@ def parse_selector(text: str) -> dict[str, str]:
     return out
 
 
-def backend_for(args: argparse.Namespace) -> Backend:
-    state = config.StateDir.from_env()
-    if args.cluster == "local" or (args.cluster == "auto" and client.running(state)):
-        if not client.running(state):
-            raise UpgradeError(f"no local cluster runs at {state.root}; start one with: "
-                               "remoractl local up")
-        return LocalBackend(state)
-    from kubernetes import config as kconfig
+def _cluster(args: argparse.Namespace) -> Target:
+    """The cluster whose workloads are restarted, as a target (``--cluster``)."""
+    if args.cluster == "local":
+        local = from_local_cluster()
+        if local is None:
+            raise TargetError("no local cluster is running; start one with: remoractl local up")
+        return local
+    if args.cluster == "kube":
+        return from_kubeconfig(args.kubeconfig, args.context, args.control_plane_namespace)
+    # --control-plane-url names a control plane only; the workloads are where resolve() looks.
+    return resolve(argparse.Namespace(**{**vars(args), "control_plane_url": None}))
 
-    try:
-        api = kconfig.new_client_from_config(config_file=args.kubeconfig)
-    except Exception as e:  # kubernetes raises ConfigException and plain OSErrors
-        raise UpgradeError(f"no Kubernetes cluster to upgrade: {e} (and no local cluster runs)") from None
-    return KubeBackend(api, args.mesh_configmap, args.control_plane_url, args.mesh_config)
+
+def backend_for(args: argparse.Namespace) -> Backend:
+    """The backend of the cluster to upgrade; its control plane must answer before anything else."""
+    control = from_url(args.control_plane_url) if args.control_plane_url else None
+    if control is not None:
+        control.get("/version")
+    cluster = _cluster(args)
+    if control is None:
+        control = cluster
+        control.get("/version")
+    if cluster.state is not None:
+        return LocalBackend(cluster.state, control)
+    return KubeBackend(cluster.api, args.mesh_configmap, control, args.mesh_config)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return Upgrade(backend_for(args), args).run()
-    except UpgradeError as e:
+    except (UpgradeError, TargetError) as e:
         print(f"remoractl upgrade: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-from control_plane.api.ports import METRICS_PORT, MONITORING_PORT
 from injector import meshconfig
 from injector.template import template_hash
-from local_cluster import client, config, meshstats, nsutil
-from local_cluster.netns import GATEWAY
+from local_cluster import client, config
 from local_cluster.rollouts import RESTARTED_AT
+from remoractl import podmetrics
+from remoractl.target import Target, TargetError
 from remoractl.upgrade_plan import Expected, PodInfo, UpgradeError, Workload, parse_status
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -58,8 +55,15 @@ def selected(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _proxies_view(body: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(p.get("namespace", ""), p.get("pod", "")): p for p in (body or {}).get("proxies") or []}
+def proxies_of(control: Target) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every connected proxy by (namespace, pod), from the control plane."""
+    try:
+        code, body = control.get("/debug/proxies")
+    except TargetError as e:
+        raise UpgradeError(str(e)) from None
+    if code != 200 or not isinstance(body, dict):
+        raise UpgradeError(f"{control.where} answered HTTP {code} to /debug/proxies")
+    return {(p.get("namespace", ""), p.get("pod", "")): p for p in body.get("proxies") or []}
 
 
 class LocalBackend:
@@ -67,8 +71,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, state: config.StateDir) -> None:
-        self.state = state
+    def __init__(self, state: config.StateDir, control: Target) -> None:
+        self.state, self.control = state, control
         self._status: dict[str, Any] | None = None
 
     def _call(self, path: str, body: Any = None) -> Any:
@@ -119,28 +123,15 @@ class LocalBackend:
         s = self._rollout("status", w)
         return s["complete"], s["stalled"], s["message"]
 
-    def _node(self) -> str:
-        return self.status()["node"]["netns"]
-
     def proxies(self) -> dict[tuple[str, str], dict[str, Any]]:
-        try:
-            code, body = asyncio.run(nsutil.http_get_in(self._node(), str(GATEWAY), MONITORING_PORT,
-                                                        "/debug/proxies", timeout=5))
-        except (OSError, TimeoutError, ConnectionError) as e:
-            raise UpgradeError(f"cannot reach the control plane's proxy status: {e}") from None
-        return _proxies_view(json.loads(body)) if code == 200 else {}
+        return proxies_of(self.control)
 
     def metrics(self, pod: PodInfo) -> Samples | str:
         p = next((x for x in self.status()["pods"]
                   if (x["namespace"], x["name"]) == (pod.namespace, pod.name)), None)
         if p is None or not p["netns"]:
             return "pod is gone"
-        try:
-            code, body = asyncio.run(nsutil.http_get_in(p["netns"], p["podIP"], METRICS_PORT,
-                                                        "/metrics", timeout=3))
-        except (OSError, TimeoutError, ConnectionError) as e:
-            return f"{type(e).__name__}: {e}"
-        return meshstats.parse(body.decode(errors="replace")) if code == 200 else f"HTTP {code}"
+        return asyncio.run(podmetrics.local(p["netns"], p["podIP"]))
 
 
 def _rfc3339() -> str:
@@ -152,14 +143,13 @@ class KubeBackend:
 
     name = "kube"
 
-    def __init__(self, api: Any, mesh_configmap: str, control_plane_url: str,
+    def __init__(self, api: Any, mesh_configmap: str, control: Target,
                  mesh_file: Path | None = None) -> None:
         from kubernetes import client as k
 
         self.api = api
         self.core, self.apps = k.CoreV1Api(api), k.AppsV1Api(api)
-        self.mesh_configmap, self.control_plane_url, self.mesh_file = (
-            mesh_configmap, control_plane_url, mesh_file)
+        self.mesh_configmap, self.control, self.mesh_file = mesh_configmap, control, mesh_file
 
     def _err(self, what: str, e: Exception) -> UpgradeError:
         status = getattr(e, "status", None)
@@ -273,18 +263,7 @@ class KubeBackend:
         return done, False, f"{st.updated_number_scheduled or 0}/{want} updated"
 
     def proxies(self) -> dict[tuple[str, str], dict[str, Any]]:
-        url = self.control_plane_url.rstrip("/") + "/debug/proxies"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return _proxies_view(json.load(r))
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise UpgradeError(f"cannot reach the control plane at {self.control_plane_url} ({e}); "
-                               "port-forward remora-control 15014 or set --control-plane-url") from None
+        return proxies_of(self.control)
 
     def metrics(self, pod: PodInfo) -> Samples | str:
-        try:
-            text = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod.name}:{METRICS_PORT}", pod.namespace, "metrics")
-        except Exception as e:
-            return str(self._err("scraping", e))
-        return meshstats.parse(text if isinstance(text, str) else str(text))
+        return podmetrics.kube(self.core, pod.namespace, pod.name)

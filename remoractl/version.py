@@ -6,9 +6,12 @@ versions, the data plane counted per version, as ``istioctl version`` shows them
     injector version: 0.1.0 (revision default; injects proxy 0.1.0, template 0a96d035e120be5a)
     data plane version: 0.1.0 (4 proxies), 0.0.9 (1 proxy)
 
-``--client`` prints the client's only (no mesh needed). Give ``--control-plane-url`` once per
+``--client`` prints the client's only (no mesh needed). The control plane is found as by every
+live command (``remoractl/target.py``: the local cluster, the kubeconfig, ``--control-plane-url``)
+and the injector next to it (or ``--injector-url``). Give ``--control-plane-url`` once per
 revision to see them all; the data plane is counted over them. Exit code 1 when a control plane
-cannot be reached; an injector that cannot be reached is shown as unknown.
+cannot be reached: with one, a one-line error; with several, the others are still shown. An
+injector that cannot be reached is shown as unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from control_plane.api.version import version
 from remoractl import meshapi
+from remoractl.target import Target, TargetError, add_target_args, resolve
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,22 +31,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--client", action="store_true", help="only the client's version")
     p.add_argument("--short", action="store_true", help="with --client: the bare version number")
-    p.add_argument("--control-plane-url", action="append", default=None, metavar="URL",
-                   help=f"remora-control monitoring address (default {meshapi.DEFAULT_CONTROL_PLANE_URL}); "
-                        "repeat it for every revision, or local[:REV]")
-    meshapi.add_injector_flag(p)
+    add_target_args(p, repeat=True, injector=True)
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return p
 
 
-def collect(control_plane_urls: list[str], injector_url: str | None) -> dict[str, Any]:
-    planes = []
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    urls: list[str | None] = list(args.control_plane_url or [None])
+    planes: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
-    for url in control_plane_urls:
-        cp = meshapi.component_version(url, "control-plane")
-        planes.append(cp.body if cp.body is not None else {"error": cp.error})
+    first: Target | None = None
+    for url in urls:
+        try:
+            target = resolve(argparse.Namespace(**{**vars(args), "control_plane_url": url}))
+            cp = meshapi.component_version(target, "control-plane", strict=len(urls) == 1)
+        except TargetError as exc:
+            if len(urls) == 1:
+                raise
+            planes.append({"error": str(exc)})
+            continue
+        first = first or target
+        planes.append(cp.body if cp.body is not None else {"error": cp.error or "?"})
         counts.update((cp.body or {}).get("proxies", {}))
-    inj = meshapi.component_version(injector_url, "injector")
+    inj = meshapi.injector_version(args, first)
     return {
         "client": {"version": version()},
         "controlPlanes": planes,
@@ -82,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if args.client:
         info: dict[str, Any] = {"client": {"version": version()}}
     else:
-        info = collect(args.control_plane_url or [meshapi.DEFAULT_CONTROL_PLANE_URL], args.injector_url)
+        info = collect(args)
     print(json.dumps(info, indent=2) if args.output == "json" else render(info))
     return 1 if any("error" in cp for cp in info.get("controlPlanes") or []) else 0

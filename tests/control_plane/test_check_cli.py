@@ -23,6 +23,7 @@ from injector import certs
 from injector.meshconfig import MeshConfig
 from injector.template import template_hash
 from remoractl import checks
+from remoractl.target import from_url
 from sidecar import discovery as sidecar_discovery
 
 NAME = "remora-injector.remora-system.svc"
@@ -60,15 +61,18 @@ async def test_install_checks_pass_and_fail(control_plane: RunningControlPlane, 
 
     # Broken: a control plane that has not built any configuration yet.
     built, cp.server.last_build_at = cp.server.last_build_at, None
-    r = await asyncio.to_thread(checks.control_plane_ready, cp.monitoring_url)
+    r = await asyncio.to_thread(checks.control_plane_ready, from_url(cp.monitoring_url))
     assert not r.ok and r.detail == "running but has built no configuration yet"
     cp.server.last_build_at = built
     # Broken: the control plane and the injector unreachable.
-    code, out, _ = await remoractl("check", "--control-plane-url", "http://127.0.0.1:9", "--injector-url",
-                                   "http://127.0.0.1:9", "--local-dir", str(tmp_path / "none"))
+    # The checks are still printed; one line on stderr says what to do.
+    code, out, err = await remoractl("check", "--control-plane-url", "http://127.0.0.1:9", "--injector-url",
+                                     "http://127.0.0.1:9", "--local-dir", str(tmp_path / "none"))
     assert code == 1
-    assert "\u2716 control plane ready: cannot reach http://127.0.0.1:9/version" in out
-    assert "\u2716 injector ready: cannot reach" in out and "hint: " in out
+    assert "\u2716 control plane ready: cannot reach the control plane at 127.0.0.1:9" in out
+    assert "\u2716 injector ready: cannot reach the injector at 127.0.0.1:9" in out and "hint: " in out
+    (line,) = err.splitlines()
+    assert line.startswith("remoractl check: cannot reach the control plane at 127.0.0.1:9")
     assert "\u2716 webhook certificate: no webhook address and caBundle to check" in out
 
 

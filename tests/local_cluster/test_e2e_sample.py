@@ -79,6 +79,15 @@ def test_proxy_status_and_config_from_the_host_with_no_flags(cluster: LocalClust
     res = run("proxy-config", web)
     assert res.returncode == 0, res.stderr
     assert "catalog.demo.svc.cluster.local" in res.stdout and "inbound mTLS: STRICT" in res.stdout, res.stdout
+    # Every other live command finds the same control plane, and the injector next to it.
+    res = run("version")
+    assert res.returncode == 0 and "(revision default)" in res.stdout.splitlines()[1], res
+    assert res.stdout.splitlines()[2].startswith("injector version: ") and "unknown" not in res.stdout, res
+    res = run("check", "--proxy")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    res = run("stat", "-n", "demo", "--window", "1", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    assert {"web.demo", "catalog.demo"} <= {w["workload"] for w in json.loads(res.stdout)["workloads"]}
 
 
 def test_down_leaves_nothing(cluster: LocalCluster) -> None:

@@ -17,6 +17,7 @@ from control_plane.sources.kube import api_client
 from injector.meshconfig import MeshConfig
 from injector.template import template_hash
 from remoractl import upgrade_plan as up
+from remoractl.target import from_url
 from remoractl.upgrade_backends import RESTARTED_AT, KubeBackend
 
 VERBS = {"list", "watch", "get", "create", "patch", "delete"}
@@ -95,7 +96,7 @@ async def k8s(tmp_path: Path):
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "admin"}}],
         }))
         yield emulator, KubeBackend(api_client(str(kubeconfig)), "remora-system/remora-mesh",
-                                    "http://127.0.0.1:1")
+                                    from_url("http://127.0.0.1:1"))
 
 
 def template_annotations(emulator: kmock.KubernetesEmulator, resource: str, name: str) -> dict:
@@ -153,5 +154,5 @@ async def test_rollout_progress_is_read_from_the_deployment_status(k8s) -> None:
 
 async def test_unreachable_control_plane_is_a_clear_error(k8s) -> None:
     _, backend = k8s
-    with pytest.raises(up.UpgradeError, match="cannot reach the control plane at http://127.0.0.1:1"):
+    with pytest.raises(up.UpgradeError, match="cannot reach the control plane at 127.0.0.1:1"):
         await asyncio.to_thread(backend.proxies)
