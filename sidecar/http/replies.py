@@ -1,6 +1,6 @@
 """Local replies: the responses the proxy answers itself, identical on every protocol.
 
-The body is the message and a newline, ``text/plain``. A gRPC caller (``content-type:
+The body is the message as Envoy writes it (no trailing newline), ``text/plain``. A gRPC caller (``content-type:
 application/grpc...``) instead gets a trailers-only response whose ``grpc-status`` maps the
 HTTP status as Envoy does (504 is DEADLINE_EXCEEDED: the route timeout expired) and whose
 ``grpc-message`` is the message.
@@ -27,7 +27,7 @@ def is_grpc(content_type: bytes | None) -> bool:
 
 
 def body(message: str) -> bytes:
-    return message.encode() + b"\n"
+    return message.encode()
 
 
 def reason(status: int) -> bytes:

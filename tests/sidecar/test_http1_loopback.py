@@ -79,7 +79,7 @@ async def test_inbound_authorizer_denies_with_403_before_dispatch(relay: Relay) 
         return (403, "RBAC: access denied") if attrs.path.startswith(b"/admin") else None
     relay.ctx.authorizer = authorizer
     assert (await relay.get("/ok"))[0] == 200
-    assert await relay.get("/admin/x") == (403, b"RBAC: access denied\n")
+    assert await relay.get("/admin/x") == (403, b"RBAC: access denied")
     assert seen == [(b"GET", b"/ok", b"app", CLIENT_ID), (b"GET", b"/admin/x", b"app", CLIENT_ID)]
     port = relay.ctx.inbound_target[1]  # type: ignore[index]
     assert relay.stats.requests[(INBOUND, f"inbound|{port}", 403, CLIENT_ID)] == 1

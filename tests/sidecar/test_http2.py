@@ -466,7 +466,7 @@ async def test_plain_http2_error_reply_has_a_body(relay):
         sid = client.request(b"/x", grpc=False)
         headers, body, _ = await client.read_stream(sid)
         assert dict(headers)[b":status"] == b"503"
-        assert body == b"no healthy upstream\n"  # the same body as on HTTP/1.1
+        assert body == b"no healthy upstream"  # the same body as on HTTP/1.1, as Envoy's
     finally:
         client.close()
 

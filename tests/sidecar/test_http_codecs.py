@@ -326,7 +326,7 @@ def test_xfcc_rule_is_the_same_on_http1_http2_and_grpc() -> None:
 
 def test_local_replies_are_the_same_on_every_protocol() -> None:
     headers, body = replies.plain_headers(503, replies.NO_HEALTHY_UPSTREAM)
-    assert body == b"no healthy upstream\n" and (b"content-length", b"20") in headers
+    assert body == b"no healthy upstream" and (b"content-length", b"19") in headers
     grpc = dict(replies.grpc_headers(504, replies.UPSTREAM_TIMEOUT))
     assert grpc[b"grpc-status"] == b"4" and grpc[b"grpc-message"] == b"upstream request timeout"
     assert dict(replies.grpc_headers(503, "x"))[b"grpc-status"] == b"14"
