@@ -315,11 +315,18 @@ spec:
     lc.wait_pod("default", "ticker", lambda p: p["phase"] == "Running")
     follow = subprocess.Popen([REMORACTL, "local", "logs", "-f", "ticker"], env=lc.env,
                               stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
     try:
-        time.sleep(1.5)
+        # Follow until four new ticks arrived (a loaded machine may start remoractl slowly).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(x.startswith("tick") for x in lines) < 8:
+            line = follow.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            lines.append(line)
     finally:
         follow.send_signal(signal.SIGINT)
         out, _ = follow.communicate(timeout=10)
     assert follow.returncode == 0
-    ticks = [int(line.split()[1]) for line in out.splitlines() if line.startswith("tick")]
-    assert len(ticks) >= 4 and ticks == list(range(1, len(ticks) + 1))
+    ticks = [int(line.split()[1]) for line in lines + out.splitlines() if line.startswith("tick")]
+    assert len(ticks) >= 8 and ticks == list(range(1, len(ticks) + 1))
