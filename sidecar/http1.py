@@ -23,9 +23,17 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .http import limits as limits_
 from .http import replies
 from .http.exchange import Authorizer, Exchange, authorize, current_router, decide_outbound
-from .http.h1 import MAX_HEAD_BYTES, MAX_RESPONSE_HEAD_BYTES, BadRequest, framing_header
+from .http.h1 import (
+    MAX_RESPONSE_HEAD_BYTES,
+    BadRequest,
+    HeaderOverflow,
+    absolute_form,
+    framing_header,
+    refused_method,
+)
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
@@ -35,7 +43,6 @@ from .upstream import Connector, UpstreamError
 
 log = logging.getLogger("remora.http1")
 POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
-POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
 
 # Request headers that need a look; every other header is copied as it came.
@@ -93,10 +100,6 @@ def _log_callback_bug(e: Exception) -> None:
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
 
 
-def _head_too_large() -> None:
-    raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
-
-
 def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
     if transport.is_closing():
         return
@@ -143,7 +146,10 @@ class H1Pool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        cutoff = time.monotonic() - POOL_IDLE_SECONDS
+        idle = limits_.current().upstream_idle_timeout
+        if not idle:  # 0: pooled connections are kept until the upstream closes them
+            return
+        cutoff = time.monotonic() - idle
         for key, conns in list(self.idle.items()):
             for up in [u for u in conns if u.idle_since < cutoff]:
                 conns.remove(up)
@@ -285,6 +291,15 @@ class H1Downstream(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
         self.host = b""
+        # Limits (sidecar/http/limits.py): the head being parsed, idle and slowloris timers.
+        self.lim = limits_.current()
+        self.in_head = False  # between a request's first byte and its complete head
+        self.head_pending = 0  # bytes read while the head was incomplete (httptools buffers)
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = time.monotonic()
+        self.requests = 0
+        self.head_count = 0
         # The exchange in flight.
         self.busy = False
         self.pending_dispatch = False
@@ -322,6 +337,9 @@ class H1Downstream(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
+        if self.lim.idle_timeout:
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                self.lim.idle_timeout, self._idle_check)
 
     def close_if_idle(self) -> None:
         """Draining: close a keep-alive connection that has no request in flight."""
@@ -346,6 +364,10 @@ class H1Downstream(asyncio.Protocol):
             _log_callback_bug(e)
             self._bad_request(e)
             return
+        if self.in_head:  # httptools holds an unfinished header itself: bound what it may
+            self._head_incomplete(len(data))
+            if self.closed or self.transport.is_closing():
+                return
         if self.pending_dispatch:
             self.pending_dispatch = False
             self._dispatch()
@@ -375,6 +397,9 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        for t in (self.head_timer, self.idle_timer):
+            if t is not None:
+                t.cancel()
         self.ctx.stats.conn_closed(self.ctx.direction)
         if self.ctx.registry is not None:
             self.ctx.registry.discard(self)
@@ -405,6 +430,10 @@ class H1Downstream(asyncio.Protocol):
 
     # -- parser callbacks (queued into the backlog while an earlier exchange runs) ---------
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_pending = 0
+        self.head_count = 0
+        self.head_bytes = 0
         if self.busy or self.backlog is not None:
             if self.backlog is None:
                 self.backlog = []
@@ -417,8 +446,8 @@ class H1Downstream(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            _head_too_large()
+        if self.head_bytes > self.lim.max_head_bytes:
+            raise HeaderOverflow(f"request line longer than {self.lim.max_request_headers_kb} KiB")
         if self.backlog is not None:
             self.backlog.append(("url", url))
         else:
@@ -426,14 +455,21 @@ class H1Downstream(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_HEAD_BYTES:
-            _head_too_large()
+        self.head_pending = 0  # what httptools held is now counted in head_bytes
+        self.head_count = n = self.head_count + 1
         if self.backlog is not None:
             self.backlog.append(("header", name, value))
         else:
             self.headers.append((name, value))
+        if self.head_bytes > self.lim.max_head_bytes or n > self.lim.max_headers_count:
+            raise HeaderOverflow(limits_.head_overflow(n, self.head_bytes, self.lim)
+                                 or "request headers too large")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         p = self.parser
         args = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
         if self.backlog is not None:
@@ -466,6 +502,12 @@ class H1Downstream(asyncio.Protocol):
         hosts = 0
         self.host = b""
         has_id = False
+        refusal = refused_method(method)
+        if refusal is not None:
+            raise refusal
+        authority = None
+        if self.url[:1] != b"/":  # absolute-form: its authority is the Host (RFC 9112 3.2.2)
+            authority, self.url = absolute_form(self.url)
         out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
         conn_tokens: set[bytes] = set()
         for name, value in self.headers:
@@ -487,6 +529,8 @@ class H1Downstream(asyncio.Protocol):
                 if lname == b"host":
                     hosts += 1
                     self.host = value
+                    if authority is not None:
+                        value = authority
                 else:
                     has_id = True
                 out.append(b"%s: %s\r\n" % (name, value))
@@ -498,6 +542,16 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
+        if authority is not None:
+            if not hosts:
+                out.append(b"host: %s\r\n" % authority)
+            self.host = authority
+        elif not hosts and version != "1.0":  # HTTP/1.1 requires Host (Envoy: 400)
+            raise BadRequest("missing Host header")
+        self.requests += 1
+        cap = self.lim.max_requests_per_connection
+        if cap and self.requests >= cap:  # the last one: tell the client, then close
+            keep_alive = False
         if not has_id:
             out.append(b"x-request-id: %s\r\n" % request_id())
         if self.xfcc:
@@ -757,6 +811,7 @@ class H1Downstream(asyncio.Protocol):
 
     def _exchange_done(self, status: int) -> None:
         self.ex.done(status)
+        self.last_active = time.monotonic()
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
@@ -815,9 +870,42 @@ class H1Downstream(asyncio.Protocol):
         self.paused = 0
         self.transport.resume_reading()
 
+    # -- limits --------------------------------------------------------------------------
+    def _head_incomplete(self, n: int) -> None:
+        """A read ended inside a request head: bound it, and time it (slowloris)."""
+        self.head_pending += n
+        if self.head_bytes + self.head_pending > self.lim.max_head_bytes:
+            self._bad_request(HeaderOverflow(
+                f"request head larger than {self.lim.max_request_headers_kb} KiB"))
+            return
+        timeout = self.lim.request_headers_timeout
+        if timeout and self.head_timer is None and not self.busy and self.backlog is None:
+            self.head_timer = asyncio.get_running_loop().call_later(timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.closed:  # Envoy: 408, connection closed
+            self._bad_request(BadRequest("request headers timeout", 408))
+
+    def _idle_check(self) -> None:
+        """Close the connection once it had no request in flight for the idle timeout."""
+        self.idle_timer = None
+        if self.closed:
+            return
+        idle = self.lim.idle_timeout
+        left = idle - (time.monotonic() - self.last_active)
+        if self.busy or self.in_head or self.tunnel or self.backlog is not None:
+            left = idle
+        elif left <= 0:
+            self.transport.close()
+            return
+        self.idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
+
     # -- local replies -------------------------------------------------------------------
     def _bad_request(self, err: Exception) -> None:
         self.ctx.stats.protocol_error()
+        cause = err if isinstance(err, BadRequest) else (err.__context__ or err.__cause__)
+        status = cause.status if isinstance(cause, BadRequest) else 400
         self.keep_alive = False
         self.busy = False
         self.backlog = None
@@ -825,9 +913,13 @@ class H1Downstream(asyncio.Protocol):
             up, self.up = self.up, None
             up.down = None
             up.transport.abort()
-        body = b"bad request\n"
-        self.wbuf.append(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
-                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        if status == 400:
+            head, body = b"HTTP/1.1 400 Bad Request", b"bad request\n"
+        else:
+            head = b"HTTP/1.1 %d %s" % (status, replies.reason(status))
+            body = replies.body(str(cause))
+        self.wbuf.append(b"%s\r\ncontent-type: text/plain\r\n"
+                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body))
         self.flush()
         self.transport.close()
 
