@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 class LimitsError(ValueError):
@@ -131,6 +132,25 @@ def head_overflow(count: int, size: int, limits: Limits) -> str | None:
         return f"request has more than {limits.max_headers_count} headers"
     if size > limits.max_head_bytes:
         return f"request head larger than {limits.max_request_headers_kb} KiB"
+    return None
+
+
+def h2_request_refusal(head: Any, limits: Limits) -> tuple[int, str] | None:
+    """(status, message) Envoy answers an HTTP/2 request head with itself, or None: 431 over
+    the header limits, 403 for CONNECT (not supported), 400 without :authority or host."""
+    size = len(head.method) + len(head.scheme) + len(head.authority) + len(head.path)
+    has_host = bool(head.authority)
+    for name, value in head.headers:
+        size += len(name) + len(value)
+        if name == b"host":
+            has_host = True
+    why = head_overflow(len(head.headers), size, limits)
+    if why is not None:
+        return 431, why
+    if head.method == b"CONNECT":
+        return 403, "CONNECT is not supported"
+    if not has_host:
+        return 400, "missing :authority and host"
     return None
 
 

@@ -14,6 +14,7 @@ connection with GOAWAY and a ``ProtocolError`` event.
 
 from __future__ import annotations
 
+from . import limits
 from .events import (
     Data,
     EndOfMessage,
@@ -36,7 +37,6 @@ except ImportError:  # the extension was not built: the h2 codec is used instead
 
 STREAM_WINDOW = 65_535
 CONN_WINDOW = 1 << 21
-MAX_STREAMS = 128
 
 # The binding's event kinds.
 _HEADERS, _DATA, _END, _RESET, _GOAWAY, _WINDOW, _CLOSED = 1, 2, 3, 4, 5, 6, 7
@@ -59,7 +59,10 @@ class NgH2Codec:
         if native is None:
             raise RuntimeError("the native HTTP/2 codec is not built")
         self.client_side = client_side
-        self.session = native.Session(client_side, STREAM_WINDOW, MAX_STREAMS, CONN_WINDOW)
+        lim = limits.current()  # nghttp2 enforces the stream and control-frame limits itself
+        self.session = native.Session(client_side, STREAM_WINDOW, lim.max_concurrent_streams,
+                                      CONN_WINDOW,
+                                      max_outbound_ack=lim.max_outbound_control_frames)
         self.goaway_sent = False
         self.last_stream_id = 0  # server: the highest stream a graceful GOAWAY let finish
         self.failed = False
