@@ -115,6 +115,8 @@ class _Side(asyncio.Protocol):
         data = self.codec.data_to_send()
         if data:
             self.transport.write(data)
+        if self.codec.failed:  # the codec sent an error GOAWAY: nothing more will be read
+            self.transport.close()
 
     def pause_writing(self) -> None:
         # The peer is not reading what we send: stop reading it (its frames make us write, e.g.

@@ -107,8 +107,9 @@ class NgH2Codec:
             # nghttp2 answers a rapid-reset burst with a GOAWAY of its own, found only by
             # serialising: do it now, so the owner learns in this turn that the connection
             # is over (and closes it, as Envoy does).
+            failed = self.failed
             self.out = self.data_to_send()  # includes what was pending before
-            if self.session.goaway_error_sent > 0 and not self.failed:
+            if self.session.goaway_error_sent > 0 and not failed:
                 self.failed = True
                 append(ProtocolError("HTTP/2 rapid reset: too many streams reset early", 400))
         return out
@@ -192,6 +193,8 @@ class NgH2Codec:
         except native.Nghttp2Error:
             self.failed = True
             data = b""
+        if self.session.goaway_error_sent > 0:  # nghttp2 ended the connection (a flood, a
+            self.failed = True  # stream limit): the owner closes once this is written
         if self.out:
             data, self.out = self.out + data, b""
         return data
