@@ -6,9 +6,9 @@ Envoy's defaults unless noted (docs/security.md "Limits" says why where Remora d
 header count 100 and header bytes 60 KiB (431), request-headers timeout (Envoy: off; here
 10 s, the value of Envoy's edge best practices, so slowloris connections do not pile up),
 idle timeouts 1 h, no cap on requests per connection, premature resets (Envoy ≥ 1.27.1:
-a stream reset by the client within 1 s of opening; the connection is closed once half of
-its first 500 streams were, or once 250 were), 1,000 queued control frames, 10,000 queued
-frames.
+a stream reset by the client within 1 s of opening; the connection is closed once 250 were,
+or once 500 streams closed, whenever half of them were), 1,000 queued control frames. The
+outbound frame queue is bounded in bytes instead of frames (docs/security.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class Limits:
     premature_reset_total_stream_count: int = 500
     premature_reset_min_stream_lifetime: float = 1.0
     max_outbound_control_frames: int = 1000  # HTTP/2 PING/SETTINGS acks not yet written
-    max_outbound_frames: int = 10000  # HTTP/2 frames not yet written
 
     @property
     def max_head_bytes(self) -> int:
@@ -60,7 +59,6 @@ SPEC: dict[str, tuple[str, str, float]] = {
                                             "REMORA_PREMATURE_RESET_MIN_STREAM_LIFETIME", 0),
     "max_outbound_control_frames": ("maxOutboundControlFrames",
                                     "REMORA_MAX_OUTBOUND_CONTROL_FRAMES", 1),
-    "max_outbound_frames": ("maxOutboundFrames", "REMORA_MAX_OUTBOUND_FRAMES", 1),
 }
 MESH_KEYS = {key: name for name, (key, _, _) in SPEC.items()}
 _TYPES = {f.name: f.type for f in fields(Limits)}
@@ -156,9 +154,9 @@ def h2_request_refusal(head: Any, limits: Limits) -> tuple[int, str] | None:
 
 class ResetBudget:
     """Envoy's premature-reset check for one HTTP/2 connection: a stream the client resets
-    within ``premature_reset_min_stream_lifetime`` of opening is premature; ``exceeded()``
-    once at least half of ``premature_reset_total_stream_count`` streams were (the burst),
-    or, after that many streams closed, once half of all closed streams were."""
+    within ``premature_reset_min_stream_lifetime`` of opening is premature; the connection
+    must close once half of ``premature_reset_total_stream_count`` streams were (a burst
+    before that many closed), and after that once half of all closed streams were."""
 
     __slots__ = ("limits", "opened", "closed", "premature")
 
@@ -181,9 +179,9 @@ class ResetBudget:
         if reset_by_peer and time.monotonic() - started < lim.premature_reset_min_stream_lifetime:
             self.premature += 1
         total = lim.premature_reset_total_stream_count
-        if self.premature * 2 >= total:
-            return True
-        return self.closed >= total and self.premature * 2 > self.closed
+        if self.closed < total:  # early on: a burst of half the count
+            return self.premature * 2 >= total
+        return self.premature * 2 >= self.closed
 
 
 class ControlFrameBudget:
