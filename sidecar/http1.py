@@ -546,8 +546,14 @@ class H1Downstream(asyncio.Protocol):
             if not hosts:
                 out.append(b"host: %s\r\n" % authority)
             self.host = authority
-        elif not hosts and version != "1.0":  # HTTP/1.1 requires Host (Envoy: 400)
-            raise BadRequest("missing Host header")
+        elif not hosts:
+            if version != "1.0":  # HTTP/1.1 requires Host (Envoy: 400)
+                raise BadRequest("missing Host header")
+            # HTTP/1.0 may omit it, but the request goes on as HTTP/1.1, which may not.
+            dst = ctx.inbound_target or ctx.original_dst or ("localhost", 80)
+            addr = dst[0].encode()
+            self.host = b"[%s]:%d" % (addr, dst[1]) if b":" in addr else b"%s:%d" % (addr, dst[1])
+            out.append(b"host: %s\r\n" % self.host)
         self.requests += 1
         cap = self.lim.max_requests_per_connection
         if cap and self.requests >= cap:  # the last one: tell the client, then close
