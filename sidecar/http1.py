@@ -31,8 +31,8 @@ from .http.h1 import (
     BadRequest,
     HeaderOverflow,
     absolute_form,
+    connect_refused,
     framing_header,
-    refused_method,
 )
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
@@ -292,7 +292,8 @@ class H1Downstream(asyncio.Protocol):
         self.head_bytes = 0
         self.host = b""
         # Limits (sidecar/http/limits.py): the head being parsed, idle and slowloris timers.
-        self.lim = limits_.current()
+        self.lim = lim = limits_.current()
+        self.max_head, self.max_headers = lim.max_head_bytes, lim.max_headers_count  # hot path
         self.in_head = False  # between a request's first byte and its complete head
         self.head_pending = 0  # bytes read while the head was incomplete (httptools buffers)
         self.head_timer: asyncio.TimerHandle | None = None
@@ -446,7 +447,7 @@ class H1Downstream(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.head_bytes += len(url)
-        if self.head_bytes > self.lim.max_head_bytes:
+        if self.head_bytes > self.max_head:
             raise HeaderOverflow(f"request line longer than {self.lim.max_request_headers_kb} KiB")
         if self.backlog is not None:
             self.backlog.append(("url", url))
@@ -461,7 +462,7 @@ class H1Downstream(asyncio.Protocol):
             self.backlog.append(("header", name, value))
         else:
             self.headers.append((name, value))
-        if self.head_bytes > self.lim.max_head_bytes or n > self.lim.max_headers_count:
+        if self.head_bytes > self.max_head or n > self.max_headers:
             raise HeaderOverflow(limits_.head_overflow(n, self.head_bytes, self.lim)
                                  or "request headers too large")
 
@@ -502,9 +503,8 @@ class H1Downstream(asyncio.Protocol):
         hosts = 0
         self.host = b""
         has_id = False
-        refusal = refused_method(method)
-        if refusal is not None:
-            raise refusal
+        if method == b"CONNECT":
+            raise connect_refused()
         authority = None
         if self.url[:1] != b"/":  # absolute-form: its authority is the Host (RFC 9112 3.2.2)
             authority, self.url = absolute_form(self.url)
@@ -880,7 +880,7 @@ class H1Downstream(asyncio.Protocol):
     def _head_incomplete(self, n: int) -> None:
         """A read ended inside a request head: bound it, and time it (slowloris)."""
         self.head_pending += n
-        if self.head_bytes + self.head_pending > self.lim.max_head_bytes:
+        if self.head_bytes + self.head_pending > self.max_head:
             self._bad_request(HeaderOverflow(
                 f"request head larger than {self.lim.max_request_headers_kb} KiB"))
             return

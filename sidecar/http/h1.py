@@ -57,11 +57,9 @@ class HeaderOverflow(BadRequest):
         super().__init__(message, 431)
 
 
-def refused_method(method: bytes) -> BadRequest | None:
+def connect_refused() -> BadRequest:
     """CONNECT is answered by the proxy (Envoy without CONNECT support: 403)."""
-    if method == b"CONNECT":
-        return BadRequest("CONNECT is not supported", 403)
-    return None
+    return BadRequest("CONNECT is not supported", 403)
 
 
 def absolute_form(url: bytes) -> tuple[bytes | None, bytes]:
@@ -274,9 +272,8 @@ class H1ServerCodec(_Writer):
             raise BadRequest("repeated Host header")
         p = self.parser
         method = p.get_method()
-        refusal = refused_method(method)
-        if refusal is not None:
-            raise refusal
+        if method == b"CONNECT":
+            raise connect_refused()
         if self.url[:1] != b"/":
             authority, self.url = absolute_form(self.url)
             if authority is not None:
