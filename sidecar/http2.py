@@ -685,6 +685,7 @@ class H2Downstream(_Side):
         self.resets = limits_.ResetBudget(self.lim)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0
+        self.requests = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -787,6 +788,9 @@ class H2Downstream(_Side):
         if ev.end_stream:
             ex.req.ended = True
         self.resets.open(sid)
+        self.requests += 1
+        if self.requests == self.lim.max_requests_per_connection:  # the last one: GOAWAY
+            self.drain()
         if refused is not None:  # over the header limits, no authority, CONNECT
             ex.local_reply(*refused)
             return

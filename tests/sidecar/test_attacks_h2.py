@@ -224,3 +224,22 @@ def test_an_idle_connection_gets_goaway(proxy):
     frames = _ended(proxy, c, limit=5)
     assert goaway(frames) is not None and 1.5 < time.monotonic() - started < 4.5
     c.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_max_requests_per_connection_sends_goaway_after_the_last(codec):
+    """The 3rd request of a connection gets a graceful GOAWAY; the connection then closes
+    (a stream already in the same read as the 3rd is served: the GOAWAY names it)."""
+    p = start_proxy({"REMORA_H2_CODEC": codec, "REMORA_MAX_REQUESTS_PER_CONNECTION": "3"})
+    try:
+        c = RawH2(p.h2)
+        c.send(*[c.headers(sid) for sid in (1, 3, 5)])
+        frames = _ended(p, c)
+        c.close()
+        assert [response_status(frames, sid) for sid in (1, 3, 5)] == [200, 200, 200]
+        ga = goaway(frames)
+        assert ga is not None and ga.last_stream_id == 5 and ga.error_code == 0
+        assert p.seen()["requests"] == 3
+        h2_ok(p.h2)  # a new connection is served
+    finally:
+        assert "Traceback" not in p.stop()
