@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,17 @@ class RawH2:
                 del self.buf[:9 + length]
                 out.append(frame)
         return out, closed
+
+    def until(self, done: Callable[[list[Frame]], bool], limit: float = 3.0) -> tuple[list[Frame], bool]:
+        """Frames until ``done(frames)`` holds, the proxy closes, or ``limit`` s pass."""
+        got: list[Frame] = []
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            frames, closed = self.frames(0.05)
+            got += frames
+            if closed or done(got):
+                return got, closed
+        return got, False
 
     def close(self) -> None:
         self.sock.close()

@@ -33,7 +33,7 @@ CODECS = ["h2", pytest.param("nghttp2", marks=pytest.mark.skipif(
 
 @pytest.fixture(scope="module", params=CODECS)
 def proxy(request):
-    p = start_proxy({"REMORA_H2_CODEC": request.param, "REMORA_IDLE_TIMEOUT": "2"})
+    p = start_proxy({"REMORA_H2_CODEC": request.param, "REMORA_IDLE_TIMEOUT": "1"})
     try:
         yield p
     finally:
@@ -82,13 +82,9 @@ def test_ordinary_streams_do_not_trip_the_reset_budget(proxy):
     c = RawH2(proxy.h2)
     for batch in range(6):
         c.send(*[c.headers(1 + 2 * (batch * 100 + i)) for i in range(100)])
-        got: list = []
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(
-                1 for f in got if f.type == 0 and "END_STREAM" in f.flags) < 100:
-            frames, closed = c.frames(0.2)
-            assert not closed and goaway(frames) is None, frames[-3:]
-            got += frames
+        frames, closed = c.until(
+            lambda fs: sum(1 for f in fs if f.type == 0 and "END_STREAM" in f.flags) >= 100, 5)
+        assert not closed and goaway(frames) is None, frames[-3:]
     c.close()
 
 
@@ -129,10 +125,10 @@ def test_101_headers_get_431_and_10000_never_reach_the_app(proxy):
     before = proxy.seen()["requests"]
     c = RawH2(proxy.h2)
     c.send(c.headers(1, extra=[(b"x-h%d" % i, b"v") for i in range(101)]))
-    frames, _ = c.frames(1.0)
+    frames, _ = c.until(lambda fs: response_status(fs, 1) is not None)
     assert response_status(frames, 1) == 431
     c.send(c.headers(3, extra=[(b"x-h%d" % i, b"v") for i in range(99)]))  # fits
-    frames, _ = c.frames(1.0)
+    frames, _ = c.until(lambda fs: response_status(fs, 3) is not None)
     assert response_status(frames, 3) == 200
     c.close()
     c = RawH2(proxy.h2)  # 10,000: 431, or the codec's own header-list limit ends the connection
@@ -142,7 +138,7 @@ def test_101_headers_get_431_and_10000_never_reach_the_app(proxy):
     c.send(HeadersFrame(1, chunks[0], flags=["END_STREAM"] + (["END_HEADERS"] if len(chunks) == 1 else [])),
            *[ContinuationFrame(1, ch, flags=["END_HEADERS"] if i == len(chunks) - 2 else [])
              for i, ch in enumerate(chunks[1:])])
-    frames, closed = c.frames(1.0)
+    frames, closed = c.until(lambda fs: response_status(fs, 1) is not None)
     assert closed or response_status(frames, 1) == 431
     c.close()
     assert proxy.seen()["requests"] - before == 1  # only the request that fitted
@@ -158,7 +154,7 @@ def test_header_bytes_over_60_kib_get_431(proxy):
     c.send(HeadersFrame(1, chunks[0], flags=["END_STREAM"]),
            *[ContinuationFrame(1, ch, flags=["END_HEADERS"] if i == len(chunks) - 2 else [])
              for i, ch in enumerate(chunks[1:])])
-    frames, closed = c.frames(1.0)
+    frames, closed = c.until(lambda fs: response_status(fs, 1) is not None)
     assert closed or response_status(frames, 1) == 431  # nghttp2 may refuse the block itself
     c.close()
     h2_ok(proxy.h2)
@@ -190,10 +186,11 @@ def test_connect_is_403_and_no_authority_is_refused(proxy):
     before = proxy.seen()["requests"]
     c = RawH2(proxy.h2)
     c.send(c.headers(1, method=b"CONNECT", authority=b"evil.example:443"))
-    frames, _ = c.frames(1.0)
+    frames, _ = c.until(lambda fs: response_status(fs, 1) is not None)
     assert response_status(frames, 1) == 403
     c.send(c.headers(3, authority=None))  # neither :authority nor host: malformed
-    frames, closed = c.frames(1.0)
+    frames, closed = c.until(lambda fs: goaway(fs) is not None or response_status(fs, 3) is not None
+                             or any(isinstance(f, Rst) and f.stream_id == 3 for f in fs))
     # Both codecs refuse it themselves (h2: GOAWAY, nghttp2: RST_STREAM PROTOCOL_ERROR);
     # the relay answers 400 to what a codec lets through.
     assert (closed or response_status(frames, 3) == 400
@@ -222,7 +219,7 @@ def test_an_idle_connection_gets_goaway(proxy):
     c = RawH2(proxy.h2)
     started = time.monotonic()
     frames = _ended(proxy, c, limit=5)
-    assert goaway(frames) is not None and 1.5 < time.monotonic() - started < 4.5
+    assert goaway(frames) is not None and 0.8 < time.monotonic() - started < 3
     c.close()
 
 
