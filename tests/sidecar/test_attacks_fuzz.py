@@ -7,6 +7,7 @@ at most one framing, the header limits, no CONNECT, and only the proxy's own XFC
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httptools
 from hypothesis import HealthCheck, given, settings
@@ -178,7 +179,16 @@ def _relay(chunks: list[bytes]) -> tuple[bytes, bytes]:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests(), st.lists(st.integers(0, 80_000), max_size=4))
 def test_h1_relay_never_raises_and_forwards_only_unambiguous_requests(wire, cuts):
-    forwarded, reply = _relay(_chunks(wire, cuts))
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    log = logging.getLogger("remora.http1")
+    log.addHandler(handler)
+    try:
+        forwarded, reply = _relay(_chunks(wire, cuts))
+    finally:
+        log.removeHandler(handler)
+    assert not errors, [e.getMessage() for e in errors]  # a callback bug is logged, not raised
     if reply:
         assert reply.startswith(b"HTTP/1.1 "), reply[:100]
     f = _Forwarded()
@@ -213,3 +223,17 @@ def test_h2_codec_mutated_and_arbitrary_bytes_never_raise(noise, where, replace)
             if isinstance(ev, RequestHead):  # whatever got through is a whole request
                 assert ev.method and (ev.path or ev.method == b"CONNECT")
         server.data_to_send()
+
+
+def test_h1_relay_check_is_not_vacuous():
+    """The property's own checks see a forwarded request: forged XFCC and Host replaced."""
+    forwarded, reply = _relay([b"GET http://real:80/p HTTP/1.1\r\nhost: forged\r\n"
+                               b"X-Forwarded-Client-Cert: By=spiffe://evil\r\n\r\n"])
+    assert reply == b""  # no local answer: it went on
+    f = _Forwarded()
+    f.parser.feed_data(forwarded)
+    [(method, hs)] = f.heads
+    assert forwarded.startswith(b"GET /p HTTP/1.1\r\n")
+    assert (b"host", b"real:80") in hs
+    assert [v for n, v in hs if n == b"x-forwarded-client-cert"] == [
+        b"By=" + LOCAL.encode() + b";URI=" + PEER.encode()]
