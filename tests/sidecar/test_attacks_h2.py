@@ -240,3 +240,28 @@ def test_max_requests_per_connection_sends_goaway_after_the_last(codec):
         h2_ok(p.h2)  # a new connection is served
     finally:
         assert "Traceback" not in p.stop()
+
+
+def test_a_client_that_never_reads_cannot_grow_the_outbound_queue(proxy):
+    """Requests answered locally (CONNECT: 403) sent by a client that never reads: the proxy
+    stops reading that client once its write buffer is full, so what queues stays bounded
+    (Envoy counts frames, max_outbound_frames; here the bound is in bytes)."""
+    import socket
+
+    rss = proxy.rss_kb()
+    c = RawH2(proxy.h2)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.sock.settimeout(2)
+    sent = 0
+    try:
+        for batch in range(100):  # up to 500,000 requests
+            c.send(*[c.headers(1 + 2 * (batch * 5000 + i), method=b"CONNECT",
+                               authority=b"x:443") for i in range(5000)])
+            sent += 5000
+    except (TimeoutError, BrokenPipeError, ConnectionResetError):
+        pass
+    grown = proxy.rss_kb() - rss
+    c.close()
+    assert sent < 500_000, "the proxy kept reading a client that does not read"
+    assert grown < 32 * 1024, grown
+    h2_ok(proxy.h2)
