@@ -546,8 +546,8 @@ class H1Downstream(asyncio.Protocol):
             if not hosts:
                 out.append(b"host: %s\r\n" % authority)
             self.host = authority
-        elif not hosts:
-            if version != "1.0":  # HTTP/1.1 requires Host (Envoy: 400)
+        elif not self.host:
+            if version != "1.0" or hosts:  # HTTP/1.1 requires a Host (Envoy: 400), not empty
                 raise BadRequest("missing Host header")
             # HTTP/1.0 may omit it, but the request goes on as HTTP/1.1, which may not.
             dst = ctx.inbound_target or ctx.original_dst or ("localhost", 80)

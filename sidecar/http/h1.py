@@ -283,8 +283,8 @@ class H1ServerCodec(_Writer):
                 if not self.hosts:
                     self.headers.append((b"host", authority))
                 self.hosts = 1
-        if not self.hosts and p.get_http_version() != "1.0":
-            raise BadRequest("missing Host header")
+        if not self.host and (self.hosts or p.get_http_version() != "1.0"):
+            raise BadRequest("missing Host header")  # HTTP/1.1 requires one, not empty
         upgrade = p.should_upgrade()
         self.no_body = not self.te and (self.cl is None or self.cl == b"0")
         self.in_body = True

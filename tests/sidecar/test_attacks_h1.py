@@ -149,6 +149,7 @@ def test_max_requests_per_connection_closes_after_the_last(proxy):
 
 def test_missing_host_is_400_and_http10_without_host_is_served(proxy):
     _refused(proxy, b"GET / HTTP/1.1\r\nx: y\r\n\r\n", 400)
+    _refused(proxy, b"GET / HTTP/1.1\r\nhost:\r\n\r\n", 400)  # empty
     out = h1_exchange(proxy.h1, b"GET / HTTP/1.0\r\n\r\n")
     assert status_of(out) == 200
 
