@@ -9,6 +9,7 @@ trustDomain: cluster.local
 nativeSidecar: true          # false for clusters older than Kubernetes 1.29
 dnsCapture: true             # the proxy answers the pod's DNS queries for mesh names
 resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "2", memory: 256Mi}}
+proxyLimits: {maxHeadersCount: 100, requestHeadersTimeout: 10}  # sidecar/http/limits.py
 ```
 """
 
@@ -25,6 +26,7 @@ import yaml
 from control_plane.api import annotations as ann
 from control_plane.api.ports import DEFAULT_TRUST_DOMAIN, DISCOVERY_PORT
 from control_plane.api.version import version
+from sidecar.http import limits
 
 VERSION = version()  # the default proxyVersion: the injector's own release
 CONFIGMAP_KEY = "mesh"
@@ -70,10 +72,15 @@ class MeshConfig:
         default_factory=lambda: Resources("100m", "64Mi", "2", "256Mi"))
     init_resources: Resources = field(
         default_factory=lambda: Resources("10m", "32Mi", "1", "128Mi"))
+    # HTTP limits given in proxyLimits ((field, value) pairs); the rest are Envoy's defaults.
+    proxy_limits: tuple[tuple[str, int | float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """Canonical form (for the template hash and for docs)."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.proxy_limits:  # unset: the hash of every existing config stays the same
+            del d["proxy_limits"]
+        return d
 
 
 # YAML key -> (dataclass field, checker returning the value or raising ValueError with "accepted").
@@ -96,6 +103,7 @@ FIELDS = {
     "tracingEndpoint": "tracing_endpoint",
     "tracingSampling": "tracing_sampling",
     "accessLog": "access_log",
+    "proxyLimits": "proxy_limits",
 }
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
@@ -181,6 +189,11 @@ def from_dict(data: dict[str, Any] | None) -> MeshConfig:
         elif key == "tracingEndpoint":
             values[name] = _str(key, v, re.compile(r"^$|" + _URL.pattern),
                                 "an http(s) URL of an OTLP/HTTP traces endpoint, or empty (off)")
+        elif key == "proxyLimits":
+            try:
+                values[name] = limits.from_mesh(v)
+            except limits.LimitsError as e:
+                raise MeshConfigError(str(e)) from None
         elif key == "proxyVersion":
             values[name] = _str(key, v, re.compile(r"^\S+$"), "a version string such as 0.1.0")
         else:  # resources, initResources

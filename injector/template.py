@@ -27,6 +27,7 @@ from control_plane.api.ports import (
 from control_plane.api.version import version
 from injector import probes, scrape
 from injector.meshconfig import FIELDS, MeshConfig, Resources
+from sidecar.http import limits
 
 TEMPLATE_VERSION = "1"  # bump when the shape of what is injected changes
 INIT_NAME = "remora-init"
@@ -143,6 +144,7 @@ def _proxy_env(mesh: MeshConfig, settings: dict[str, Any], app_probes: dict[str,
         # template (OUTDATED) without reading every pod.
         "REMORA_TEMPLATE_HASH": template_hash(mesh),
     }
+    plain.update(limits.env_for(mesh.proxy_limits))  # HTTP limits set in mesh config
     plain["REMORA_APP_PROBES"] = json.dumps(app_probes, sort_keys=True, separators=(",", ":"))
     if settings.get("app-metrics"):  # set by inject_pod from the app's prometheus.io annotations
         plain[scrape.APP_METRICS_ENV] = settings["app-metrics"]

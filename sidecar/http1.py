@@ -24,6 +24,7 @@ import httptools
 
 from control_plane.api.model import Endpoint, OutboundPort
 
+from .http import limits as limits_
 from .http import replies
 from .http.exchange import (
     NO_FLAGS,
@@ -34,7 +35,14 @@ from .http.exchange import (
     decide_outbound,
     inbound_label_keys,
 )
-from .http.h1 import MAX_HEAD_BYTES, MAX_RESPONSE_HEAD_BYTES, BadRequest, framing_header
+from .http.h1 import (
+    MAX_RESPONSE_HEAD_BYTES,
+    BadRequest,
+    HeaderOverflow,
+    absolute_form,
+    connect_refused,
+    framing_header,
+)
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
 from .routing import Router
@@ -51,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remora.http1")
 POOL_MAX_IDLE = 64  # idle upstream connections kept per endpoint
-POOL_IDLE_SECONDS = 60.0
 HIGH_WATER = 256 * 1024
 
 # Request headers that need a look; every other header is copied as it came.
@@ -113,10 +120,6 @@ def _log_callback_bug(e: Exception) -> None:
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
 
 
-def _head_too_large() -> None:
-    raise BadRequest(f"request head larger than {MAX_HEAD_BYTES} bytes")
-
-
 def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
     if transport.is_closing():
         return
@@ -163,7 +166,10 @@ class H1Pool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        cutoff = time.monotonic() - POOL_IDLE_SECONDS
+        idle = limits_.current().upstream_idle_timeout
+        if not idle:  # 0: pooled connections are kept until the upstream closes them
+            return
+        cutoff = time.monotonic() - idle
         for key, conns in list(self.idle.items()):
             for up in [u for u in conns if u.idle_since < cutoff]:
                 conns.remove(up)
@@ -306,6 +312,16 @@ class H1Downstream(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
         self.host = b""
+        # Limits (sidecar/http/limits.py): the head being parsed, idle and slowloris timers.
+        self.lim = lim = limits_.current()
+        self.max_head, self.max_headers = lim.max_head_bytes, lim.max_headers_count  # hot path
+        self.in_head = False  # between a request's first byte and its complete head
+        self.head_pending = 0  # bytes read while the head was incomplete (httptools buffers)
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = time.monotonic()
+        self.requests = 0
+        self.head_count = 0
         # The exchange in flight.
         self.busy = False
         self.pending_dispatch = False
@@ -345,6 +361,9 @@ class H1Downstream(asyncio.Protocol):
             self.ctx.registry.add(self)
         if self.ctx.labels is not None and self.ctx.direction == INBOUND:
             self.ex.lkey = inbound_label_keys(self.ctx, transport)[0]
+        if self.lim.idle_timeout:
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                self.lim.idle_timeout, self._idle_check)
 
     def close_if_idle(self) -> None:
         """Draining: close a keep-alive connection that has no request in flight."""
@@ -369,6 +388,10 @@ class H1Downstream(asyncio.Protocol):
             _log_callback_bug(e)
             self._bad_request(e)
             return
+        if self.in_head:  # httptools holds an unfinished header itself: bound what it may
+            self._head_incomplete(len(data))
+            if self.closed or self.transport.is_closing():
+                return
         if self.pending_dispatch:
             self.pending_dispatch = False
             self._dispatch()
@@ -398,6 +421,9 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        for t in (self.head_timer, self.idle_timer):
+            if t is not None:
+                t.cancel()
         if self.busy and not self.ex.finished:  # the client left mid-exchange: count it
             self.ex.add_flag(DC)
             self.ex.done(self.resp_status if self.resp_started else 0)
@@ -431,6 +457,10 @@ class H1Downstream(asyncio.Protocol):
 
     # -- parser callbacks (queued into the backlog while an earlier exchange runs) ---------
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_pending = 0
+        self.head_count = 0
+        self.head_bytes = 0
         if self.busy or self.backlog is not None:
             if self.backlog is None:
                 self.backlog = []
@@ -443,8 +473,8 @@ class H1Downstream(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            _head_too_large()
+        if self.head_bytes > self.max_head:
+            raise HeaderOverflow(f"request line longer than {self.lim.max_request_headers_kb} KiB")
         if self.backlog is not None:
             self.backlog.append(("url", url))
         else:
@@ -452,14 +482,21 @@ class H1Downstream(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_HEAD_BYTES:
-            _head_too_large()
+        self.head_pending = 0  # what httptools held is now counted in head_bytes
+        self.head_count = n = self.head_count + 1
         if self.backlog is not None:
             self.backlog.append(("header", name, value))
         else:
             self.headers.append((name, value))
+        if self.head_bytes > self.max_head or n > self.max_headers:
+            raise HeaderOverflow(limits_.head_overflow(n, self.head_bytes, self.lim)
+                                 or "request headers too large")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         p = self.parser
         args = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
         if self.backlog is not None:
@@ -492,6 +529,11 @@ class H1Downstream(asyncio.Protocol):
         hosts = 0
         self.host = b""
         has_id = False
+        if method == b"CONNECT":
+            raise connect_refused()
+        authority = None
+        if self.url[:1] != b"/":  # absolute-form: its authority is the Host (RFC 9112 3.2.2)
+            authority, self.url = absolute_form(self.url)
         out = [b"%s %s HTTP/1.1\r\n" % (method, self.url)]
         conn_tokens: set[bytes] = set()
         for name, value in self.headers:
@@ -513,6 +555,8 @@ class H1Downstream(asyncio.Protocol):
                 if lname == b"host":
                     hosts += 1
                     self.host = value
+                    if authority is not None:
+                        value = authority
                 else:
                     has_id = True
                 out.append(b"%s: %s\r\n" % (name, value))
@@ -524,6 +568,22 @@ class H1Downstream(asyncio.Protocol):
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if hosts > 1:
             raise BadRequest("repeated Host header")
+        if authority is not None:
+            if not hosts:
+                out.append(b"host: %s\r\n" % authority)
+            self.host = authority
+        elif not self.host:
+            if version != "1.0" or hosts:  # HTTP/1.1 requires a Host (Envoy: 400), not empty
+                raise BadRequest("missing Host header")
+            # HTTP/1.0 may omit it, but the request goes on as HTTP/1.1, which may not.
+            dst = ctx.inbound_target or ctx.original_dst or ("localhost", 80)
+            addr = dst[0].encode()
+            self.host = b"[%s]:%d" % (addr, dst[1]) if b":" in addr else b"%s:%d" % (addr, dst[1])
+            out.append(b"host: %s\r\n" % self.host)
+        self.requests += 1
+        cap = self.lim.max_requests_per_connection
+        if cap and self.requests >= cap:  # the last one: tell the client, then close
+            keep_alive = False
         rid = b""
         if not has_id:
             rid = request_id()
@@ -801,6 +861,7 @@ class H1Downstream(asyncio.Protocol):
 
     def _exchange_done(self, status: int) -> None:
         self.ex.done(status)
+        self.last_active = time.monotonic()
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
@@ -859,9 +920,42 @@ class H1Downstream(asyncio.Protocol):
         self.paused = 0
         self.transport.resume_reading()
 
+    # -- limits --------------------------------------------------------------------------
+    def _head_incomplete(self, n: int) -> None:
+        """A read ended inside a request head: bound it, and time it (slowloris)."""
+        self.head_pending += n
+        if self.head_bytes + self.head_pending > self.max_head:
+            self._bad_request(HeaderOverflow(
+                f"request head larger than {self.lim.max_request_headers_kb} KiB"))
+            return
+        timeout = self.lim.request_headers_timeout
+        if timeout and self.head_timer is None and not self.busy and self.backlog is None:
+            self.head_timer = asyncio.get_running_loop().call_later(timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.closed:  # Envoy: 408, connection closed
+            self._bad_request(BadRequest("request headers timeout", 408))
+
+    def _idle_check(self) -> None:
+        """Close the connection once it had no request in flight for the idle timeout."""
+        self.idle_timer = None
+        if self.closed:
+            return
+        idle = self.lim.idle_timeout
+        left = idle - (time.monotonic() - self.last_active)
+        if self.busy or self.in_head or self.tunnel or self.backlog is not None:
+            left = idle
+        elif left <= 0:
+            self.transport.close()
+            return
+        self.idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
+
     # -- local replies -------------------------------------------------------------------
     def _bad_request(self, err: Exception) -> None:
         self.ctx.stats.protocol_error()
+        cause = err if isinstance(err, BadRequest) else (err.__context__ or err.__cause__)
+        status = cause.status if isinstance(cause, BadRequest) else 400
         self.keep_alive = False
         self.busy = False
         self.backlog = None
@@ -869,9 +963,13 @@ class H1Downstream(asyncio.Protocol):
             up, self.up = self.up, None
             up.down = None
             up.transport.abort()
-        body = b"bad request\n"
-        self.wbuf.append(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
-                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        if status == 400:
+            head, body = b"HTTP/1.1 400 Bad Request", b"bad request\n"
+        else:
+            head = b"HTTP/1.1 %d %s" % (status, replies.reason(status))
+            body = replies.body(str(cause))
+        self.wbuf.append(b"%s\r\ncontent-type: text/plain\r\n"
+                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body))
         self.flush()
         self.transport.close()
 

@@ -29,6 +29,7 @@ from control_plane.api.model import Endpoint
 
 from .http import events as ev_
 from .http import h2select, replies
+from .http import limits as limits_
 from .http.events import (
     CANCEL,
     INTERNAL_ERROR,
@@ -64,7 +65,6 @@ log = logging.getLogger("remora.http2")
 HIGH_WATER = 256 * 1024  # transport write buffer: stop reading that peer above this
 LOW_WATER = 64 * 1024
 CONNECT_TIMEOUT = 5.0  # when the cluster does not say (inbound hop to the app)
-IDLE_TIMEOUT = 60.0  # an upstream connection without streams is closed after this
 
 # (address, port, ALPN, expected identity): a reused pod IP never gets a connection that was
 # verified for the workload that had it before.
@@ -131,6 +131,8 @@ class _Side(asyncio.Protocol):
         data = self.codec.data_to_send()
         if data:
             self.transport.write(data)
+        if self.codec.failed:  # the codec sent an error GOAWAY: nothing more will be read
+            self.transport.close()
 
     def pause_writing(self) -> None:
         # The peer is not reading what we send: stop reading it (its frames make us write, e.g.
@@ -582,8 +584,9 @@ class H2Upstream(_Side):
         if self.goaway_received:
             self.close()
         else:
-            loop = asyncio.get_running_loop()
-            self.idle_timer = loop.call_later(IDLE_TIMEOUT, self.close)
+            idle = limits_.current().upstream_idle_timeout  # 0: kept until the peer closes
+            if idle:
+                self.idle_timer = asyncio.get_running_loop().call_later(idle, self.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.touch()
@@ -711,6 +714,12 @@ class H2Downstream(_Side):
         # Inbound: what this proxy asserts about the verified peer (None: plaintext, no peer).
         self.xfcc = xfcc_value(ctx.local_identity, ctx.peer_identity) if ctx.inbound_target else None
         self.lkeys = ("", "")  # inbound: this connection's label keys for HTTP, gRPC
+        # Limits (sidecar/http/limits.py): premature resets, idle connection.
+        self.lim = limits_.current()
+        self.resets = limits_.ResetBudget(self.lim)
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = 0.0
+        self.requests = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -718,8 +727,42 @@ class H2Downstream(_Side):
             self.ctx.registry.add(self)
         if self.ctx.labels is not None and self.inbound_endpoint is not None:
             self.lkeys = inbound_label_keys(self.ctx, transport)
+        if self.lim.idle_timeout:
+            loop = asyncio.get_running_loop()
+            self.last_active = loop.time()
+            self.idle_timer = loop.call_later(self.lim.idle_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Graceful GOAWAY once no stream was open for the idle timeout (Envoy's idle_timeout)."""
+        self.idle_timer = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        left = self.lim.idle_timeout - (loop.time() - self.last_active)
+        if self.streams:
+            left = self.lim.idle_timeout
+        elif left <= 0:
+            self.drain()
+            self.close()
+            return
+        self.idle_timer = loop.call_later(left, self._idle_check)
+
+    def _on_downstream_reset(self, ev: ev_.StreamReset) -> None:
+        if self.resets.close(ev.stream_id, reset_by_peer=True):
+            self._too_many_resets()
+            return
+        self._on_reset(ev)
+
+    def _too_many_resets(self) -> None:
+        """Envoy ≥ 1.27.1: a connection whose streams are mostly reset early is closed."""
+        log.info("H2Downstream: closing after %d premature stream resets", self.resets.premature)
+        self.ctx.stats.protocol_error()
+        self.drain()
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
         if self.ctx.registry is not None:
             self.ctx.registry.discard(self)
         if self.ctx.closed is not None:  # the connection's one close count
@@ -753,8 +796,12 @@ class H2Downstream(_Side):
 
     def drop(self, stream_id: int | None) -> None:
         super().drop(stream_id)
-        if not self.streams and (self.goaway_sent or self.goaway_received):
-            self.close()
+        if stream_id is not None:
+            self.resets.close(stream_id, reset_by_peer=False)
+        if not self.streams:
+            self.last_active = asyncio.get_running_loop().time()
+            if self.goaway_sent or self.goaway_received:
+                self.close()
 
     def _on_request(self, ev: ev_.RequestHead) -> None:
         sid = ev.stream_id
@@ -763,6 +810,7 @@ class H2Downstream(_Side):
         if self.goaway_sent and sid > self.last_stream_id:
             self.reset(sid, REFUSED_STREAM)
             return
+        refused = limits_.h2_request_refusal(ev, self.lim)  # on the headers as the client sent
         inbound = self.inbound_endpoint is not None
         headers = ev.headers = request_headers(ev.headers, inbound, self.xfcc)
         method, path, authority = ev.method, ev.path, ev.authority
@@ -775,6 +823,13 @@ class H2Downstream(_Side):
         self.streams[sid] = ex
         if ev.end_stream:
             ex.req.ended = True
+        self.resets.open(sid)
+        self.requests += 1
+        if self.requests == self.lim.max_requests_per_connection:  # the last one: GOAWAY
+            self.drain()
+        if refused is not None:  # over the header limits, no authority, CONNECT
+            ex.local_reply(*refused)
+            return
         ctx = self.ctx
         ex.method, ex.path, ex.req_headers, ex.protocol = method, path, headers, "HTTP/2"
         if ctx.tracer is not None:
@@ -827,4 +882,5 @@ class H2Downstream(_Side):
         ev_.RequestHead: _on_request,
         ev_.GoAway: _on_client_goaway,
         ev_.ProtocolError: _on_downstream_protocol_error,
+        ev_.StreamReset: _on_downstream_reset,
     }

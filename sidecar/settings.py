@@ -18,6 +18,7 @@ from control_plane.api import annotations as ann
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
+from .http import limits as http_limits
 from .metrics_merge import parse_url
 
 
@@ -130,6 +131,10 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
             parse_url(s.app_metrics)
         except ValueError as e:
             raise SettingsError(str(e)) from None
+    try:  # the HTTP limits (sidecar/http/limits.py): checked here, used by every connection
+        http_limits.configure(http_limits.from_env(env))
+    except http_limits.LimitsError as e:
+        raise SettingsError(str(e)) from None
     if not s.bootstrap and not s.control_plane:
         raise SettingsError("no configuration source: set REMORA_BOOTSTRAP (or --bootstrap) for a "
                             "static config, or REMORA_CONTROL_PLANE (or --control-plane)")

@@ -5,9 +5,10 @@
 
 - requests the proxy cannot vouch for are refused with 400 and never produce a
   ``RequestHead``: both Content-Length and Transfer-Encoding, repeated or non-numeric
-  Content-Length, a Transfer-Encoding other than ``chunked``, a repeated Host, a head over
-  ``MAX_HEAD_BYTES``, and anything llhttp rejects (bare LF, space before the colon,
-  invalid characters, garbage);
+  Content-Length, a Transfer-Encoding other than ``chunked``, a repeated Host, no Host on
+  HTTP/1.1, and anything llhttp rejects (bare LF, space before the colon, invalid
+  characters, garbage); a head over the header limits (``limits.py``) gets 431 and CONNECT
+  403; an absolute-form target's authority replaces the Host;
 - bodies are de-framed into ``Data`` events and re-framed on the way out: a Content-Length
   stays, otherwise the body is chunked (an HTTP/1.0 client instead gets the body until the
   connection closes);
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import httptools
 
+from . import limits
 from .events import (
     Data,
     EndOfMessage,
@@ -36,18 +38,59 @@ from .events import (
 from .replies import body as reply_body
 from .replies import reason as reply_reason
 
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more is refused with 400
 MAX_RESPONSE_HEAD_BYTES = 256 * 1024  # an upstream sending more is a protocol error
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
 class BadRequest(Exception):
-    pass
+    """A request refused before it reaches the upstream; ``status`` is the answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _refusal(e: Exception) -> str:
-    cause = e.__context__ or e.__cause__
-    return str(cause if isinstance(cause, BadRequest) else e) or type(e).__name__
+class HeaderOverflow(BadRequest):
+    """Too many headers, or too many bytes in the request line and headers (Envoy: 431)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 431)
+
+
+def connect_refused() -> BadRequest:
+    """CONNECT is answered by the proxy (Envoy without CONNECT support: 403)."""
+    return BadRequest("CONNECT is not supported", 403)
+
+
+def absolute_form(url: bytes) -> tuple[bytes | None, bytes]:
+    """(authority, origin-form target) of an absolute-form request target: the authority
+    replaces the Host header (RFC 9112 3.2.2; Envoy does the same). Anything else that does
+    not start with ``/`` (``*`` for OPTIONS) is kept as it came."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        if url == b"*":
+            return None, url
+        raise BadRequest("request target is neither origin-form nor absolute-form")
+    end = len(rest)
+    for c in (b"/", b"?", b"#"):
+        i = rest.find(c)
+        if i != -1:
+            end = min(end, i)
+    authority = rest[:end]
+    if not authority or b"@" in authority:
+        raise BadRequest("absolute-form request target without a valid authority")
+    path = rest[end:]
+    if path[:1] != b"/":
+        path = b"/" + path
+    return authority, path
+
+
+def _refusal(e: Exception) -> tuple[int, str]:
+    """(status, message) for a refused request: the BadRequest's, else 400."""
+    cause = e if isinstance(e, BadRequest) else (e.__context__ or e.__cause__)
+    if isinstance(cause, BadRequest):
+        return cause.status, str(cause)
+    return 400, str(e) or type(e).__name__
 
 
 def framing_header(lname: bytes, value: bytes, cl: bytes | None, te: bool) -> tuple[bytes | None, bool]:
@@ -119,10 +162,14 @@ class _Writer:
 class H1ServerCodec(_Writer):
     """The server end of one HTTP/1.1 connection (see the module docstring)."""
 
-    def __init__(self, max_head: int = MAX_HEAD_BYTES) -> None:
+    def __init__(self, max_head: int | None = None, max_headers: int | None = None) -> None:
         super().__init__()
         self.parser = httptools.HttpRequestParser(self)
-        self.max_head = max_head
+        lim = limits.current()
+        self.max_head = lim.max_head_bytes if max_head is None else max_head
+        self.max_headers = lim.max_headers_count if max_headers is None else max_headers
+        self.in_head = False
+        self.head_pending = 0  # bytes read while a head is incomplete (httptools holds them)
         self.events: list[Event] = []
         self.next_id = 1
         self.rx_id = 0  # stream id of the request being parsed
@@ -157,7 +204,12 @@ class H1ServerCodec(_Writer):
             self.tunnel = True
             events.append(TunnelData(self.rx_id, data[e.args[0]:]))
         except (httptools.HttpParserError, BadRequest) as e:
-            self.refuse(400, _refusal(e))
+            self.refuse(*_refusal(e))
+            return events
+        if self.in_head:  # an unfinished header grows httptools' buffer: bound it here
+            self.head_pending += len(data)
+            if self.head_bytes + self.head_pending > self.max_head:
+                self.refuse(431, f"request head larger than {self.max_head} bytes")
         return events
 
     def refuse(self, status: int, message: str) -> None:
@@ -171,6 +223,8 @@ class H1ServerCodec(_Writer):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_pending = 0
         self.rx_id = self.next_id
         self.next_id += 2
         self.url = b""
@@ -187,16 +241,19 @@ class H1ServerCodec(_Writer):
     def on_url(self, url: bytes) -> None:
         self.head_bytes += len(url)
         if self.head_bytes > self.max_head:
-            raise BadRequest(f"request head larger than {self.max_head} bytes")
+            raise HeaderOverflow(f"request line longer than {self.max_head} bytes")
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
+        self.head_pending = 0
         if self.head_bytes > self.max_head:
-            raise BadRequest(f"request head larger than {self.max_head} bytes")
+            raise HeaderOverflow(f"request head larger than {self.max_head} bytes")
         if self.in_body:  # a chunked body's trailer section
             self.trailers.append((name, value))
             return
+        if len(self.headers) >= self.max_headers:
+            raise HeaderOverflow(f"request has more than {self.max_headers} headers")
         lname = name.lower()
         if lname == b"content-length" or lname == b"transfer-encoding":
             self.cl, self.te = framing_header(lname, value, self.cl, self.te)
@@ -208,16 +265,31 @@ class H1ServerCodec(_Writer):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         if self.cl is not None and self.te:
             raise BadRequest("both Content-Length and Transfer-Encoding")
         if self.hosts > 1:
             raise BadRequest("repeated Host header")
         p = self.parser
+        method = p.get_method()
+        if method == b"CONNECT":
+            raise connect_refused()
+        if self.url[:1] != b"/":
+            authority, self.url = absolute_form(self.url)
+            if authority is not None:
+                self.host = authority
+                self.headers = [(n, authority if n.lower() == b"host" else v)
+                                for n, v in self.headers]
+                if not self.hosts:
+                    self.headers.append((b"host", authority))
+                self.hosts = 1
+        if not self.host and (self.hosts or p.get_http_version() != "1.0"):
+            raise BadRequest("missing Host header")  # HTTP/1.1 requires one, not empty
         upgrade = p.should_upgrade()
         self.no_body = not self.te and (self.cl is None or self.cl == b"0")
         self.in_body = True
         self.events.append(RequestHead(
-            self.rx_id, p.get_method(), b"http", self.host, self.url, self.headers,
+            self.rx_id, method, b"http", self.host, self.url, self.headers,
             self.no_body, p.should_keep_alive(), self.upgrade if upgrade else b"",
             p.get_http_version() == "1.0"))
 

@@ -20,6 +20,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from . import limits
 from .events import (
     Data,
     EndOfMessage,
@@ -38,7 +39,6 @@ from .events import (
 
 STREAM_WINDOW = 65_535  # per-stream receive window we advertise (the HTTP/2 default)
 CONN_WINDOW = 1 << 21  # connection receive window: a few stalled streams do not block the rest
-MAX_STREAMS = 128  # concurrent streams we accept per connection
 # A stream that is gone (reset or closed by its peer): what touching it raises in h2.
 STREAM_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
                h2.exceptions.FlowControlError, KeyError)
@@ -58,7 +58,7 @@ def h2_config(client_side: bool) -> h2.config.H2Configuration:
 def h2_settings(client_side: bool) -> h2.settings.Settings:
     values = {
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.current().max_concurrent_streams,
     }
     if client_side:
         values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
@@ -126,15 +126,30 @@ class H2Codec:
         conn.increment_flow_control_window(CONN_WINDOW - 65_535)
         self.goaway_sent = False
         self.last_stream_id = 0  # server: the highest stream a graceful GOAWAY let finish
+        self.control = limits.ControlFrameBudget(limits.current())  # PING/SETTINGS flood
+        self.failed = False
 
     # -- bytes in ---------------------------------------------------------------------
     def feed(self, data: bytes) -> list[Event]:
+        if self.failed:
+            return []
         try:
             h2_events: list[Any] = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
+            self.failed = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)
-            return [ProtocolError(f"HTTP/2 protocol error: {e}", 0)]
+            return [ProtocolError(f"HTTP/2 protocol error: {e}", 400 if not self.client_side else 0)]
+        acks = sum(1 for ev in h2_events
+                   if type(ev) is h2.events.PingReceived or type(ev) is h2.events.RemoteSettingsChanged)
+        if acks and self.control.add(acks):
+            # Envoy's (and nghttp2's) outbound control-frame limit: the acks are dropped.
+            self.failed = True
+            self.conn.clear_outbound_data_buffer()
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            return [ProtocolError("HTTP/2 control frame flood: too many PING/SETTINGS frames",
+                                  400 if not self.client_side else 0)]
         out: list[Event] = []
         ended_with_head: set[int] | None = None  # streams whose END_STREAM is already told
         for ev in h2_events:
@@ -251,4 +266,5 @@ class H2Codec:
         return int(self.conn.remote_settings.max_concurrent_streams)
 
     def data_to_send(self) -> bytes:
+        self.control.written()
         return bytes(self.conn.data_to_send())

@@ -14,6 +14,7 @@ connection with GOAWAY and a ``ProtocolError`` event.
 
 from __future__ import annotations
 
+from . import limits
 from .events import (
     Data,
     EndOfMessage,
@@ -36,7 +37,6 @@ except ImportError:  # the extension was not built: the h2 codec is used instead
 
 STREAM_WINDOW = 65_535
 CONN_WINDOW = 1 << 21
-MAX_STREAMS = 128
 
 # The binding's event kinds.
 _HEADERS, _DATA, _END, _RESET, _GOAWAY, _WINDOW, _CLOSED = 1, 2, 3, 4, 5, 6, 7
@@ -59,7 +59,10 @@ class NgH2Codec:
         if native is None:
             raise RuntimeError("the native HTTP/2 codec is not built")
         self.client_side = client_side
-        self.session = native.Session(client_side, STREAM_WINDOW, MAX_STREAMS, CONN_WINDOW)
+        lim = limits.current()  # nghttp2 enforces the stream and control-frame limits itself
+        self.session = native.Session(client_side, STREAM_WINDOW, lim.max_concurrent_streams,
+                                      CONN_WINDOW,
+                                      max_outbound_ack=lim.max_outbound_control_frames)
         self.goaway_sent = False
         self.last_stream_id = 0  # server: the highest stream a graceful GOAWAY let finish
         self.failed = False
@@ -104,8 +107,9 @@ class NgH2Codec:
             # nghttp2 answers a rapid-reset burst with a GOAWAY of its own, found only by
             # serialising: do it now, so the owner learns in this turn that the connection
             # is over (and closes it, as Envoy does).
+            failed = self.failed
             self.out = self.data_to_send()  # includes what was pending before
-            if self.session.goaway_error_sent > 0 and not self.failed:
+            if self.session.goaway_error_sent > 0 and not failed:
                 self.failed = True
                 append(ProtocolError("HTTP/2 rapid reset: too many streams reset early", 400))
         return out
@@ -189,6 +193,8 @@ class NgH2Codec:
         except native.Nghttp2Error:
             self.failed = True
             data = b""
+        if self.session.goaway_error_sent > 0:  # nghttp2 ended the connection (a flood, a
+            self.failed = True  # stream limit): the owner closes once this is written
         if self.out:
             data, self.out = self.out + data, b""
         return data

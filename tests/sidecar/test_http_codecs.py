@@ -64,7 +64,7 @@ SMUGGLING = {
     "bare lf": b"GET / HTTP/1.1\nHost: a\n\n",
     "space before colon": b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
-    "head too large": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * (64 * 1024) + b"\r\n\r\n",
+    "no host": b"GET / HTTP/1.1\r\nX: a\r\n\r\n",  # over-limit heads: test_attacks_codecs.py
 }
 
 

@@ -1,0 +1,203 @@
+"""The data plane's HTTP limits: one table of names, Envoy's defaults, environment variables
+and mesh-config keys (the injector passes ``proxyLimits`` on as these variables), plus the
+small accounting objects the relays share.
+
+Envoy's defaults unless noted (docs/security.md "Limits" says why where Remora differs):
+header count 100 and header bytes 60 KiB (431), request-headers timeout (Envoy: off; here
+10 s, the value of Envoy's edge best practices, so slowloris connections do not pile up),
+idle timeouts 1 h, no cap on requests per connection, premature resets (Envoy ≥ 1.27.1:
+a stream reset by the client within 1 s of opening; the connection is closed once 250 were,
+or once 500 streams closed, whenever half of them were), 1,000 queued control frames. The
+outbound frame queue is bounded in bytes instead of frames (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+class LimitsError(ValueError):
+    """A limit's value is not accepted; the message names the variable or key."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_headers_count: int = 100
+    max_request_headers_kb: int = 60
+    request_headers_timeout: float = 10.0
+    idle_timeout: float = 3600.0  # downstream connection without a request in flight
+    upstream_idle_timeout: float = 3600.0  # pooled upstream connection without a request
+    max_requests_per_connection: int = 0  # 0: unlimited
+    max_concurrent_streams: int = 128  # HTTP/2, advertised in our SETTINGS
+    premature_reset_total_stream_count: int = 500
+    premature_reset_min_stream_lifetime: float = 1.0
+    max_outbound_control_frames: int = 1000  # HTTP/2 PING/SETTINGS acks not yet written
+
+    @property
+    def max_head_bytes(self) -> int:
+        return self.max_request_headers_kb * 1024
+
+
+# field -> (mesh-config key under proxyLimits, environment variable, minimum). 0 disables the
+# timeouts and the per-connection request cap.
+SPEC: dict[str, tuple[str, str, float]] = {
+    "max_headers_count": ("maxHeadersCount", "REMORA_MAX_HEADERS_COUNT", 1),
+    "max_request_headers_kb": ("maxRequestHeadersKb", "REMORA_MAX_REQUEST_HEADERS_KB", 1),
+    "request_headers_timeout": ("requestHeadersTimeout", "REMORA_REQUEST_HEADERS_TIMEOUT", 0),
+    "idle_timeout": ("idleTimeout", "REMORA_IDLE_TIMEOUT", 0),
+    "upstream_idle_timeout": ("upstreamIdleTimeout", "REMORA_UPSTREAM_IDLE_TIMEOUT", 0),
+    "max_requests_per_connection": ("maxRequestsPerConnection",
+                                    "REMORA_MAX_REQUESTS_PER_CONNECTION", 0),
+    "max_concurrent_streams": ("maxConcurrentStreams", "REMORA_MAX_CONCURRENT_STREAMS", 1),
+    "premature_reset_total_stream_count": ("prematureResetTotalStreamCount",
+                                           "REMORA_PREMATURE_RESET_TOTAL_STREAM_COUNT", 2),
+    "premature_reset_min_stream_lifetime": ("prematureResetMinStreamLifetime",
+                                            "REMORA_PREMATURE_RESET_MIN_STREAM_LIFETIME", 0),
+    "max_outbound_control_frames": ("maxOutboundControlFrames",
+                                    "REMORA_MAX_OUTBOUND_CONTROL_FRAMES", 1),
+}
+MESH_KEYS = {key: name for name, (key, _, _) in SPEC.items()}
+_TYPES = {f.name: f.type for f in fields(Limits)}
+
+
+def _value(name: str, raw: object, where: str) -> int | float:
+    minimum = SPEC[name][2]
+    is_int = _TYPES[name] in (int, "int")
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        v: int | float = int(str(raw)) if is_int else float(str(raw))
+    except ValueError:
+        v = -1.0
+    if v < minimum or v != v or v == float("inf"):
+        kind = "an integer" if is_int else "a number of seconds"
+        raise LimitsError(f"{where}: invalid value {raw!r}; accepted: {kind} >= {minimum:g}")
+    return v
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Limits:
+    """The limits the injector set (``REMORA_*``), Envoy's defaults for the rest."""
+    env = os.environ if env is None else env
+    values = {name: _value(name, env[var], var)
+              for name, (_, var, _) in SPEC.items() if env.get(var, "") != ""}
+    return replace(Limits(), **values)
+
+
+def from_mesh(data: object) -> tuple[tuple[str, int | float], ...]:
+    """Validate mesh config ``proxyLimits``: (field, value) pairs, only the keys given."""
+    if data is None:
+        return ()
+    if not isinstance(data, dict):
+        raise LimitsError("mesh config proxyLimits: accepted: a mapping of limits")
+    unknown = sorted(set(data) - set(MESH_KEYS))
+    if unknown:
+        raise LimitsError(f"mesh config proxyLimits: unknown key(s) {', '.join(unknown)}; "
+                          f"accepted: {', '.join(MESH_KEYS)}")
+    return tuple((MESH_KEYS[k], _value(MESH_KEYS[k], v, f"mesh config proxyLimits.{k}"))
+                 for k, v in sorted(data.items()))
+
+
+def env_for(pairs: tuple[tuple[str, int | float], ...]) -> dict[str, str]:
+    """The proxy's environment for validated mesh-config limits."""
+    return {SPEC[name][1]: f"{value:g}" if isinstance(value, float) else str(value)
+            for name, value in pairs}
+
+
+_current: Limits | None = None
+
+
+def current() -> Limits:
+    """This process's limits (read from the environment once)."""
+    global _current
+    if _current is None:
+        _current = from_env()
+    return _current
+
+
+def configure(limits: Limits | None) -> None:
+    """Set this process's limits (tests, or a start-up check); None: read the environment."""
+    global _current
+    _current = limits
+
+
+def head_overflow(count: int, size: int, limits: Limits) -> str | None:
+    """Why a request head is over the header limits (431), or None."""
+    if count > limits.max_headers_count:
+        return f"request has more than {limits.max_headers_count} headers"
+    if size > limits.max_head_bytes:
+        return f"request head larger than {limits.max_request_headers_kb} KiB"
+    return None
+
+
+def h2_request_refusal(head: Any, limits: Limits) -> tuple[int, str] | None:
+    """(status, message) Envoy answers an HTTP/2 request head with itself, or None: 431 over
+    the header limits, 403 for CONNECT (not supported), 400 without :authority or host."""
+    size = len(head.method) + len(head.scheme) + len(head.authority) + len(head.path)
+    has_host = bool(head.authority)
+    for name, value in head.headers:
+        size += len(name) + len(value)
+        if name == b"host":
+            has_host = True
+    why = head_overflow(len(head.headers), size, limits)
+    if why is not None:
+        return 431, why
+    if head.method == b"CONNECT":
+        return 403, "CONNECT is not supported"
+    if not has_host:
+        return 400, "missing :authority and host"
+    return None
+
+
+class ResetBudget:
+    """Envoy's premature-reset check for one HTTP/2 connection: a stream the client resets
+    within ``premature_reset_min_stream_lifetime`` of opening is premature; the connection
+    must close once half of ``premature_reset_total_stream_count`` streams were (a burst
+    before that many closed), and after that once half of all closed streams were."""
+
+    __slots__ = ("limits", "opened", "closed", "premature")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.opened: dict[int, float] = {}
+        self.closed = 0
+        self.premature = 0
+
+    def open(self, stream_id: int) -> None:
+        self.opened[stream_id] = time.monotonic()
+
+    def close(self, stream_id: int, reset_by_peer: bool) -> bool:
+        """Count a stream's end; True when the connection must be closed."""
+        started = self.opened.pop(stream_id, None)
+        if started is None:
+            return False
+        self.closed += 1
+        lim = self.limits
+        if reset_by_peer and time.monotonic() - started < lim.premature_reset_min_stream_lifetime:
+            self.premature += 1
+        total = lim.premature_reset_total_stream_count
+        if self.closed < total:  # early on: a burst of half the count
+            return self.premature * 2 >= total
+        return self.premature * 2 >= self.closed
+
+
+class ControlFrameBudget:
+    """Control frames (PING, SETTINGS) received whose acks are not written yet: above
+    ``max_outbound_control_frames`` the peer is flooding (Envoy's outbound control-frame
+    limit; nghttp2's max_outbound_ack is the same rule)."""
+
+    __slots__ = ("limit", "pending")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limit = limits.max_outbound_control_frames
+        self.pending = 0
+
+    def add(self, n: int) -> bool:
+        self.pending += n
+        return self.pending > self.limit
+
+    def written(self) -> None:
+        self.pending = 0
