@@ -56,7 +56,7 @@ class Revision:
         return MONITORING_PORT + PORT_STEP * self.index
 
     def dir(self, state: config.StateDir) -> Path:
-        return state.root / "revisions" / self.name
+        return revision_dir(state, self.name)
 
     def webhook_url(self) -> str:
         return f"https://127.0.0.1:{self.webhook_port}"
@@ -66,6 +66,15 @@ class Revision:
                 "controlPlaneMonitoring": f"http://{netns.GATEWAY}:{self.control_plane_monitoring_port}",
                 "webhook": self.webhook_url(),
                 "injectorMonitoring": f"http://127.0.0.1:{self.monitoring_port}"}
+
+
+def revision_dir(state: config.StateDir, name: str) -> Path:
+    return state.root / "revisions" / name
+
+
+def mesh_config_path(state: config.StateDir, name: str) -> Path:
+    """The mesh config revision ``name``'s injector reads (the default revision's is the cluster's)."""
+    return state.mesh_config if name == ann.DEFAULT_REVISION else revision_dir(state, name) / "mesh.yaml"
 
 
 def check_name(name: str) -> str:
@@ -93,7 +102,7 @@ def argv(state: config.StateDir, rev: Revision) -> tuple[list[str], list[str]]:
                "--monitoring-address", str(netns.GATEWAY),
                "--monitoring-port", str(rev.control_plane_monitoring_port), "--revision", rev.name]
     injector = [str(bin_dir / "remora-injector"), "--addr", "127.0.0.1", "--port", str(rev.webhook_port),
-                "--self-signed-dir", str(d / "injector"), "--mesh-config", str(d / "mesh.yaml"),
+                "--self-signed-dir", str(d / "injector"), "--mesh-config", str(mesh_config_path(state, rev.name)),
                 "--without-api-server", "--namespaces", str(state.namespaces_file),
                 "--metrics-addr", "127.0.0.1", "--metrics-port", str(rev.monitoring_port)]
     return control, injector
@@ -119,7 +128,7 @@ class Revisions:
         rev = Revision(name, index, webhook, monitoring, version)
         d = rev.dir(self.state)
         (d / "injector").mkdir(parents=True, exist_ok=True)
-        (d / "mesh.yaml").write_text(yaml.safe_dump(mesh_config(rev)))
+        mesh_config_path(self.state, name).write_text(yaml.safe_dump(mesh_config(rev)))
         (d / "revision.json").write_text(json.dumps(asdict(rev)))
         control, injector = argv(self.state, rev)
         env = {OVERRIDE_ENV: version} if version else {}

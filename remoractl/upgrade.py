@@ -4,7 +4,8 @@
 
 A pod's proxy is outdated when the version or template hash the injector stamped into its
 ``remora.dev/status`` differs from what the injector injects now (or, with ``--revision``, when
-it belongs to another revision). Deployments, StatefulSets and DaemonSets that own such pods are
+it belongs to another revision: then that revision's injector says what is current and its control
+plane is where the new proxies must be SYNCED). Deployments, StatefulSets and DaemonSets that own such pods are
 restarted as ``kubectl rollout restart`` does, a wave at a time; a wave holds at most
 ``--max-unavailable`` outdated pods. ReplicaSets without a Deployment, bare pods and Jobs are
 reported, never restarted.
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from control_plane.api.annotations import DEFAULT_REVISION
 from remoractl import upgrade_plan as up
 from remoractl.target import (
     Target,
@@ -59,7 +61,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-unavailable", default="1",
                    help="outdated pods restarted per wave: N or N%% of them (default 1)")
     p.add_argument("--dry-run", action="store_true", help="show the plan and the waves, change nothing")
-    p.add_argument("--revision", default="", help="also restart pods of any other revision than this")
+    p.add_argument("--revision", default="",
+                   help="upgrade to this revision: its injector's mesh config is the target and its control "
+                        "plane the one pods must be SYNCED on; pods of any other revision are outdated")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds a wave may take to become Ready and SYNCED (default 300)")
     p.add_argument("--observe", type=float, default=10.0,
@@ -72,8 +76,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "when one runs, else the kubeconfig's)")
     p.add_argument("--mesh-config", type=Path,
                    help="Kubernetes: read the injector's mesh config from this file instead")
-    p.add_argument("--mesh-configmap", default="remora-system/remora-mesh",
-                   help="Kubernetes: NAMESPACE/NAME of the injector's mesh ConfigMap")
+    p.add_argument("--mesh-configmap",
+                   help="Kubernetes: NAMESPACE/NAME of the injector's mesh ConfigMap (default "
+                        "remora-system/remora-mesh, or remora-mesh-REV with --revision REV, as the chart names it)")
     add_target_args(p)
     return p
 
@@ -111,12 +116,15 @@ def backend_for(args: argparse.Namespace) -> Backend:
     if control is not None:
         control.get("/version")
     cluster = _cluster(args)
+    rev = args.revision if args.revision != DEFAULT_REVISION else ""
     if control is None:
-        control = cluster
+        # A local revision's pods must be SYNCED on that revision's control plane.
+        control = from_url(f"local:{rev}") if rev and cluster.state is not None else cluster
         control.get("/version")
     if cluster.state is not None:
         return LocalBackend(cluster.state, control)
-    return KubeBackend(cluster.api, args.mesh_configmap, control, args.mesh_config)
+    configmap = args.mesh_configmap or "remora-system/remora-mesh" + (f"-{rev}" if rev else "")
+    return KubeBackend(cluster.api, configmap, control, args.mesh_config)
 
 
 def run(args: argparse.Namespace) -> int:

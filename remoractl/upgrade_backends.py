@@ -16,9 +16,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Protocol
 
+from control_plane.api import annotations as ann
 from injector import meshconfig
 from injector.template import template_hash
-from local_cluster import client, config
+from local_cluster import client, config, revisions
 from local_cluster.rollouts import RESTARTED_AT
 from remoractl import podmetrics
 from remoractl.target import Target, TargetError
@@ -27,8 +28,14 @@ from remoractl.upgrade_plan import Expected, PodInfo, UpgradeError, Workload, pa
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def expected_from(mesh: meshconfig.MeshConfig, revision: str = "") -> Expected:
-    """What the injector stamps now, computed by the injector's own template function."""
+def expected_from(mesh: meshconfig.MeshConfig, revision: str = "", where: str = "the mesh config") -> Expected:
+    """What the injector stamps now, computed by the injector's own template function.
+
+    With ``revision``, the mesh config must be that revision's: another revision's injector
+    stamps another template, so every pod would look outdated and no wave could pass."""
+    if revision and mesh.revision != revision:
+        raise UpgradeError(f"--revision {revision!r}: {where} is revision {mesh.revision!r}'s; "
+                           f"name revision {revision!r}'s mesh config")
     return Expected(mesh.proxy_version, template_hash(mesh), revision)
 
 
@@ -82,8 +89,16 @@ class LocalBackend:
             raise UpgradeError(str(e)) from None
 
     def expected(self, revision: str) -> Expected:
+        rev = revision or ann.DEFAULT_REVISION
+        if rev != ann.DEFAULT_REVISION:
+            running = sorted(r["name"] for r in self.status().get("revisions") or [])
+            if rev not in running:
+                raise UpgradeError(f"--revision {revision!r}: no such revision runs on the local cluster "
+                                   f"(running: {', '.join([ann.DEFAULT_REVISION, *running])}; "
+                                   "remoractl local revision list)")
+        path = revisions.mesh_config_path(self.state, rev)
         try:
-            return expected_from(meshconfig.load(self.state.mesh_config), revision)
+            return expected_from(meshconfig.load(path), revision, str(path))
         except meshconfig.MeshConfigError as e:
             raise UpgradeError(str(e)) from None
 
@@ -159,15 +174,18 @@ class KubeBackend:
     def expected(self, revision: str) -> Expected:
         try:
             if self.mesh_file is not None:
-                return expected_from(meshconfig.load(self.mesh_file), revision)
+                return expected_from(meshconfig.load(self.mesh_file), revision, str(self.mesh_file))
             ns, _, name = self.mesh_configmap.rpartition("/")
             cm = self.core.read_namespaced_config_map(name, ns or "remora-system")
             import yaml
 
             text = (cm.data or {}).get(meshconfig.CONFIGMAP_KEY) or ""
-            return expected_from(meshconfig.from_dict(yaml.safe_load(text) or {}), revision)
+            return expected_from(meshconfig.from_dict(yaml.safe_load(text) or {}), revision,
+                                 f"ConfigMap {self.mesh_configmap}")
         except meshconfig.MeshConfigError as e:
             raise UpgradeError(str(e)) from None
+        except UpgradeError:
+            raise
         except Exception as e:  # ApiException, connection errors
             raise self._err(f"reading the mesh config ConfigMap {self.mesh_configmap}", e) from None
 

@@ -102,3 +102,35 @@ def test_state_survives_a_round_trip_and_a_broken_file_is_named(tmp_path: Path) 
     path.write_text(json.dumps([1]))
     with pytest.raises(UpgradeError, match="not an upgrade state file"):
         up.State.load(path)
+
+
+def test_a_revision_target_is_that_revisions_mesh_config() -> None:
+    canary = MeshConfig(proxy_version="0.2.0", revision="canary")
+    assert expected_from(canary, "canary") == Expected("0.2.0", expected_from(canary).template_hash, "canary")
+    with pytest.raises(UpgradeError, match="--revision 'canary': cm is revision 'default''s"):
+        expected_from(MeshConfig(proxy_version="0.2.0"), "canary", "cm")
+
+
+def test_the_local_backend_reads_the_revisions_own_mesh_config(tmp_path: Path, monkeypatch) -> None:
+    """On the local cluster, --revision R's target is R's injector's mesh config, as
+    ``remoractl local revision add`` wrote it; a revision that is not running is named."""
+    import yaml
+
+    from local_cluster import config, revisions
+    from remoractl.upgrade_backends import LocalBackend
+
+    state = config.StateDir(tmp_path)
+    rev = revisions.Revision("canary-1", 1, 1, 2, "0.2.0")
+    path = revisions.mesh_config_path(state, "canary-1")
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(revisions.mesh_config(rev)))
+    state.mesh_config.parent.mkdir(parents=True, exist_ok=True)
+    state.mesh_config.write_text(yaml.safe_dump({"proxyVersion": "0.1.0"}))
+    backend = LocalBackend(state, None)  # type: ignore[arg-type]  # no control plane asked
+    monkeypatch.setattr(backend, "status", lambda: {"revisions": [{"name": "canary-1"}]})
+    want = backend.expected("canary-1")
+    assert (want.proxy_version, want.revision) == ("0.2.0", "canary-1")
+    assert backend.expected("").proxy_version == backend.expected("default").proxy_version == "0.1.0"
+    with pytest.raises(UpgradeError, match=r"--revision 'canary-2': no such revision runs on the "
+                                           r"local cluster \(running: default, canary-1;"):
+        backend.expected("canary-2")
