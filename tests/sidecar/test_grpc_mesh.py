@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 from collections.abc import Iterator
@@ -213,18 +214,19 @@ def test_trailers_only_error_reaches_the_client_as_one_headers_frame(mesh):
     # second HEADERS), carrying :status and grpc-status together.
     body = mesh.tmp / "req.grpc"
     body.write_bytes(b"\0" + struct.pack(">I", 1) + b"x")
-    os.chmod(mesh.tmp, 0o755)
-    os.chmod(body, 0o644)
+    os.chmod(body, 0o644)  # read by nghttp as the app uid
     r = mesh.client.exec(["nghttp", "-v", "-d", str(body), "-H", "content-type: application/grpc",
                           "-H", "te: trailers", f"http://must:{PORT}/{SERVICE}/TrailersOnly"],
                          uid=APP_UID, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr + mesh.logs()
+    sid = re.search(r"send HEADERS frame <[^>]*stream_id=(\d+)>", r.stdout)
+    assert sid, r.stdout
     lines = r.stdout.splitlines()
     frames = [i for i, ln in enumerate(lines) if " recv " in ln and " frame <" in ln
-              and "stream_id=13>" in ln]
+              and f"stream_id={sid[1]}>" in ln]
     assert len(frames) == 1 and "recv HEADERS" in lines[frames[0]], r.stdout
     assert "END_STREAM" in lines[frames[0] + 1], r.stdout
-    got = [ln.split(") ", 1)[1] for ln in r.stdout.splitlines() if "recv (stream_id=13)" in ln]
+    got = [ln.split(") ", 1)[1] for ln in lines if f"recv (stream_id={sid[1]})" in ln]
     assert ":status: 200" in got and "grpc-status: 5" in got, r.stdout
 
 
