@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("remora.proxy").debug("open-files limit: %d", soft)
 
     async def _main() -> int:
-        rt = ProxyRuntime(s)
         try:
+            rt = ProxyRuntime(s)  # chooses the HTTP/2 codec: a bad REMORA_H2_CODEC is a ValueError
             return await rt.run()
         except (settings_mod.SettingsError, ValueError, OSError) as e:
             print(f"{PROG}: {e}", file=sys.stderr)

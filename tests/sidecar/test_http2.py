@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,9 +190,23 @@ import pytest  # noqa: E402
 
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
-from sidecar.http import h2codec  # noqa: E402
+from sidecar.http import h2codec, h2select, ngcodec  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
 from sidecar.routing import RouteDecision  # noqa: E402
+
+
+@pytest.fixture(autouse=True, params=h2select.CODECS)
+def codec(request) -> Iterator[str]:
+    """Every test here runs once per HTTP/2 codec (ids ``[nghttp2]``, ``[h2]``): the relays
+    make their codecs through h2select, chosen per process, so select it and restore it."""
+    if request.param == h2select.NGHTTP2 and not ngcodec.available():
+        pytest.skip("the native codec is not built (make venv builds it)")
+    before = h2select.chosen()
+    h2select.select(request.param)
+    try:
+        yield request.param
+    finally:
+        h2select.select(before)
 
 
 class StubStats:
@@ -310,8 +325,11 @@ async def relay():
         yield r
 
 
-async def test_unary_large_streaming_and_error_through_both_relays(relay):
+async def test_unary_large_streaming_and_error_through_both_relays(relay, codec):
     res = await relay.run(must_show_calls, f"127.0.0.1:{relay.port}")
+    # Both relays' connections ran on the codec this test selected.
+    assert relay.downstreams and {type(d.codec) for d in relay.downstreams} == {
+        h2select.factory(codec)}
     assert res["unary"]["body"] == "hello"
     assert res["unary"]["trailing"]["x-trailer"] == "yes"  # trailers forwarded
     assert len(res["unary"]["initial"]["x-seen-request-id"]) == 36  # x-request-id added once
