@@ -37,6 +37,7 @@ from control_plane.api.model import (
 from sidecar.traffic import flags, lb
 from sidecar.traffic.match import string_matches
 from sidecar.traffic.outlier import OutlierDetector
+from sidecar.traffic.pool import PoolLimits
 from sidecar.traffic.rewrite import redirect_location, split
 
 NO_HEALTHY_UPSTREAM = "no healthy upstream"
@@ -98,6 +99,8 @@ class Router:
         self.balancers = {c.name: lb.Balancer(c.endpoints, self.rand) for c in config.clusters}
         self.policy_balancers: dict[str, lb.Balancer] = {}
         self.outliers: dict[str, OutlierDetector] = {}
+        # Connection-pool counters per cluster (sidecar/http/policy.py), made on first use.
+        self.pools: dict[str, PoolLimits] = {}
         for c in config.clusters:
             old = previous.clusters.get(c.name) if previous else None
             same = old is not None and old.policy == c.policy and old.endpoints == c.endpoints
@@ -107,6 +110,8 @@ class Router:
             if c.policy.outlier is not None:
                 keep = previous.outliers.get(c.name) if previous and old and old.policy == c.policy else None
                 self.outliers[c.name] = keep or OutlierDetector(c.policy.outlier)
+        if previous is not None:  # requests in flight keep counting against their limits
+            self.pools.update(previous.pools)
         self.ports: dict[tuple[str, int], OutboundPort] = {}
         for o in config.outbound:
             for a in o.addresses:
@@ -226,6 +231,16 @@ class Router:
         if d.endpoint is None:
             d.status, d.message, d.flag = 503, NO_HEALTHY_UPSTREAM, flags.UH
         return d
+
+    def rechoose(self, name: str, previous: RouteDecision) -> Endpoint | None:
+        """Another endpoint of cluster ``name`` for a retry (None: keep the previous one, as a
+        consistent hash or passthrough does)."""
+        cluster = self.clusters.get(name)
+        if cluster is None or previous.passthrough or cluster.policy.load_balancer.consistent_hash:
+            return None
+        detector = self.outliers.get(name)
+        usable = detector.usable([(e.address, e.port) for e in cluster.endpoints], self.clock()) if detector else None
+        return self.policy_balancers[name].choose(usable, None)
 
     def resolve(
         self,
