@@ -25,7 +25,7 @@ from control_plane.api.model import Endpoint, OutboundPort
 
 from .http import mirror as mirror_copy
 from .http import replies
-from .http.exchange import Authorizer, Exchange, authorize, current_router
+from .http.exchange import NO_FLAGS, Authorizer, Exchange, authorize, current_router
 from .http.h1 import MAX_HEAD_BYTES, MAX_RESPONSE_HEAD_BYTES, BadRequest, framing_header
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
@@ -577,7 +577,8 @@ class H1Downstream(asyncio.Protocol):
             router = current_router(ctx)  # a config push: the port is looked up again
         if self.target is not None and self.target_router is router:
             return self.target
-        plan = plan_outbound(ctx, self.method, self.url, self.headers)
+        peer = self.transport.get_extra_info("peername")
+        plan = plan_outbound(ctx, self.method, self.url, self.headers, source_ip=peer[0] if peer else "")
         for flag in plan.flags:
             self.ex.add_flag(flag)
         if plan.service:
@@ -627,6 +628,7 @@ class H1Downstream(asyncio.Protocol):
                          plan.authority, self.headers, b"".join(self.replay))
 
     def _dispatch(self) -> None:
+        self.ex.flags = NO_FLAGS  # the Exchange object is reused per connection
         target = self._route()
         if target is None:
             return

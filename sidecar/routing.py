@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 from control_plane.api.model import (
     LB_PASSTHROUGH,
     Cluster,
+    ConnectionPool,
     Endpoint,
     HttpRoute,
     OutboundPort,
@@ -139,6 +140,8 @@ class Router:
             name = port.default_cluster
         cluster = self.clusters.get(name)
         if cluster is None or cluster.policy.load_balancer.consistent_hash or name in self.outliers:
+            return False
+        if cluster.policy.connection_pool != ConnectionPool():  # every request needs admission
             return False
         balancer = self.balancers.get(name)
         return balancer is not None and len(set(balancer.ring)) == 1

@@ -310,3 +310,55 @@ def test_outlier_ejection_and_return(mesh, codec):
     # codec's run may have ejected it once already, so allow for the doubled back-off).
     assert mesh.wait(lambda: {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=4)}
                      == {HTTPBIN_V1, HTTPBIN_V2}, timeout=4)
+
+
+# -- Envoy response flags, as logs and metrics read them -------------------------------------------
+
+
+def test_response_flags(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("""
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - match: [{uri: {prefix: /retry}}]
+    retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - match: [{uri: {prefix: /ok}}]
+    route: [{destination: {host: httpbin, subset: v1}}]""")))
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/abort")) == ["FI"]
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/nothing")) == ["NR"]
+    mesh.app(HTTPBIN_V1).fail = 500
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/retry")) == ["URX"]
+    mesh.app(HTTPBIN_V1).fail = None
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/ok")) == ["-"]
+
+
+def test_fault_delay_percentage_is_flagged_di(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " fault: {delay: {fixedDelay: 0.001s, percentage: {value: 50}}}}]")))
+    got = collections.Counter(mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/", n=200)))
+    assert set(got) == {"DI", "-"} and 70 <= got["DI"] <= 130, got
+
+
+def test_pool_overflow_is_flagged_uo(mesh, codec):
+    mesh.apply(httpbin(dr("{connectionPool: {http: {http2MaxRequests: 1}}}")))
+
+    def burst() -> None:
+        threads = [threading.Thread(target=mesh.curl, args=(codec, "httpbin", 8000, "/delay/0.5")) for _ in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    flags = mesh.flags_of(burst)
+    assert sorted(set(flags)) == ["-", "UO"] and flags.count("UO") == 2, flags
+
+
+def test_grpc_fault_abort_is_a_grpc_status(mesh):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}}]")))
+    [(code, out)] = mesh.curl("h2", "httpbin", 8000, "/pkg.Svc/Call", "-i", "-H", "content-type: application/grpc",
+                              "-H", "te: trailers", "-X", "POST")
+    assert code == 200 and "grpc-status: 14" in out.lower()
+    assert seen(mesh, HTTPBIN_V1) == []

@@ -26,9 +26,11 @@ import h2.events
 import httptools
 
 from control_plane.api.model import ProxyConfig
+from sidecar.http import exchange
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
 from sidecar.http2 import H2Context, H2Downstream, H2Pool
 from sidecar.routing import Router
+from sidecar.stats import Stats
 
 H2_PREFACE = b"PRI * HTTP/2.0"
 
@@ -166,22 +168,23 @@ class PlainConnector:
         return transport, proto, endpoint.identity
 
 
-class _Stats:
+class _FlagsSeen:
+    """Records each finished exchange's (status, Envoy response flags), as telemetry reads them."""
+
     def __init__(self) -> None:
-        self.done: list[tuple] = []
-        self.pool_reused = 0
+        self.log: list[tuple[int, str]] = []
+        original = exchange.Exchange.done
 
-    def request_done(self, direction, service, code, duration_s, peer_identity) -> None:
-        self.done.append((direction, service, code))
+        def done(ex: exchange.Exchange, status: int) -> bool:
+            counted = original(ex, status)
+            if counted:
+                self.log.append((status, ex.flags))
+            return counted
+        exchange.Exchange.done = done  # type: ignore[method-assign]
+        self._original = original
 
-    def protocol_error(self) -> None:
-        pass
-
-    def conn_closed(self, direction) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:  # other counters the relays may bump
-        return lambda *a, **k: None
+    def restore(self) -> None:
+        exchange.Exchange.done = self._original  # type: ignore[method-assign]
 
 
 class Harness:
@@ -193,12 +196,12 @@ class Harness:
         self.servers: list[asyncio.AbstractServer] = []
         self.router: Router | None = None
         self.config: ProxyConfig | None = None
-        self.stats = _Stats()
+        self.stats = Stats()  # the proxy's real counters
         self.connector = PlainConnector()
-        self.h1_pool = H1Pool(self.stats)  # type: ignore[arg-type]
+        self.h1_pool = H1Pool(self.stats)
         self.h2_pool = H2Pool(self.connector)  # type: ignore[arg-type]
         self.listeners: dict[tuple[str, int, str], int] = {}
-        self.exchanges: list[Any] = []
+        self.flags = _FlagsSeen()
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -289,6 +292,13 @@ class Harness:
                 body = rest
         return results
 
+    def flags_of(self, fn: Callable[[], Any]) -> list[str]:
+        """The response flags of the exchanges ``fn`` made (in order)."""
+        start = len(self.flags.log)
+        fn()
+        self.wait(lambda: False, 0.05)  # the relay counts right after the last byte
+        return [f for _, f in self.flags.log[start:]]
+
     def wait(self, cond: Callable[[], bool], timeout: float = 5.0) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -304,5 +314,6 @@ class Harness:
             self.h1_pool.close_all()
             self.h2_pool.close()
         self.run(stop())
+        self.flags.restore()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
