@@ -526,7 +526,7 @@ class _Exchange(Exchange):
         self._cancel_try()
         if plan is None or self.finished:
             return False
-        wait = plan.retry(outcome, replayable=self.replay is not None and self.sent_head is not None)
+        wait = plan.retry(outcome, replayable=self.replay is not None and (self.sent_head or self.head) is not None)
         if wait is None:
             for flag in plan.flags:
                 if flag not in self.flags.split(","):
@@ -545,7 +545,8 @@ class _Exchange(Exchange):
         self.req = req
         self.resp = _Pipe(self, None, None)
         self.resp.dst, self.resp.dst_sid = self.down, self.down_sid
-        self.head, self.sent_head = self.sent_head, None
+        if self.sent_head is not None:  # else it was never sent (connect failure): still in head
+            self.head, self.sent_head = self.sent_head, None
         endpoint = plan.endpoint
         assert endpoint is not None
         asyncio.get_running_loop().call_later(wait, self.dispatch, endpoint)

@@ -10,7 +10,9 @@ get (tests/sidecar/traffic_harness.py). No root: loopback sockets, plaintext ups
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -49,11 +51,23 @@ def mesh():
     h.close()
 
 
+def fresh(mesh: Harness) -> None:
+    """Each case starts from healthy, empty apps."""
+    for app in mesh.apps.values():
+        app.fail, app.seen = None, []
+
+
 @pytest.fixture(params=CODECS)
 def codec(request, mesh):
-    for app in mesh.apps.values():  # each case starts from healthy, empty apps
-        app.fail, app.seen = None, []
+    fresh(mesh)
     return request.param
+
+
+@pytest.fixture
+def grpc_mesh(mesh):
+    """gRPC cases: HTTP/2 only."""
+    fresh(mesh)
+    return mesh
 
 
 def seen(mesh: Harness, address: str) -> list:
@@ -354,7 +368,8 @@ def test_pool_overflow_is_flagged_uo(mesh, codec):
     assert sorted(set(flags)) == ["-", "UO"] and flags.count("UO") == 2, flags
 
 
-def test_grpc_fault_abort_is_a_grpc_status(mesh):
+def test_grpc_fault_abort_is_a_grpc_status(grpc_mesh):
+    mesh = grpc_mesh
     mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
         "[{route: [{destination: {host: httpbin, subset: v1}}],"
         " fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}}]")))
@@ -362,3 +377,57 @@ def test_grpc_fault_abort_is_a_grpc_status(mesh):
                               "-H", "te: trailers", "-X", "POST")
     assert code == 200 and "grpc-status: 14" in out.lower()
     assert seen(mesh, HTTPBIN_V1) == []
+
+
+def test_grpc_retry_on_unavailable(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 2, retryOn: unavailable}}]")))
+    [(code, out)] = mesh.curl("h2", "httpbin", 8000, "/grpc/14", "-i", "-H", "content-type: application/grpc", "-X", "POST")
+    assert code == 200 and "grpc-status: 14" in out.lower() and len(seen(mesh, HTTPBIN_V1)) == 3
+    mesh.app(HTTPBIN_V1).seen = []
+    mesh.curl("h2", "httpbin", 8000, "/grpc/13", "-H", "content-type: application/grpc", "-X", "POST")
+    assert len(seen(mesh, HTTPBIN_V1)) == 1  # INTERNAL is not in retryOn
+
+
+def test_per_try_timeout_then_504_ut(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " retries: {attempts: 2, perTryTimeout: 0.2s, retryOn: reset}}]")))
+    t = time.monotonic()
+    flags = mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/delay/1"))
+    assert time.monotonic() - t < 0.95 and len(seen(mesh, HTTPBIN_V1)) == 3
+    assert flags in (["UT"], ["URX,UT"], ["UT,URX"]), flags
+
+
+def test_connect_failure_is_retried_on_another_endpoint(mesh, codec):
+    cfg = httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}}"))
+    mesh.apply(cfg)
+    (cluster,) = [c for c in mesh.config.clusters if c.service.startswith("httpbin.")]
+    dead = dataclasses.replace(cluster.endpoints[0], port=1)  # nothing listens on port 1
+    mesh.call(lambda: _swap_endpoints(mesh, cluster.name, (dead, cluster.endpoints[1])))
+    codes = [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)]
+    assert codes == [200] * 6  # Istio's default policy retries connect-failure
+
+
+def _swap_endpoints(mesh, name, endpoints):
+    from sidecar.routing import Router
+    cfg = mesh.config
+    clusters = tuple(dataclasses.replace(c, endpoints=endpoints) if c.name == name else c for c in cfg.clusters)
+    mesh.config = dataclasses.replace(cfg, clusters=clusters)
+    mesh.router = Router(mesh.config, mesh.router)
+
+
+def test_passthrough_goes_to_the_original_destination(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: PASSTHROUGH}}")))
+    app = mesh.app("original-destination", bind=("127.0.0.3", 8000))
+    cfg = mesh.config
+    outbound = tuple(dataclasses.replace(o, addresses=(*o.addresses, "127.0.0.3")) if o.service.startswith("httpbin.")
+                     else o for o in cfg.outbound)
+    mesh.config = dataclasses.replace(cfg, outbound=outbound)
+    mesh.call(lambda: setattr(mesh, "router", __import__("sidecar.routing").routing.Router(mesh.config, mesh.router)))
+    lp = mesh.port("127.0.0.3", 8000, codec)
+    proto = "--http1.1" if codec == "h1" else "--http2-prior-knowledge"
+    out = subprocess.run(["curl", "-s", proto, "--max-time", "5", f"http://127.0.0.1:{lp}/pass"],
+                         capture_output=True, text=True).stdout
+    assert echo(out)["app"] == "original-destination" and app.seen

@@ -31,6 +31,7 @@ from sidecar.http1 import H1Context, H1Downstream, H1Pool
 from sidecar.http2 import H2Context, H2Downstream, H2Pool
 from sidecar.routing import Router
 from sidecar.stats import Stats
+from sidecar.upstream import UpstreamError
 
 H2_PREFACE = b"PRI * HTTP/2.0"
 
@@ -145,6 +146,12 @@ class _AppProtocol(asyncio.Protocol):
         plain = {k: v for k, v in hdrs.items() if not k.startswith(":")}
         plain["host"] = hdrs.get(":authority", "")
         status, out_h, out = await self.app.answer(hdrs[":method"], hdrs[":path"], plain, body)
+        if hdrs[":path"].startswith("/grpc/"):  # a gRPC error: trailers-only, grpc-status N
+            code = hdrs[":path"][len("/grpc/"):]
+            self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
+                                       ("grpc-status", code)], end_stream=True)
+            self.transport.write(self.h2.data_to_send())
+            return
         try:
             self.h2.send_headers(sid, [(":status", str(status)), *out_h, ("content-length", str(len(out)))])
             self.h2.send_data(sid, out, end_stream=True)
@@ -163,8 +170,11 @@ class PlainConnector:
     async def connect(self, endpoint: Any, alpn: str, protocol_factory: Callable, timeout: float = 5.0):
         self.connects += 1
         loop = asyncio.get_running_loop()
-        transport, proto = await asyncio.wait_for(
-            loop.create_connection(protocol_factory, endpoint.address, endpoint.port), timeout)
+        try:
+            transport, proto = await asyncio.wait_for(
+                loop.create_connection(protocol_factory, endpoint.address, endpoint.port), timeout)
+        except OSError as e:  # as the core's connector reports it
+            raise UpstreamError("connect_error", str(e)) from e
         return transport, proto, endpoint.identity
 
 
@@ -211,13 +221,13 @@ class Harness:
             return fn()
         return self.run(go())
 
-    def app(self, name: str) -> App:
-        """The app behind endpoint address ``name`` (started on first use)."""
+    def app(self, name: str, bind: tuple[str, int] = ("127.0.0.1", 0)) -> App:
+        """The app behind endpoint address ``name`` (started on first use, on ``bind``)."""
         if name not in self.apps:
             app = App(name)
 
             async def start() -> None:
-                srv = await self.loop.create_server(lambda: _AppProtocol(app), "127.0.0.1", 0)
+                srv = await self.loop.create_server(lambda: _AppProtocol(app), *bind)
                 app.port = srv.sockets[0].getsockname()[1]
                 self.servers.append(srv)
             self.run(start())
@@ -243,7 +253,8 @@ class Harness:
         return {a.port: a for a in self.apps.values()}
 
     def port(self, vip: str, port: int, codec: str) -> int:
-        """The loopback port of an outbound listener standing for connections to ``vip:port``."""
+        """The loopback port of an outbound listener standing for connections to ``vip:port``
+        (the original destination the proxy core would have read from the socket)."""
         key = (vip, port, codec)
         if key not in self.listeners:
             async def start() -> int:
