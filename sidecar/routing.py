@@ -150,6 +150,10 @@ class Router:
         """True when ``resolve`` gives every request on ``port`` the same decision."""
         return id(port) in self.fixed_ports
 
+    def is_plain(self, port: OutboundPort) -> bool:
+        """True when ``resolve`` decides requests on ``port`` without reading them."""
+        return id(port) in self._plain_ports
+
     def lookup(self, address: str, port: int) -> OutboundPort | None:
         """The service port an app connection to ``address:port`` is for (None: passthrough)."""
         return self.ports.get((address, port))

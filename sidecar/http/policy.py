@@ -26,7 +26,7 @@ from .exchange import ExchangeContext, current_router
 from .replies import GRPC_UNKNOWN, NO_HEALTHY_UPSTREAM
 
 if TYPE_CHECKING:
-    from control_plane.api.model import Cluster
+    from control_plane.api.model import Cluster, OutboundPort
 
     from ..routing import RouteDecision, Router
 
@@ -213,6 +213,8 @@ def plan_outbound(ctx: ExchangeContext, method: bytes, path: bytes, headers: BHe
     if router is None:
         return Plan(None, None).reply(503, "no route: this listener has no router")
     port = ctx.outbound_port
+    if port is not None and router.is_plain(port):
+        return _plain(router, port, method, path, headers)
     if authority is None:  # HTTP/1.1: the Host header
         authority = next((v for k, v in headers if k.lower() in _PSEUDO_AUTHORITY), b"")
     scheme = next((v for k, v in headers if k == b":scheme"), b"http")
@@ -262,6 +264,12 @@ def plan_outbound(ctx: ExchangeContext, method: bytes, path: bytes, headers: BHe
         plan.headers = [(k, plan.authority if k.lower() in _PSEUDO_AUTHORITY else v) for k, v in plan.headers]
     if route is not None and should_mirror(route, (rand or random).random):
         plan.mirror_cluster = route.mirror
+    return _admission(router, plan)
+
+
+def _admission(router: Router, plan: Plan) -> Plan:
+    """Take a slot in the cluster's connection pool, or answer 503 UO."""
+    assert plan.cluster is not None
     pool = _pool(router, plan.cluster)
     if pool is not None:
         plan.pool = pool
@@ -269,6 +277,19 @@ def plan_outbound(ctx: ExchangeContext, method: bytes, path: bytes, headers: BHe
             return plan.reply(503, OVERFLOW, flags.UO)
         plan._admitted = True
     return plan
+
+
+def _plain(router: Router, port: OutboundPort, method: bytes, path: bytes, headers: BHeaders) -> Plan:
+    """The hot path: a port with no routes whose cluster needs no per-request key
+    (``Router.resolve`` skips decoding the request); retries, LEAST_REQUEST counts and pool
+    limits still apply."""
+    d = router.resolve(port, method, path, headers)
+    plan = Plan(router, d)
+    plan.path, plan.headers = path, headers
+    if d.status or d.endpoint is None:
+        return plan.reply(d.status or 503, d.message or NO_HEALTHY_UPSTREAM, d.flag)
+    assert plan.cluster is not None
+    return _admission(router, plan)
 
 
 def _request_ops(headers: BHeaders, d: RouteDecision) -> BHeaders:
