@@ -328,3 +328,37 @@ class Harness:
         self.flags.restore()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+# -- run as a script: one app in a pod (tests/control_plane/test_istio_policies_mesh.py) ---------
+
+def _serve(port: int, name: str) -> None:
+    """``python traffic_harness.py serve PORT NAME``: an App on 0.0.0.0:PORT. ``/_seen`` answers
+    the requests it recorded, ``/_fail/N`` makes it answer N to everything (0: healthy), and
+    neither is recorded."""
+    app = App(name)
+    answer = app.answer
+
+    async def control(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
+        if path == "/_seen":
+            out = json.dumps([{"path": s.path, "host": s.headers.get("host", ""), "body": s.body.decode()}
+                              for s in app.seen]).encode()
+            return 200, [("content-type", "application/json")], out
+        if path.startswith("/_fail/"):
+            app.fail = int(path[len("/_fail/"):]) or None
+            app.seen = []
+            return 200, [], b"ok"
+        return await answer(method, path, headers, body)
+    app.answer = control  # type: ignore[method-assign]
+
+    async def main() -> None:
+        srv = await asyncio.get_running_loop().create_server(lambda: _AppProtocol(app), "0.0.0.0", port)
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:2] == ["serve"]:
+        _serve(int(sys.argv[2]), sys.argv[3])
