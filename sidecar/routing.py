@@ -44,6 +44,7 @@ from sidecar.traffic.rewrite import redirect_location, split
 NO_HEALTHY_UPSTREAM = "no healthy upstream"
 NO_ROUTE = "no route"
 MAX_WEIGHT_SLOTS = lb.MAX_WEIGHT_SLOTS
+RETRY_HOST_PICKS = 5  # Istio's host_selection_retry_max_attempts for the previous_hosts predicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,15 +240,22 @@ class Router:
             d.status, d.message, d.flag = 503, NO_HEALTHY_UPSTREAM, flags.UH
         return d
 
-    def rechoose(self, name: str, previous: RouteDecision) -> Endpoint | None:
-        """Another endpoint of cluster ``name`` for a retry (None: keep the previous one, as a
-        consistent hash or passthrough does)."""
+    def rechoose(self, name: str, previous: RouteDecision, avoid: Endpoint | None = None) -> Endpoint | None:
+        """Another endpoint of cluster ``name`` for a retry, preferring one other than ``avoid``
+        (Istio's previous_hosts retry predicate, up to 5 picks); None: keep the previous one,
+        as a consistent hash or passthrough does."""
         cluster = self.clusters.get(name)
         if cluster is None or previous.passthrough or cluster.policy.load_balancer.consistent_hash:
             return None
         detector = self.outliers.get(name)
         usable = detector.usable([(e.address, e.port) for e in cluster.endpoints], self.clock()) if detector else None
-        return self.policy_balancers[name].choose(usable, None)
+        balancer = self.policy_balancers[name]
+        pick = balancer.choose(usable, None)
+        for _ in range(RETRY_HOST_PICKS - 1):
+            if pick is None or avoid is None or (pick.address, pick.port) != (avoid.address, avoid.port):
+                break
+            pick = balancer.choose(usable, None)
+        return pick
 
     def resolve(
         self,

@@ -135,11 +135,11 @@ class Plan:
         return retry.backoff(self.retries)
 
     def _rechoose(self) -> None:
-        """Another endpoint for the retry (Envoy prefers a host not tried; the balancer moves on)."""
+        """Another endpoint for the retry (a host other than the one that failed, if it can)."""
         d = self.decision
         if self.router is None or self.cluster is None or d is None:
             return
-        again = self.router.rechoose(self.cluster.name, d)
+        again = self.router.rechoose(self.cluster.name, d, self.endpoint)
         if again is not None:
             self.endpoint = again
 

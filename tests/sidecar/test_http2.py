@@ -222,7 +222,7 @@ class StubRouter:
     def decide(self, outbound_port, req):
         return self.decision
 
-    def rechoose(self, name, previous):
+    def rechoose(self, name, previous, avoid=None):
         return None
 
     def lookup(self, address, port):
