@@ -183,6 +183,7 @@ class H1Upstream(asyncio.Protocol):
         self.peer_identity: str | None = None  # the upstream's verified SPIFFE ID (mTLS)
         self.in_head = False  # parsing a response head: its bytes count towards the cap
         self.head_bytes = 0
+        self.served = 0  # exchanges answered on this connection (maxRequestsPerConnection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -876,6 +877,10 @@ class H1Downstream(asyncio.Protocol):
 
     def _finish_response(self, reusable: bool) -> None:
         up = self.up
+        if up is not None and self.plan is not None and self.plan.pool is not None:
+            up.served += 1
+            if self.plan.pool.connection_exhausted(up.served):
+                reusable = False
         if self.resp_chunked:
             self.wbuf.append(b"0\r\n\r\n")
         self.up = None

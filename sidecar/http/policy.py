@@ -177,7 +177,7 @@ class Plan:
 def _pool(router: Router, cluster: Cluster) -> PoolLimits | None:
     limits = cluster.policy.connection_pool
     if (limits.max_connections is None and limits.http2_max_requests is None
-            and limits.max_retries is None):
+            and limits.max_retries is None and limits.max_requests_per_connection is None):
         return None
     pool = router.pools.get(cluster.name)
     if pool is None or pool.limits != limits:

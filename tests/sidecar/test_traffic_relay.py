@@ -431,3 +431,15 @@ def test_passthrough_goes_to_the_original_destination(mesh, codec):
     out = subprocess.run(["curl", "-s", proto, "--max-time", "5", f"http://127.0.0.1:{lp}/pass"],
                          capture_output=True, text=True).stdout
     assert echo(out)["app"] == "original-destination" and app.seen
+
+
+def test_max_requests_per_connection_on_http1(mesh):
+    fresh(mesh)
+    mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}")))
+    before = mesh.connector.connects
+    assert [c for c, _ in mesh.curl("h1", "httpbin", 8000, "/", n=4)] == [200] * 4
+    assert mesh.connector.connects - before == 4  # a new upstream connection per request
+    mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 100}}}")))
+    before = mesh.connector.connects
+    mesh.curl("h1", "httpbin", 8000, "/", n=8)
+    assert mesh.connector.connects - before <= 2  # reused: at most one per endpoint
