@@ -385,6 +385,7 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self._drop_plan()  # the exchange cannot finish: give back its pool slot
         self.ctx.stats.conn_closed(self.ctx.direction)
         if self.ctx.registry is not None:
             self.ctx.registry.discard(self)
@@ -751,10 +752,12 @@ class H1Downstream(asyncio.Protocol):
         self.req_body = list(self.replay or ())
         target = _Target(plan.endpoint, None, plan.connect_timeout, ALPN_H1, OUTBOUND)
         self._pause(_P_WAIT)
-        asyncio.get_running_loop().call_later(wait, self._retry_now, target)
+        # Held in try_timer so that the end of this exchange cancels it, whatever ends it.
+        self.try_timer = asyncio.get_running_loop().call_later(wait, self._retry_now, target)
         return True
 
     def _retry_now(self, target: _Target) -> None:
+        self.try_timer = None
         if not self.closed and self.busy:
             self._attempt(target)
 
@@ -893,7 +896,8 @@ class H1Downstream(asyncio.Protocol):
                 up.transport.close()
         self._exchange_done(self.resp_status)
 
-    def _exchange_done(self, status: int) -> None:
+    def _drop_plan(self, status: int = 0) -> None:
+        """The exchange is over, however it ended: settle its route policies (once)."""
         plan = self.plan
         if plan is not None:
             self.plan = None
@@ -905,6 +909,9 @@ class H1Downstream(asyncio.Protocol):
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+
+    def _exchange_done(self, status: int) -> None:
+        self._drop_plan(status)
         self.ex.done(status)
         if self.timer is not None:
             self._cancel_timer()
@@ -957,6 +964,7 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel = True
         up.tunnel = True
         self._cancel_timer()
+        self._drop_plan()
         self.ex.done(101)
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
@@ -966,6 +974,7 @@ class H1Downstream(asyncio.Protocol):
 
     # -- local replies -------------------------------------------------------------------
     def _bad_request(self, err: Exception) -> None:
+        self._drop_plan()
         self.ctx.stats.protocol_error()
         self.keep_alive = False
         self.busy = False

@@ -443,3 +443,11 @@ def test_max_requests_per_connection_on_http1(mesh):
     before = mesh.connector.connects
     mesh.curl("h1", "httpbin", 8000, "/", n=8)
     assert mesh.connector.connects - before <= 2  # reused: at most one per endpoint
+
+
+def test_a_client_that_gives_up_frees_its_pool_slot(mesh, codec):
+    mesh.apply(httpbin(dr("{connectionPool: {http: {http2MaxRequests: 1}}}")))
+    assert mesh.curl(codec, "httpbin", 8000, "/delay/1", timeout=0.3)[0][0] == 0  # curl gave up
+    # The slot comes back when that exchange ends (HTTP/1.1 takes the client's FIN as a
+    # half-close and still waits for the answer), never later: no slot leaks.
+    assert mesh.wait(lambda: mesh.curl(codec, "httpbin", 8000, "/")[0][0] == 200, timeout=3)
