@@ -55,7 +55,7 @@ class Plan:
     __slots__ = ("router", "decision", "cluster", "endpoint", "timeout", "connect_timeout",
                  "service", "status", "message", "reply_headers", "flags", "delay", "path",
                  "authority", "headers", "changed", "retry_policy", "retries", "pool",
-                 "grpc_status", "req_headers", "_admitted", "_active", "mirror_cluster")
+                 "grpc_status", "req_headers", "_admitted", "_active", "mirror_cluster", "_retry_slot")
 
     def __init__(self, router: Router | None, decision: RouteDecision | None) -> None:
         self.router = router
@@ -83,6 +83,7 @@ class Plan:
         self._admitted = False
         self._active: Endpoint | None = None
         self.mirror_cluster: str | None = None
+        self._retry_slot = False
 
     # -- local replies ----------------------------------------------------------------------
     def reply(self, status: int, message: str, flag: str = "") -> Plan:
@@ -106,6 +107,9 @@ class Plan:
         """One attempt ended: ``status`` the upstream's, None when none came (connect failure,
         reset, timeout). Feeds outlier detection and the request counts."""
         ep, self._active = self._active, None
+        if self._retry_slot and self.pool is not None:
+            self._retry_slot = False
+            self.pool.release_retry()
         if ep is None or self.router is None or self.cluster is None:
             return
         self.router.policy_balancers[self.cluster.name].finished(ep)
@@ -125,11 +129,11 @@ class Plan:
             if self.retries:
                 self.flags.append(flags.URX)
             return None
-        if self.pool is not None and not self.pool.try_retry():
-            self.flags.append(flags.UO)
-            return None
         if self.pool is not None:
-            self.pool.release_retry()  # retries in flight: this one starts now and is short
+            if not self.pool.try_retry():  # maxRetries retries in flight already
+                self.flags.append(flags.UO)
+                return None
+            self._retry_slot = True  # held until this retry's attempt ends
         self.retries += 1
         self._rechoose()
         return retry.backoff(self.retries)
@@ -145,7 +149,7 @@ class Plan:
 
     def finish(self) -> None:
         """The exchange is over (any outcome): release the pool slot. Idempotent."""
-        if self._active is not None:
+        if self._active is not None or self._retry_slot:
             self.attempt_done(None)
         if self._admitted and self.pool is not None:
             self._admitted = False
@@ -191,11 +195,9 @@ def _admit(pool: PoolLimits) -> bool:
     http1MaxPendingRequests waiting for one (each request holds a connection)."""
     lim = pool.limits
     cap = lim.http2_max_requests
-    if lim.max_connections is not None:
-        conn_cap = lim.max_connections + (lim.http1_max_pending_requests or 0) \
-            if lim.http1_max_pending_requests is not None else None
-        if conn_cap is not None:
-            cap = conn_cap if cap is None else min(cap, conn_cap)
+    if lim.max_connections is not None and lim.http1_max_pending_requests is not None:
+        conn_cap = lim.max_connections + lim.http1_max_pending_requests
+        cap = conn_cap if cap is None else min(cap, conn_cap)
     if cap is not None and pool.requests >= cap:
         pool.overflows["requests"] = pool.overflows.get("requests", 0) + 1
         return False

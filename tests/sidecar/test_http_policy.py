@@ -93,3 +93,19 @@ def test_least_request_counts_follow_attempts() -> None:
     assert balancer.total == 1  # type: ignore[attr-defined]
     p.finish()
     assert balancer.total == 0  # type: ignore[attr-defined]
+
+
+def test_max_retries_bounds_retries_in_flight() -> None:
+    config = cfg({"retries": {"attempts": 3, "retry_on": ["5xx"]}}, {"connection_pool": {"max_retries": 1}})
+    r = Router(config)
+    ctx = Ctx(current_router=lambda: r)
+    a, b = (plan_outbound(ctx, b"GET", b"/", [(b"host", b"web")]) for _ in range(2))  # type: ignore[arg-type]
+    a.attempt_started()
+    b.attempt_started()
+    assert a.retry(Outcome(status=503)) is not None  # a's retry holds the one slot
+    assert b.retry(Outcome(status=503)) is None and b.flags == ["UO"]
+    a.attempt_started()
+    a.attempt_done(200)  # a's retry ended: the slot is free again
+    b2 = plan_outbound(ctx, b"GET", b"/", [(b"host", b"web")])  # type: ignore[arg-type]
+    b2.attempt_started()
+    assert b2.retry(Outcome(status=503)) is not None
