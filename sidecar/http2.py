@@ -378,6 +378,11 @@ class _Exchange(Exchange):
         self.head = None
         self.up = up
         self.up_sid = sid
+        if self.plan is not None and self.plan.pool is not None:
+            up.served += 1
+            if self.plan.pool.connection_exhausted(up.served):  # maxRequestsPerConnection
+                up.retired = True
+                up.pool.forget(up)
         self.peer = self.peer if self.down.ctx.inbound_target else up.peer_identity
         up.streams[sid] = self
         up.touch()
@@ -654,6 +659,8 @@ class H2Upstream(_Side):
         self.key = key
         self.peer_identity: str | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.served = 0  # streams opened (maxRequestsPerConnection)
+        self.retired = False  # out of the pool: closes once its streams are done
 
     def usable(self) -> bool:
         """Can take one more stream now (not closing, below the peer's concurrency limit)."""
@@ -672,7 +679,7 @@ class H2Upstream(_Side):
         if self.streams or self.closed:
             return
         self.touch()
-        if self.goaway_received:
+        if self.goaway_received or self.retired:
             self.close()
         else:
             loop = asyncio.get_running_loop()

@@ -433,15 +433,14 @@ def test_passthrough_goes_to_the_original_destination(mesh, codec):
     assert echo(out)["app"] == "original-destination" and app.seen
 
 
-def test_max_requests_per_connection_on_http1(mesh):
-    fresh(mesh)
+def test_max_requests_per_connection(mesh, codec):
     mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}")))
     before = mesh.connector.connects
-    assert [c for c, _ in mesh.curl("h1", "httpbin", 8000, "/", n=4)] == [200] * 4
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=4)] == [200] * 4
     assert mesh.connector.connects - before == 4  # a new upstream connection per request
     mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 100}}}")))
     before = mesh.connector.connects
-    mesh.curl("h1", "httpbin", 8000, "/", n=8)
+    mesh.curl(codec, "httpbin", 8000, "/", n=8)
     assert mesh.connector.connects - before <= 2  # reused: at most one per endpoint
 
 
