@@ -644,6 +644,7 @@ class H1Downstream(asyncio.Protocol):
     def _attempt(self, target: _Target) -> None:
         """One try: from the pool or a new connection (retries come back here)."""
         plan = self.plan
+        self.ex.upstream = target.endpoint  # telemetry: the endpoint of the last try
         if plan is not None:
             plan.attempt_started()
             if plan.per_try:

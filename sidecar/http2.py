@@ -504,6 +504,7 @@ class _Exchange(Exchange):
         if self.finished:
             return
         alpn = "remora-h2" if endpoint.identity else "h2"
+        self.upstream = endpoint  # telemetry: the endpoint of the last try
         pool = self.down.pool
         up = pool.pick(pool_key(endpoint, alpn))
         if up is not None:

@@ -406,8 +406,11 @@ def test_connect_failure_is_retried_on_another_endpoint(mesh, codec):
     (cluster,) = [c for c in mesh.config.clusters if c.service.startswith("httpbin.")]
     dead = dataclasses.replace(cluster.endpoints[0], port=1)  # nothing listens on port 1
     mesh.call(lambda: _swap_endpoints(mesh, cluster.name, (dead, cluster.endpoints[1])))
+    start = len(mesh.flags.upstreams)
     codes = [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)]
     assert codes == [200] * 6  # Istio's default policy retries connect-failure
+    mesh.wait(lambda: len(mesh.flags.upstreams) - start == 6)
+    assert {u.port for u in mesh.flags.upstreams[start:]} == {cluster.endpoints[1].port}  # telemetry: who answered
 
 
 def _swap_endpoints(mesh, name, endpoints):
@@ -435,6 +438,9 @@ def test_passthrough_goes_to_the_original_destination(mesh, codec):
 
 def test_max_requests_per_connection(mesh, codec):
     mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}")))
+    mesh.call(mesh.h1_pool.close_all)  # no idle connections left from earlier cases
+    mesh.call(mesh.h2_pool.close)
+    assert mesh.wait(lambda: not mesh.h2_pool.conns)
     before = mesh.connector.connects
     assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=4)] == [200] * 4
     assert mesh.connector.connects - before == 4  # a new upstream connection per request

@@ -183,12 +183,14 @@ class _FlagsSeen:
 
     def __init__(self) -> None:
         self.log: list[tuple[int, str]] = []
+        self.upstreams: list[Any] = []  # Exchange.upstream of each, in the same order
         original = exchange.Exchange.done
 
         def done(ex: exchange.Exchange, status: int) -> bool:
             counted = original(ex, status)
             if counted:
                 self.log.append((status, ex.flags))
+                self.upstreams.append(ex.upstream)
             return counted
         exchange.Exchange.done = done  # type: ignore[method-assign]
         self._original = original
