@@ -96,6 +96,15 @@ def test_fault_injection_abort_for_jason(mesh, codec):
     assert seen(mesh, "198.18.1.12") and all("jason" not in str(s.headers) for s in seen(mesh, "198.18.1.12"))
 
 
+def test_fault_injection_delay_for_jason(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-ratings-test-delay.yaml"))
+    t = time.monotonic()
+    [(code, _)] = mesh.curl(codec, "ratings", 9080, "/ratings/0", "-H", "end-user: jason", timeout=1)
+    assert code == 0 and time.monotonic() - t >= 1.0  # curl gave up: the 7s delay holds it back
+    assert seen(mesh, "198.18.1.12") == []
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/ratings/0", n=2)] == [200, 200]
+
+
 def test_traffic_shifting_50_50(mesh, codec):
     mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-reviews-50-v3.yaml"))
     got = collections.Counter(REVIEWS[echo(b)["app"]] for _, b in mesh.curl(codec, "reviews", 9080, "/", n=200))
