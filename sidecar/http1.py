@@ -634,7 +634,9 @@ class H1Downstream(asyncio.Protocol):
         target = self._route()
         if target is None:
             return
-        self._send(target)
+        if target.timeout:  # _send, inlined: the per-request hot path
+            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+        self._attempt(target)
 
     def _send(self, target: _Target) -> None:
         if target.timeout:
@@ -912,7 +914,8 @@ class H1Downstream(asyncio.Protocol):
             self.try_timer = None
 
     def _exchange_done(self, status: int) -> None:
-        self._drop_plan(status)
+        if self.plan is not None or self.try_timer is not None:
+            self._drop_plan(status)
         self.ex.done(status)
         if self.timer is not None:
             self._cancel_timer()
