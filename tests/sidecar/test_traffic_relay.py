@@ -304,20 +304,20 @@ def test_consistent_hash_cookie_is_generated_with_ttl(mesh, codec):
 
 def test_least_request_prefers_the_idle_endpoint(mesh, codec):
     mesh.apply(httpbin(dr("{loadBalancer: {simple: LEAST_REQUEST}}")))
-    busy: list = []
-    slow = [threading.Thread(target=lambda: busy.extend(mesh.curl(codec, "httpbin", 8000, "/delay/3")))
-            for _ in range(3)]
+    slow = [threading.Thread(target=mesh.curl, args=(codec, "httpbin", 8000, "/delay/4")) for _ in range(3)]
     for th in slow:
         th.start()
     assert mesh.wait(lambda: sum(a.active for a in mesh.apps.values()) == 3)
-    loaded = max((HTTPBIN_V1, HTTPBIN_V2), key=lambda a: mesh.app(a).active)
-    idle = HTTPBIN_V2 if loaded == HTTPBIN_V1 else HTTPBIN_V1
-    if mesh.app(loaded).active < 2:  # 3 in flight: at least 2 on one endpoint
-        pytest.fail("slow requests did not start")
-    quick = [echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=40)]
+    counts = {a: mesh.app(a).active for a in (HTTPBIN_V1, HTTPBIN_V2)}
+    idle = min(counts, key=counts.__getitem__)
+    assert counts[idle] < 2  # 3 in flight: at least one more on the other endpoint
+    quick = [echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=100)]
+    assert sum(a.active for a in mesh.apps.values()) == 3  # the slow ones were in flight throughout
     for th in slow:
         th.join()
-    assert quick.count(idle) >= 28, collections.Counter(quick)  # P2C: 3 in 4 expected
+    # Power of two choices sends 3 in 4 to the less loaded endpoint (random would be 1 in 2):
+    # 63 of 100 is 2.8 standard deviations from either expectation.
+    assert quick.count(idle) >= 63, collections.Counter(quick)
 
 
 def test_outlier_ejection_and_return(mesh, codec):
@@ -405,7 +405,7 @@ def test_per_try_timeout_then_504_ut(mesh, codec):
         " retries: {attempts: 2, perTryTimeout: 0.2s, retryOn: reset}}]")))
     t = time.monotonic()
     flags = mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/delay/1"))
-    assert time.monotonic() - t < 0.95 and len(seen(mesh, HTTPBIN_V1)) == 3
+    assert time.monotonic() - t < 2.0 and len(seen(mesh, HTTPBIN_V1)) == 3  # 3 tries of 0.2 s, not 1 s each
     assert flags in (["UT"], ["URX,UT"], ["UT,URX"]), flags
 
 
