@@ -25,6 +25,7 @@ import httptools
 from control_plane.api.model import Endpoint, OutboundPort
 
 from .http import limits as limits_
+from .http import mirror as mirror_copy
 from .http import replies
 from .http.exchange import (
     NO_FLAGS,
@@ -32,7 +33,6 @@ from .http.exchange import (
     Exchange,
     authorize,
     current_router,
-    decide_outbound,
     inbound_label_keys,
 )
 from .http.h1 import (
@@ -45,11 +45,13 @@ from .http.h1 import (
 )
 from .http.headers import CONN_KEYWORDS as _CONN_KEYWORDS
 from .http.headers import HOP_BY_HOP, MESH_OWNED, request_id, xfcc_value
+from .http.policy import MAX_REPLAY_BYTES, Plan, h1_head, plan_outbound
 from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
 from .tracing import h1_rewrite
 from .traffic.flags import DC, UC, UF, UT
+from .traffic.retry import Outcome
 from .upstream import Connector, UpstreamError
 
 if TYPE_CHECKING:
@@ -206,6 +208,7 @@ class H1Upstream(asyncio.Protocol):
         self.peer_identity: str | None = None  # the upstream's verified SPIFFE ID (mTLS)
         self.in_head = False  # parsing a response head: its bytes count towards the cap
         self.head_bytes = 0
+        self.served = 0  # exchanges answered on this connection (maxRequestsPerConnection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -351,6 +354,12 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel = False
         self.eof = False  # the client half-closed
         self.wbuf: list[bytes] = []  # to the downstream, written by flush()
+        # Route policies of the exchange in flight (sidecar/http/policy.py); None: none apply.
+        self.plan: Plan | None = None
+        self.replay: list[bytes] | None = None  # the request body so far, for retries/mirror
+        self.replay_size = 0
+        self.mirror_pending = False
+        self.try_timer: asyncio.TimerHandle | None = None
         self.ubuf: list[bytes] = []  # to the current upstream, written by flush()
 
     # -- connection events ---------------------------------------------------------------
@@ -424,6 +433,7 @@ class H1Downstream(asyncio.Protocol):
         for t in (self.head_timer, self.idle_timer):
             if t is not None:
                 t.cancel()
+        self._drop_plan()  # the exchange cannot finish: give back its pool slot
         if self.busy and not self.ex.finished:  # the client left mid-exchange: count it
             self.ex.add_flag(DC)
             self.ex.done(self.resp_status if self.resp_started else 0)
@@ -622,6 +632,12 @@ class H1Downstream(asyncio.Protocol):
 
     def _body(self, body: bytes) -> None:
         self.ex.req_bytes += len(body)
+        if self.replay is not None:
+            self.replay_size += len(body)
+            if self.replay_size > MAX_REPLAY_BYTES:
+                self.replay = None  # too large to keep: no retry, no mirror
+            else:
+                self.replay.append(body)
         up = self.up
         if up is None:
             self.req_body.append(body)
@@ -634,6 +650,8 @@ class H1Downstream(asyncio.Protocol):
 
     def _done(self) -> None:
         self.req_done = True
+        if self.mirror_pending:
+            self._mirror()
         if self.up is not None and self.req_chunked:
             self.ubuf.append(b"0\r\n\r\n")
 
@@ -656,23 +674,83 @@ class H1Downstream(asyncio.Protocol):
             router = current_router(ctx)  # a config push: the port is looked up again
         if self.target is not None and self.target_router is router:
             return self.target
-        d = decide_outbound(ctx, self.method, self.url, self.headers)
-        if d.endpoint is None:
-            self.ex.unrouted(d)
-            self._local_reply(d.status, d.message)
+        peer = self.transport.get_extra_info("peername")
+        plan = plan_outbound(ctx, self.method, self.url, self.headers, source_ip=peer[0] if peer else "")
+        for flag in plan.flags:
+            self.ex.add_flag(flag)
+        if plan.service:
+            self.ex.service = plan.service
+        if plan.status or plan.endpoint is None:
+            port = ctx.outbound_port
+            self.ex.route_to(None, plan.service or (port.service if port is not None else ""))
+            if plan.delay:
+                self._pause(_P_WAIT)
+                self.timer = asyncio.get_running_loop().call_later(
+                    plan.delay, self._delayed_reply, plan.status, plan.message, plan.reply_headers)
+            else:
+                self._local_reply(plan.status or 503, plan.message, plan.reply_headers)
+            plan.finish()
             return None
-        target = _Target(d.endpoint, d.timeout, d.connect_timeout, ALPN_H1, OUTBOUND, d.service)
-        if router is not None and router.is_fixed(ctx.outbound_port):
+        self.plan = plan
+        self.req_head = h1_head(self.req_head, plan)
+        self.replay, self.replay_size = list(self.req_body), sum(map(len, self.req_body))
+        if plan.mirror_cluster is not None:
+            self.mirror_pending = True
+            if self.req_done:
+                self._mirror()
+        target = _Target(plan.endpoint, plan.timeout, plan.connect_timeout, ALPN_H1, OUTBOUND,
+                         plan.service)
+        if router is not None and router.is_fixed(ctx.outbound_port) and not plan.delay:
             self.target, self.target_router = target, router
+        if plan.delay:
+            self._pause(_P_WAIT)
+            self.timer = asyncio.get_running_loop().call_later(plan.delay, self._delayed_send, target)
+            return None
         return target
 
+    def _delayed_reply(self, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        self.timer = None
+        if not self.closed and self.busy:
+            self._local_reply(status, message, headers)
+            self.flush()
+
+    def _delayed_send(self, target: _Target) -> None:
+        self.timer = None
+        if not self.closed and self.busy:
+            self._send(target)
+
+    def _mirror(self) -> None:
+        self.mirror_pending = False
+        plan = self.plan
+        if plan is None or plan.mirror_cluster is None or plan.router is None or self.replay is None:
+            return
+        mirror_copy.send(self.ctx.connector, plan.router, plan.mirror_cluster, self.method, plan.path,
+                         plan.authority, self.headers, b"".join(self.replay))
+
     def _dispatch(self) -> None:
+        self.ex.flags = NO_FLAGS  # the Exchange object is reused per connection
         target = self._route()
         if target is None:
             return
         self.ex.route_to(target.endpoint, target.service)
+        if target.timeout:  # _send, inlined: the per-request hot path
+            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+        self._attempt(target)
+
+    def _send(self, target: _Target) -> None:
+        self.ex.route_to(target.endpoint, target.service)
         if target.timeout:
             self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+        self._attempt(target)
+
+    def _attempt(self, target: _Target) -> None:
+        """One try: from the pool or a new connection (retries come back here)."""
+        plan = self.plan
+        self.ex.upstream = target.endpoint  # telemetry: the endpoint of the last try
+        if plan is not None:
+            plan.attempt_started()
+            if plan.per_try:
+                self.try_timer = asyncio.get_running_loop().call_later(plan.per_try, self._try_timed_out)
         self.decision_key = key = target.key
         up = None if self.upgrade else self.ctx.pool.get(key)
         if up is not None:
@@ -687,7 +765,7 @@ class H1Downstream(asyncio.Protocol):
         try:
             _, up, peer = await self.ctx.connector.connect(endpoint, alpn, H1Upstream, timeout)
         except UpstreamError as e:
-            if not self.closed and self.busy:
+            if not self.closed and self.busy and not self._retry(Outcome(connect_failure=True)):
                 self.ex.add_flag(UF)
                 self._local_reply(503, f"upstream connect error: {e}")
             return
@@ -739,6 +817,8 @@ class H1Downstream(asyncio.Protocol):
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
                 return
+            if self._retry(Outcome(reset=True)):
+                return
             self.ex.add_flag(UC)
             self._local_reply(502, replies.UPSTREAM_RESET)
             return
@@ -753,7 +833,55 @@ class H1Downstream(asyncio.Protocol):
     def _dispatch_retry(self) -> None:
         self._cancel_timer()
         self.ctx.pool.idle.pop(self.decision_key, None)  # the rest are likely stale too
+        if self.plan is not None:  # a policy exchange keeps its plan: same route, same slot
+            self.plan.attempt_done(None)
+            self.req_body = list(self.replay or ())
+            self._send(_Target(self.plan.endpoint, self.plan.timeout, self.plan.connect_timeout,
+                               ALPN_H1, OUTBOUND))
+            return
         self._dispatch()
+
+    def _retry(self, outcome: Outcome) -> bool:
+        """After a failed try: schedule the next one (True) or let the caller answer (False)."""
+        plan = self.plan
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if plan is None:
+            return False
+        wait = plan.retry(outcome, replayable=self.replay is not None)
+        if wait is None:
+            for flag in plan.flags:
+                if flag not in self.ex.flags.split(","):
+                    self.ex.add_flag(flag)
+            return False
+        self.req_body = list(self.replay or ())
+        target = _Target(plan.endpoint, None, plan.connect_timeout, ALPN_H1, OUTBOUND)
+        self._pause(_P_WAIT)
+        # Held in try_timer so that the end of this exchange cancels it, whatever ends it.
+        self.try_timer = asyncio.get_running_loop().call_later(wait, self._retry_now, target)
+        return True
+
+    def _retry_now(self, target: _Target) -> None:
+        self.try_timer = None
+        if not self.closed and self.busy:
+            self._attempt(target)
+
+    def _abandon_upstream(self) -> None:
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.down = None
+            up.transport.abort()
+
+    def _try_timed_out(self) -> None:
+        self.try_timer = None
+        if self.resp_started or not self.busy:
+            return
+        self._abandon_upstream()
+        if not self._retry(Outcome(timed_out=True, reset=True)):
+            self.ex.add_flag(UT)
+            self._local_reply(504, replies.UPSTREAM_TIMEOUT)
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -792,6 +920,18 @@ class H1Downstream(asyncio.Protocol):
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             return
+        plan = self.plan
+        headers = up.headers
+        if plan is not None:
+            if self.try_timer is not None:
+                self.try_timer.cancel()
+                self.try_timer = None
+            grpc = next((v for k, v in headers if k.lower() == b"grpc-status"), None)
+            outcome = Outcome(status=status, grpc_status=int(grpc) if grpc and grpc.isdigit() else None)
+            if self._retry(outcome):
+                self._abandon_upstream()
+                return
+            headers = plan.response_headers(headers)
         self.resp_started = True
         self.resp_status = status
         if self.timer is not None:
@@ -799,7 +939,7 @@ class H1Downstream(asyncio.Protocol):
         cl = None
         chunked = False
         conn_tokens: set[bytes] = set()
-        for name, value in up.headers:  # one pass; headers named in Connection are rare
+        for name, value in headers:  # one pass; headers named in Connection are rare
             lname = name.lower()
             if lname not in _RESP_SPECIAL:
                 out.append(b"%s: %s\r\n" % (name, value))
@@ -847,6 +987,10 @@ class H1Downstream(asyncio.Protocol):
 
     def _finish_response(self, reusable: bool) -> None:
         up = self.up
+        if up is not None and self.plan is not None and self.plan.pool is not None:
+            up.served += 1
+            if self.plan.pool.connection_exhausted(up.served):
+                reusable = False
         if self.resp_chunked:
             self.wbuf.append(b"0\r\n\r\n")
         self.up = None
@@ -859,7 +1003,23 @@ class H1Downstream(asyncio.Protocol):
                 up.transport.close()
         self._exchange_done(self.resp_status)
 
+    def _drop_plan(self, status: int = 0) -> None:
+        """The exchange is over, however it ended: settle its route policies (once)."""
+        plan = self.plan
+        if plan is not None:
+            self.plan = None
+            if plan._active is not None and self.resp_status and status == self.resp_status:
+                plan.attempt_done(status)
+            plan.finish()
+            self.replay = None
+            self.mirror_pending = False
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+
     def _exchange_done(self, status: int) -> None:
+        if self.plan is not None or self.try_timer is not None:
+            self._drop_plan(status)
         self.ex.done(status)
         self.last_active = time.monotonic()
         if self.timer is not None:
@@ -913,6 +1073,7 @@ class H1Downstream(asyncio.Protocol):
         self.tunnel = True
         up.tunnel = True
         self._cancel_timer()
+        self._drop_plan()
         self.ex.done(101)
         if self.tunnel_bytes:
             up.transport.write(self.tunnel_bytes)
@@ -953,6 +1114,7 @@ class H1Downstream(asyncio.Protocol):
 
     # -- local replies -------------------------------------------------------------------
     def _bad_request(self, err: Exception) -> None:
+        self._drop_plan()
         self.ctx.stats.protocol_error()
         cause = err if isinstance(err, BadRequest) else (err.__context__ or err.__cause__)
         status = cause.status if isinstance(cause, BadRequest) else 400
@@ -973,13 +1135,16 @@ class H1Downstream(asyncio.Protocol):
         self.flush()
         self.transport.close()
 
-    def _local_reply(self, status: int, message: str) -> None:
-        body = replies.body(message)
+    def _local_reply(self, status: int, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = replies.body(message) if message else b""
         self.resp_started = True
+        self.resp_status = 0
         close = not self.keep_alive or not self.req_done or self.ctx.draining()
+        extra = b"".join(b"%s: %s\r\n" % kv for kv in headers) if headers else b""
         self.wbuf.append(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status, replies.reason(status), len(body),
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+                status, replies.reason(status), len(body), extra,
                 b"connection: close\r\n" if close else b"", body))
         if close:
             self.keep_alive = False

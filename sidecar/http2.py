@@ -30,6 +30,7 @@ from control_plane.api.model import Endpoint
 from .http import events as ev_
 from .http import h2select, replies
 from .http import limits as limits_
+from .http import mirror as mirror_copy
 from .http.events import (
     CANCEL,
     INTERNAL_ERROR,
@@ -42,14 +43,15 @@ from .http.exchange import (
     Authorizer,
     Exchange,
     authorize,
-    decide_outbound,
     grpc_status,
     inbound_label_keys,
 )
 from .http.headers import request_headers, response_headers, xfcc_value
+from .http.policy import MAX_REPLAY_BYTES, Plan, grpc_status_header, plan_outbound
 from .labels import GRPC, HTTP
 from .tracing import h2_rewrite
 from .traffic.flags import DC, UC, UF, UT
+from .traffic.retry import Outcome
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -346,7 +348,8 @@ class _Exchange(Exchange):
     """One request/response: a downstream stream paired with an upstream stream."""
 
     __slots__ = ("down", "down_sid", "up", "up_sid", "req", "resp", "head",
-                 "status", "response_started", "timer", "grpc", "task", "connect_timeout")
+                 "status", "response_started", "timer", "grpc", "task", "connect_timeout",
+                 "plan", "sent_head", "replay", "replay_size", "try_timer", "mirror_pending")
 
     def __init__(self, down: H2Downstream, sid: int, head: ev_.RequestHead) -> None:
         super().__init__(down.ctx)
@@ -365,6 +368,13 @@ class _Exchange(Exchange):
         self.grpc = False
         self.task: asyncio.Task | None = None
         self.connect_timeout = CONNECT_TIMEOUT
+        # Route policies (sidecar/http/policy.py): the plan, and what a retry or mirror resends.
+        self.plan: Plan | None = None
+        self.sent_head: ev_.RequestHead | None = None
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.try_timer: asyncio.TimerHandle | None = None
+        self.mirror_pending = False
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream and send the request headers, then whatever DATA waits."""
@@ -374,6 +384,11 @@ class _Exchange(Exchange):
         req = self.req
         empty = req.ended and not req.queue and not req.trailers
         head.end_stream = empty
+        if self.plan is not None:
+            self.plan.attempt_started()
+            self.sent_head = head
+            if self.plan.per_try:
+                self.try_timer = asyncio.get_running_loop().call_later(self.plan.per_try, self.try_timed_out)
         try:
             sid = up.codec.send_request_head(head)
         except NoStreamAvailable:
@@ -384,6 +399,11 @@ class _Exchange(Exchange):
         self.head = None
         self.up = up
         self.up_sid = sid
+        if self.plan is not None and self.plan.pool is not None:
+            up.served += 1
+            if self.plan.pool.connection_exhausted(up.served):  # maxRequestsPerConnection
+                up.retired = True
+                up.pool.forget(up)
         self.peer = self.peer if self.down.ctx.inbound_target else up.peer_identity
         up.streams[sid] = self
         up.touch()
@@ -402,8 +422,11 @@ class _Exchange(Exchange):
         except Exception as e:  # UpstreamError, OSError, TimeoutError: all mean 503
             self.task = None
             log.info("h2 upstream %s:%s (%s) failed: %s", endpoint.address, endpoint.port, alpn, e)
-            self.add_flag(UF)
-            self.local_reply(503, f"upstream connect error: {e}")
+            if self.plan is not None:
+                self.plan.attempt_started()  # counted as a failed try of that endpoint
+            if not self.retry(Outcome(connect_failure=True)):
+                self.add_flag(UF)
+                self.local_reply(503, f"upstream connect error: {e}")
             return
         self.task = None
         self.attach(up)
@@ -414,6 +437,15 @@ class _Exchange(Exchange):
             return
         status = head.status
         ended = head.end_stream
+        headers = response_headers(head.headers)
+        plan = self.plan
+        if plan is not None and status >= 200:
+            self._cancel_try()
+            grpc = next((v for k, v in headers if k == b"grpc-status"), None) if ended else None
+            outcome = Outcome(status=status, grpc_status=int(grpc) if grpc and grpc.isdigit() else None)
+            if self.retry(outcome):
+                return
+            headers = plan.response_headers(headers)
         try:
             if status >= 200:
                 self.status = status
@@ -421,8 +453,7 @@ class _Exchange(Exchange):
                 if ended and self.grpc:  # trailers-only: grpc-status is in the head
                     self.grpc_status = grpc_status(head.headers)
             # A trailers-only response (gRPC errors) must stay one HEADERS frame with END_STREAM.
-            self.down.codec.send_response_head(self.down_sid, status,
-                                               response_headers(head.headers), ended)
+            self.down.codec.send_response_head(self.down_sid, status, headers, ended)
         except StreamGone:
             self.finish(self.status)
             return
@@ -480,8 +511,9 @@ class _Exchange(Exchange):
         elif self.response_received():
             return
         elif not self.response_started:
-            self.add_flag(UC)
-            self.local_reply(503, replies.UPSTREAM_RESET)
+            if not self.retry(Outcome(reset=True)):
+                self.add_flag(UC)
+                self.local_reply(503, replies.UPSTREAM_RESET)
         else:
             self.add_flag(UC)
             self.down.reset(self.down_sid, INTERNAL_ERROR)
@@ -489,8 +521,93 @@ class _Exchange(Exchange):
 
     def refused(self) -> None:
         """The upstream GOAWAY says this stream was never processed: the client may retry."""
+        if self.retry(Outcome(refused_stream=True, reset=True)):
+            return
         self.down.reset(self.down_sid, REFUSED_STREAM)
         self.finish(self.status)
+
+    # -- route policies (sidecar/http/policy.py) ---------------------------------------------
+    def dispatch(self, endpoint: Endpoint) -> None:
+        """Send the request to ``endpoint``: a pooled connection, else a new one."""
+        if self.finished:
+            return
+        alpn = "remora-h2" if endpoint.identity else "h2"
+        self.upstream = endpoint  # telemetry: the endpoint of the last try
+        pool = self.down.pool
+        up = pool.pick(pool_key(endpoint, alpn))
+        if up is not None:
+            self.attach(up)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self.connect(pool, endpoint, alpn))
+
+    def _cancel_try(self) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+
+    def try_timed_out(self) -> None:
+        self.try_timer = None
+        if self.finished or self.response_started:
+            return
+        if not self.retry(Outcome(timed_out=True, reset=True)):
+            self.add_flag(UT)
+            self.local_reply(504, replies.UPSTREAM_TIMEOUT)
+
+    def retry(self, outcome: Outcome) -> bool:
+        """After a failed try: drop that upstream stream and schedule the next try (True), or
+        leave the answer to the caller (False)."""
+        plan = self.plan
+        self._cancel_try()
+        if plan is None or self.finished:
+            return False
+        wait = plan.retry(outcome, replayable=self.replay is not None and (self.sent_head or self.head) is not None)
+        if wait is None:
+            for flag in plan.flags:
+                if flag not in self.flags.split(","):
+                    self.add_flag(flag)
+            return False
+        if self.up is not None:  # forget the failed stream; the client's stream stays open
+            self.up.reset(self.up_sid, CANCEL)
+            self.up.drop(self.up_sid)
+            self.up = None
+            self.up_sid = None
+        old = self.req
+        req = _Pipe(self, self.down, self.down_sid)
+        req.queue.extend([data, 0] for data in self.replay or ())
+        req.ended, req.trailers = old.ended, old.trailers
+        old.close()  # gives the client back the window of what it still held
+        self.req = req
+        self.resp = _Pipe(self, None, None)
+        self.resp.dst, self.resp.dst_sid = self.down, self.down_sid
+        if self.sent_head is not None:  # else it was never sent (connect failure): still in head
+            self.head, self.sent_head = self.sent_head, None
+        endpoint = plan.endpoint
+        assert endpoint is not None
+        asyncio.get_running_loop().call_later(wait, self.dispatch, endpoint)
+        return True
+
+    def capture(self, data: bytes) -> None:
+        """Keep a request body chunk for retries and the mirror, up to the replay bound."""
+        self.replay_size += len(data)
+        if self.replay_size > MAX_REPLAY_BYTES:
+            self.replay = None
+        else:
+            self.replay.append(data)  # type: ignore[union-attr]
+
+    def mirror(self) -> None:
+        self.mirror_pending = False
+        plan = self.plan
+        if plan is None or plan.mirror_cluster is None or plan.router is None or self.replay is None:
+            return
+        body = b"".join(self.replay)
+        if self.grpc:
+            return  # the copy goes over HTTP/1.1: a gRPC app could not read it (docs)
+        mirror_copy.send(self.down.ctx.connector, plan.router, plan.mirror_cluster, self.method_of(),
+                         plan.path, plan.authority, plan.headers, body)
+
+    def method_of(self) -> bytes:
+        head = self.head or self.sent_head
+        return head.method if head is not None else b"GET"
 
     def on_timeout(self) -> None:
         self.timer = None
@@ -505,10 +622,12 @@ class _Exchange(Exchange):
         else:
             self.local_reply(504, replies.UPSTREAM_TIMEOUT)
 
-    def local_reply(self, status: int, message: str) -> None:
+    def local_reply(self, status: int, message: str,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Answer the downstream stream ourselves (see ``replies``: same as HTTP/1.1)."""
         if self.finished:
             return
+        self._cancel_try()
         if self.up is not None:
             self.up.reset(self.up_sid, CANCEL)
         down = self.down
@@ -519,11 +638,16 @@ class _Exchange(Exchange):
             try:
                 if self.grpc:
                     headers = replies.grpc_headers(status, message)
+                    if self.plan is not None and self.plan.grpc_status is not None:  # fault abort
+                        headers[1] = (b"grpc-status", grpc_status_header(self.plan))
                     self.grpc_status = grpc_status(headers)
-                    codec.send_response_head(sid, status, headers, end_stream=True)
+                    codec.send_response_head(sid, status, headers + (extra or []), end_stream=True)
+                elif not message:  # e.g. a CORS preflight: headers only
+                    codec.send_response_head(sid, status, [(b"content-length", b"0"), *(extra or [])],
+                                             end_stream=True)
                 else:
                     headers, body = replies.plain_headers(status, message)
-                    codec.send_response_head(sid, status, headers)
+                    codec.send_response_head(sid, status, headers + (extra or []))
                     codec.send_data(sid, body, end_stream=True)
                     self.resp_bytes = len(body)
                 if not self.req.ended:  # we answered: the rest of the request is not wanted
@@ -539,6 +663,12 @@ class _Exchange(Exchange):
             self.grpc_status = grpc_status(self.resp.trailers)
         if not self.done(status):
             return
+        plan = self.plan
+        if plan is not None:
+            self._cancel_try()
+            if self.response_started:
+                plan.attempt_done(self.status)
+            plan.finish()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -563,6 +693,8 @@ class H2Upstream(_Side):
         self.key = key
         self.peer_identity: str | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.served = 0  # streams opened (maxRequestsPerConnection)
+        self.retired = False  # out of the pool: closes once its streams are done
 
     def usable(self) -> bool:
         """Can take one more stream now (not closing, below the peer's concurrency limit)."""
@@ -581,7 +713,7 @@ class H2Upstream(_Side):
         if self.streams or self.closed:
             return
         self.touch()
-        if self.goaway_received:
+        if self.goaway_received or self.retired:
             self.close()
         else:
             idle = limits_.current().upstream_idle_timeout  # 0: kept until the peer closes
@@ -846,9 +978,9 @@ class H2Downstream(_Side):
             endpoint, alpn = self.inbound_endpoint, "h2"
         else:
             endpoint = self._route(ex, method, path, headers)
-            if endpoint is None:
-                return
-            alpn = "remora-h2" if endpoint.identity else "h2"
+            if endpoint is not None:
+                ex.dispatch(endpoint)
+            return
         up = self.pool.pick(pool_key(endpoint, alpn))
         if up is not None:
             ex.attach(up)
@@ -857,19 +989,57 @@ class H2Downstream(_Side):
 
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
-        """Outbound: the exchange's decision; answered locally when it has no endpoint."""
-        d = decide_outbound(self.ctx, method, path, headers)
-        if d.service:
-            ex.service = d.service
-            ex.connect_timeout = d.connect_timeout
-        if d.endpoint is None:
-            ex.unrouted(d, GRPC if ex.grpc else HTTP)
-            ex.local_reply(d.status, d.message)
+        """Outbound: the exchange's plan (route decision and policies); None when it was
+        answered locally or will be sent after a fault delay."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        plan = plan_outbound(self.ctx, method, path, headers, grpc=ex.grpc,
+                             source_ip=peer[0] if peer else "",
+                             authority=ex.head.authority if ex.head else None)
+        ex.plan = plan
+        for flag in plan.flags:
+            ex.add_flag(flag)
+        if plan.service:
+            ex.service = plan.service
+            ex.connect_timeout = plan.connect_timeout
+        loop = asyncio.get_running_loop()
+        proto = GRPC if ex.grpc else HTTP
+        if plan.status or plan.endpoint is None:
+            port = self.ctx.outbound_port
+            ex.route_to(None, plan.service or (port.service if port is not None else ""), proto)
+            if plan.delay:
+                ex.timer = loop.call_later(plan.delay, ex.local_reply, plan.status, plan.message,
+                                           plan.reply_headers)
+            else:
+                ex.local_reply(plan.status or 503, plan.message, plan.reply_headers)
             return None
-        ex.route_to(d.endpoint, d.service, GRPC if ex.grpc else HTTP)
-        if d.timeout:
-            ex.timer = asyncio.get_running_loop().call_later(d.timeout, ex.on_timeout)
-        return d.endpoint
+        ex.route_to(plan.endpoint, plan.service, proto)
+        if plan.changed:
+            head = ex.head
+            assert head is not None
+            head.path, head.authority = plan.path, plan.authority
+            head.headers = [(k, v) for k, v in plan.headers if not k.startswith(b":")]
+        ex.replay = []
+        ex.mirror_pending = plan.mirror_cluster is not None
+        if ex.mirror_pending and ex.req.ended:
+            ex.mirror()
+        if plan.timeout:
+            ex.timer = loop.call_later(plan.delay + plan.timeout, ex.on_timeout)
+        if plan.delay:
+            loop.call_later(plan.delay, ex.dispatch, plan.endpoint)
+            return None
+        return plan.endpoint
+
+    def _on_request_data(self, ev: ev_.Data) -> None:
+        ex = self.streams.get(ev.stream_id)
+        if ex is not None and ex.replay is not None:
+            ex.capture(ev.data)
+        self._on_data(ev)
+
+    def _on_request_ended(self, ev: ev_.EndOfMessage) -> None:
+        self._on_ended(ev)
+        ex = self.streams.get(ev.stream_id)
+        if ex is not None and ex.mirror_pending:
+            ex.mirror()
 
     def _on_client_goaway(self, ev: ev_.GoAway) -> None:
         """The app/peer will open no more streams; let the open ones finish, then close."""
@@ -880,6 +1050,8 @@ class H2Downstream(_Side):
     _handlers = {
         **_Side._handlers,
         ev_.RequestHead: _on_request,
+        ev_.Data: _on_request_data,
+        ev_.EndOfMessage: _on_request_ended,
         ev_.GoAway: _on_client_goaway,
         ev_.ProtocolError: _on_downstream_protocol_error,
         ev_.StreamReset: _on_downstream_reset,

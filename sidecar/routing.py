@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 from control_plane.api.model import (
     LB_PASSTHROUGH,
     Cluster,
+    ConnectionPool,
     Endpoint,
     HttpRoute,
     OutboundPort,
@@ -37,11 +38,13 @@ from control_plane.api.model import (
 from sidecar.traffic import flags, lb
 from sidecar.traffic.match import string_matches
 from sidecar.traffic.outlier import OutlierDetector
+from sidecar.traffic.pool import PoolLimits
 from sidecar.traffic.rewrite import redirect_location, split
 
 NO_HEALTHY_UPSTREAM = "no healthy upstream"
 NO_ROUTE = "no route"
 MAX_WEIGHT_SLOTS = lb.MAX_WEIGHT_SLOTS
+RETRY_HOST_PICKS = 5  # Istio's host_selection_retry_max_attempts for the previous_hosts predicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class Router:
         self.balancers = {c.name: lb.Balancer(c.endpoints, self.rand) for c in config.clusters}
         self.policy_balancers: dict[str, lb.Balancer] = {}
         self.outliers: dict[str, OutlierDetector] = {}
+        # Connection-pool counters per cluster (sidecar/http/policy.py), made on first use.
+        self.pools: dict[str, PoolLimits] = {}
         for c in config.clusters:
             old = previous.clusters.get(c.name) if previous else None
             same = old is not None and old.policy == c.policy and old.endpoints == c.endpoints
@@ -107,6 +112,8 @@ class Router:
             if c.policy.outlier is not None:
                 keep = previous.outliers.get(c.name) if previous and old and old.policy == c.policy else None
                 self.outliers[c.name] = keep or OutlierDetector(c.policy.outlier)
+        if previous is not None:  # requests in flight keep counting against their limits
+            self.pools.update(previous.pools)
         self.ports: dict[tuple[str, int], OutboundPort] = {}
         for o in config.outbound:
             for a in o.addresses:
@@ -135,12 +142,18 @@ class Router:
         cluster = self.clusters.get(name)
         if cluster is None or cluster.policy.load_balancer.consistent_hash or name in self.outliers:
             return False
+        if cluster.policy.connection_pool != ConnectionPool():  # every request needs admission
+            return False
         balancer = self.balancers.get(name)
         return balancer is not None and len(set(balancer.ring)) == 1
 
     def is_fixed(self, port: OutboundPort | None) -> bool:
         """True when ``resolve`` gives every request on ``port`` the same decision."""
         return id(port) in self.fixed_ports
+
+    def is_plain(self, port: OutboundPort) -> bool:
+        """True when ``resolve`` decides requests on ``port`` without reading them."""
+        return id(port) in self._plain_ports
 
     def lookup(self, address: str, port: int) -> OutboundPort | None:
         """The service port an app connection to ``address:port`` is for (None: passthrough)."""
@@ -226,6 +239,23 @@ class Router:
         if d.endpoint is None:
             d.status, d.message, d.flag = 503, NO_HEALTHY_UPSTREAM, flags.UH
         return d
+
+    def rechoose(self, name: str, previous: RouteDecision, avoid: Endpoint | None = None) -> Endpoint | None:
+        """Another endpoint of cluster ``name`` for a retry, preferring one other than ``avoid``
+        (Istio's previous_hosts retry predicate, up to 5 picks); None: keep the previous one,
+        as a consistent hash or passthrough does."""
+        cluster = self.clusters.get(name)
+        if cluster is None or previous.passthrough or cluster.policy.load_balancer.consistent_hash:
+            return None
+        detector = self.outliers.get(name)
+        usable = detector.usable([(e.address, e.port) for e in cluster.endpoints], self.clock()) if detector else None
+        balancer = self.policy_balancers[name]
+        pick = balancer.choose(usable, None)
+        for _ in range(RETRY_HOST_PICKS - 1):
+            if pick is None or avoid is None or (pick.address, pick.port) != (avoid.address, avoid.port):
+                break
+            pick = balancer.choose(usable, None)
+        return pick
 
     def resolve(
         self,

@@ -5,29 +5,21 @@ call these steps in this order, so every L7 feature is written once:
 
 1. the header policy, ``headers.request_headers`` (hop-by-hop, request id, XFCC; the
    HTTP/1.1 relay applies the same sets in its one-pass head builder);
-2. ``decide_outbound`` / ``inbound_decision`` + ``authorize``: the route decision. Outbound: the current router (a config
-   push reaches the next request on an open connection of either protocol) through
-   ``resolve`` — the one call of the router, so a richer router is one edit. Inbound: the
-   app's address, after ``authorize`` when the inbound policy has policies.
+2. outbound: ``policy.plan_outbound`` (sidecar/http/policy.py): the current router (a config
+   push reaches the next request on an open connection of either protocol), ``Router.decide``
+   and the route's policies; inbound: ``inbound_decision`` + ``authorize``, the app's address
+   after the inbound policy.
    A ``Decision`` with ``status`` set is answered locally (``replies``).
 3. the relay moves bytes (codec-specific framing and flow control), arming
    ``Exchange.start_timer`` with the route timeout (504 on expiry);
 4. ``Exchange.done(status)``: counted exactly once (``remora_requests_total`` and the
    duration histogram).
 
-Seams for later features (issue 10), each one place:
-- retries / per-try timeouts: ``decide`` returns the route's policy in ``Decision.route``;
-  a relay re-dispatches by calling ``decide`` again (the H1 relay's stale-pool retry does
-  this today); the replay buffer is the relay's request queue, bounded by the window.
-- fault injection (delay/abort before dispatch): in ``decide``, before the endpoint pick,
-  as a ``Decision`` with ``status`` (abort) or a delay the relay waits out.
-- mirroring: after ``decide``, a fire-and-forget copy of ``Exchange.head`` to a second
-  target; never awaited by the primary.
-- header set/add/remove on request and response: ``headers.request_headers`` /
-  ``response_headers`` given the route's header operations.
-- redirects / direct replies: a ``Decision`` with ``status`` and headers, answered by the
-  relay's ``local_reply`` like 503/504.
-- inbound authorization: ``authorize`` (``Authorizer`` on the context; None = no policy).
+Outbound route policies (issue 10: retries and per-try timeouts, fault delay/abort, mirror,
+header operations, rewrite, redirect, CORS, pool limits, outlier reports, LEAST_REQUEST
+counts, consistent-hash cookies) are ``policy.Plan``'s: the relays call it at their dispatch
+and response points. Inbound authorization: ``authorize`` (``Authorizer`` on the context;
+None = no policy).
 """
 
 from __future__ import annotations
@@ -51,7 +43,7 @@ if TYPE_CHECKING:
 
     from ..accesslog import AccessLog
     from ..labels import Labeler
-    from ..routing import RouteDecision, Router
+    from ..routing import Router
     from ..stats import Stats
     from ..tracing import Span, Tracer
 
@@ -115,12 +107,6 @@ class Decision:
         self.message = message
 
 
-def resolve(router: Router, port: OutboundPort | None, method: bytes, path: bytes,
-            headers: Headers) -> RouteDecision:
-    """The route decision: the one call of the router."""
-    return router.resolve(port, method, path, headers)
-
-
 def current_router(ctx: ExchangeContext) -> Router | None:
     """Outbound: the proxy's current router; on a config push, the service port is looked
     up again in the new one, so an open connection follows the push from its next request."""
@@ -131,22 +117,6 @@ def current_router(ctx: ExchangeContext) -> Router | None:
             ctx.router = router
             ctx.outbound_port = router.lookup(*ctx.original_dst)
     return ctx.router
-
-
-def decide_outbound(ctx: ExchangeContext, method: bytes, path: bytes,
-                    headers: Headers) -> Decision:
-    router = current_router(ctx)
-    if router is None:
-        return Decision(None, None, 0.0, "", status=503,
-                        message="no route: this listener has no router")
-    d = resolve(router, ctx.outbound_port, method, path, headers)
-    cluster = d.cluster
-    service = cluster.service if cluster is not None else ""
-    connect_timeout = cluster.connect_timeout if cluster is not None else 0.0
-    if d.status or d.endpoint is None:
-        return Decision(None, None, connect_timeout, service, d.route, d.status or 503,
-                        d.message or "no healthy upstream")
-    return Decision(d.endpoint, d.timeout, connect_timeout, service, d.route)
 
 
 def inbound_decision(ctx: ExchangeContext) -> Decision:

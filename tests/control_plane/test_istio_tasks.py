@@ -1,8 +1,8 @@
 """Istio's traffic-management tasks, their YAML applied unchanged: the snapshot a proxy gets and
 the decisions the proxy's router takes from it are the documented outcome.
 
-Real traffic for these tasks runs once the protocol-agnostic exchange applies the decisions;
-here the control plane's output is checked field by field and through ``Router.decide``.
+Here the control plane's output is checked field by field and through ``Router.decide``; the
+same YAML with real traffic through both relays is tests/sidecar/test_traffic_relay.py.
 """
 
 from __future__ import annotations

@@ -193,6 +193,7 @@ from sidecar import http2  # noqa: E402
 from sidecar.http import h2codec, h2select, ngcodec  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
 from sidecar.routing import RouteDecision  # noqa: E402
+from sidecar.traffic import lb  # noqa: E402
 
 
 @pytest.fixture(autouse=True, params=h2select.CODECS)
@@ -226,9 +227,18 @@ class StubRouter:
                           port=80, protocol="grpc", endpoints=(endpoint,))
         self.decision = RouteDecision(cluster=cluster, endpoint=endpoint, timeout=None,
                                       route="default", status=0, message="")
+        # What the exchange's policies read (sidecar/http/policy.py): no outlier detection,
+        # no pool limits, a round robin over the one endpoint.
+        self.policy_balancers = {cluster.name: lb.Balancer((endpoint,))}
+        self.outliers: dict = {}
+        self.pools: dict = {}
+        self.clock = time.monotonic
 
-    def resolve(self, outbound_port, method, path, headers):
+    def decide(self, outbound_port, req):
         return self.decision
+
+    def rechoose(self, name, previous, avoid=None):
+        return None
 
     def lookup(self, address, port):
         return None

@@ -9,9 +9,9 @@ from sidecar.http.exchange import (
     Exchange,
     authorize,
     current_router,
-    decide_outbound,
     inbound_decision,
 )
+from sidecar.http.policy import plan_outbound
 from sidecar.routing import Router
 from sidecar.stats import Stats
 
@@ -53,18 +53,20 @@ def router(cfg: dict = CFG) -> Router:
     return Router(ProxyConfig.from_dict(cfg))
 
 
-def test_outbound_decisions_route_time_out_and_answer_locally() -> None:
+def test_outbound_plans_route_time_out_and_answer_locally() -> None:
     r = router()
     ctx = Ctx(current_router=lambda: r, original_dst=("198.18.0.1", 80))
-    d = decide_outbound(ctx, b"GET", b"/slow/x", [])  # type: ignore[arg-type]
-    assert (d.endpoint.address, d.timeout, d.route, d.service, d.status) == (  # type: ignore[union-attr]
+    p = plan_outbound(ctx, b"GET", b"/slow/x", [])  # type: ignore[arg-type]
+    assert (p.endpoint.address, p.timeout, p.decision.route, p.service, p.status) == (  # type: ignore[union-attr]
         "10.0.0.7", 1.5, "slow", "web.a.svc.cluster.local", 0)
-    assert d.connect_timeout == 2.0
+    assert p.connect_timeout == 2.0
+    p = plan_outbound(ctx, b"GET", b"/other", [])  # type: ignore[arg-type]
+    assert (p.status, p.decision.route) == (0, "default")  # not ``routed``: the whole service
     ctx.original_dst = ("198.18.0.2", 80)
     ctx.router = None  # looked up again
-    d = decide_outbound(ctx, b"GET", b"/", [])  # type: ignore[arg-type]
-    assert (d.endpoint, d.status, d.message) == (None, 503, "no healthy upstream")
-    assert decide_outbound(Ctx(), b"GET", b"/", []).status == 503  # type: ignore[arg-type]
+    p = plan_outbound(ctx, b"GET", b"/", [])  # type: ignore[arg-type]
+    assert (p.endpoint, p.status, p.message, p.flags) == (None, 503, "no healthy upstream", ["UH"])
+    assert plan_outbound(Ctx(), b"GET", b"/", []).status == 503  # type: ignore[arg-type]
 
 
 def test_a_config_push_is_seen_by_the_next_decision() -> None:

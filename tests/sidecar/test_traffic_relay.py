@@ -1,0 +1,467 @@
+"""Istio's traffic API honoured by the relays, with real traffic, once per codec (HTTP/1.1, HTTP/2).
+
+Each case is YAML (Istio's task YAML unchanged, or a resource written for one feature) run
+through the control plane's snapshot builder, pushed to a real ``Router``, and exercised
+with curl through the outbound relay of the codec under test to apps that record what they
+get (tests/sidecar/traffic_harness.py). No root: loopback sockets, plaintext upstream hop
+(the mTLS hop and pods are covered by the mesh suites).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from traffic_harness import Harness
+
+from control_plane.api.model import ProxyConfig
+from control_plane.builder import ProxyKey, SnapshotBuilder
+from control_plane.registry import Registry
+from control_plane.resources import key_of
+from control_plane.sources.files import read_manifests
+
+TASKS = Path(__file__).parent.parent / "control_plane" / "data" / "istio_tasks"
+BOOKINFO = ("bookinfo.yaml", "destination-rule-all.yaml")
+HTTPBIN_V1, HTTPBIN_V2 = "198.18.2.11", "198.18.2.12"
+REVIEWS = {"198.18.1.21": "v1", "198.18.1.22": "v2", "198.18.1.23": "v3"}
+CODECS = ["h1", "h2"]
+
+
+def config(*sources: str, pod: tuple[str, str] = ("default", "productpage-v1")) -> ProxyConfig:
+    """A proxy's snapshot from task files (names in TASKS) and inline YAML; last one wins."""
+    objs = []
+    for s in sources:
+        objs += read_manifests(TASKS / s) if s.endswith(".yaml") else [d for d in yaml.safe_load_all(s) if d]
+    reg = Registry.from_objects({key_of(o): o for o in objs}.values())
+    assert reg.errors == []
+    return SnapshotBuilder(reg, "cluster.local", "ROOTS\n").snapshot_for(ProxyKey(*pod)).config
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    h = Harness()
+    yield h
+    h.close()
+
+
+def fresh(mesh: Harness) -> None:
+    """Each case starts from healthy, empty apps."""
+    for app in mesh.apps.values():
+        app.fail, app.seen = None, []
+
+
+@pytest.fixture(params=CODECS)
+def codec(request, mesh):
+    fresh(mesh)
+    return request.param
+
+
+@pytest.fixture
+def grpc_mesh(mesh):
+    """gRPC cases: HTTP/2 only."""
+    fresh(mesh)
+    return mesh
+
+
+def seen(mesh: Harness, address: str) -> list:
+    return mesh.app(address).seen
+
+
+def echo(body: str) -> dict:
+    return json.loads(body)
+
+
+# -- Istio's task YAML, unchanged --------------------------------------------------------------------
+
+
+def test_request_routing_by_end_user(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml"))
+    jason = mesh.curl(codec, "reviews", 9080, "/reviews/0", "-H", "end-user: jason", n=5)
+    other = mesh.curl(codec, "reviews", 9080, "/reviews/0", n=5)
+    assert {REVIEWS[echo(b)["app"]] for _, b in jason} == {"v2"}
+    assert {REVIEWS[echo(b)["app"]] for _, b in other} == {"v1"}
+
+
+def test_fault_injection_abort_for_jason(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-ratings-test-abort.yaml"))
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/ratings/0", "-H", "end-user: jason", n=3)] == [500] * 3
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/ratings/0", n=3)] == [200] * 3
+    assert seen(mesh, "198.18.1.12") and all("jason" not in str(s.headers) for s in seen(mesh, "198.18.1.12"))
+
+
+def test_fault_injection_delay_for_jason(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-ratings-test-delay.yaml"))
+    t = time.monotonic()
+    [(code, _)] = mesh.curl(codec, "ratings", 9080, "/ratings/0", "-H", "end-user: jason", timeout=1)
+    assert code == 0 and time.monotonic() - t >= 1.0  # curl gave up: the 7s delay holds it back
+    assert seen(mesh, "198.18.1.12") == []
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/ratings/0", n=2)] == [200, 200]
+
+
+def test_traffic_shifting_50_50(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-reviews-50-v3.yaml"))
+    got = collections.Counter(REVIEWS[echo(b)["app"]] for _, b in mesh.curl(codec, "reviews", 9080, "/", n=200))
+    assert set(got) == {"v1", "v3"} and 70 <= got["v1"] <= 130, got
+    mesh.apply(config(*BOOKINFO, "virtual-service-all-v1.yaml", "virtual-service-reviews-v3.yaml"))
+    assert {REVIEWS[echo(b)["app"]] for _, b in mesh.curl(codec, "reviews", 9080, "/", n=10)} == {"v3"}
+
+
+def test_request_timeouts(mesh, codec):
+    mesh.apply(config(*BOOKINFO, "request-timeouts.yaml"))
+    t = time.monotonic()
+    [(code, body)] = mesh.curl(codec, "reviews", 9080, "/delay/2")
+    assert (code, body.strip()) == (504, "upstream request timeout") and time.monotonic() - t < 1.5
+    t = time.monotonic()
+    [(code, _)] = mesh.curl(codec, "ratings", 9080, "/ratings/0")  # the 2s delay fault
+    assert code == 200 and time.monotonic() - t >= 2.0
+
+
+def test_circuit_breaking_overflow_is_503(mesh, codec):
+    mesh.apply(config("httpbin.yaml", "circuit-breaking.yaml", pod=("default", "fortio")))
+    results: list[int] = []
+
+    def call() -> None:
+        results.extend(c for c, _ in mesh.curl(codec, "httpbin", 8000, "/delay/0.5"))
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    # maxConnections 1 + http1MaxPendingRequests 1: two in flight, the rest overflow.
+    assert sorted(results) == [200, 200, 503, 503, 503], results
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=2)] == [200, 200]
+
+
+def test_mirroring_copies_to_v2(mesh, codec):
+    mesh.apply(config("httpbin.yaml", "mirroring.yaml", pod=("default", "fortio")))
+    out = mesh.curl(codec, "httpbin", 8000, "/headers", n=3)
+    assert [echo(b)["app"] for _, b in out] == [HTTPBIN_V1] * 3
+    assert mesh.wait(lambda: len(seen(mesh, HTTPBIN_V2)) == 3)
+    assert {s.headers["host"] for s in seen(mesh, HTTPBIN_V2)} == {"httpbin-shadow:8000"}
+
+
+def test_mirror_failure_never_fails_the_primary(mesh, codec):
+    mesh.apply(config("httpbin.yaml", "mirroring.yaml", pod=("default", "fortio")))
+    mesh.app(HTTPBIN_V2).fail = 500
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/headers", n=3)] == [200] * 3
+
+
+# -- one feature each -------------------------------------------------------------------------------
+
+HTTPBIN_SUBSETS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+
+
+def vs(http: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin}}
+spec:
+  hosts: [httpbin]
+  http: {http}
+"""
+
+
+def dr(traffic_policy: str) -> str:
+    """httpbin's DestinationRule with ``traffic_policy`` (flow-style YAML)."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin}}
+spec: {{host: httpbin, trafficPolicy: {traffic_policy}}}
+"""
+
+
+def httpbin(*docs: str) -> ProxyConfig:
+    return config("httpbin.yaml", *docs, pod=("default", "fortio"))
+
+
+def test_retries_are_seen_at_the_app(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 3, retryOn: 5xx}}]")))
+    mesh.app(HTTPBIN_V1).fail = 500
+    [(code, _)] = mesh.curl(codec, "httpbin", 8000, "/")
+    assert code == 500 and len(seen(mesh, HTTPBIN_V1)) == 4  # the try and 3 retries
+    mesh.app(HTTPBIN_V1).fail, mesh.app(HTTPBIN_V1).seen = None, []
+    # a request with a body is replayed whole on each try
+    mesh.app(HTTPBIN_V1).fail = 503
+    mesh.curl(codec, "httpbin", 8000, "/", "--data-binary", "payload")
+    assert [s.body for s in seen(mesh, HTTPBIN_V1)] == [b"payload"] * 4
+
+
+def test_default_retry_policy_is_istios(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[{route: [{destination: {host: httpbin, subset: v1}}]}]")))
+    mesh.app(HTTPBIN_V1).fail = 503  # retriable-status-codes 503, 2 attempts
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/")] == [503]
+    assert len(seen(mesh, HTTPBIN_V1)) == 3
+    mesh.app(HTTPBIN_V1).fail, mesh.app(HTTPBIN_V1).seen = 500, []  # not retried by default
+    mesh.curl(codec, "httpbin", 8000, "/")
+    assert len(seen(mesh, HTTPBIN_V1)) == 1
+
+
+def test_fault_percentages_within_tolerance(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " fault: {abort: {httpStatus: 418, percentage: {value: 30}}}}]")))
+    codes = collections.Counter(c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=300))
+    assert set(codes) == {200, 418} and 60 <= codes[418] <= 120, codes
+
+
+def test_no_match_is_404(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{match: [{uri: {prefix: /only}}], route: [{destination: {host: httpbin, subset: v1}}]}]")))
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/only/x")] == [200]
+    assert mesh.curl(codec, "httpbin", 8000, "/other") == [(404, "no route\n")]
+
+
+def test_header_operations(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("""
+  - headers:
+      request: {set: {x-set: route}, add: {x-added: a}, remove: [x-drop]}
+      response: {set: {x-resp: "yes"}, remove: [x-app]}
+    route:
+    - destination: {host: httpbin, subset: v1}
+      headers: {request: {set: {x-dest: d}}}""")))
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/", "-i", "-H", "x-drop: 1", "-H", "x-set: client")
+    head, _, body = out.partition("\n\n")
+    got = echo(body)["headers"]
+    assert (got["x-set"], got["x-added"], got["x-dest"], "x-drop" in got) == ("route", "a", "d", False)
+    assert "x-resp: yes" in head.lower() and "x-app:" not in head.lower()
+
+
+def test_rewrite_uri_and_authority(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("""
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new, authority: httpbin.internal}
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - match: [{uri: {prefix: /re}}]
+    rewrite: {uriRegexRewrite: {match: "^/re/(.*)$", rewrite: "/regex/\\\\1"}}
+    route: [{destination: {host: httpbin, subset: v1}}]""")))
+    [(_, body)] = mesh.curl(codec, "httpbin", 8000, "/old/page?q=1")
+    assert (echo(body)["path"], echo(body)["headers"]["host"]) == ("/new/page?q=1", "httpbin.internal")
+    [(_, body)] = mesh.curl(codec, "httpbin", 8000, "/re/abc")
+    assert echo(body)["path"] == "/regex/abc"
+
+
+def test_redirect_with_location(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{redirect: {uri: /moved, authority: elsewhere:81, redirectCode: 302}}]")))
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/x?y=1", "-i")
+    assert code == 302 and "location: http://elsewhere:81/moved?y=1" in out.lower()
+    assert seen(mesh, HTTPBIN_V1) == []
+
+
+def test_cors_preflight_and_actual_request(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("""
+  - corsPolicy:
+      allowOrigins: [{exact: "https://app.example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom]
+      maxAge: 24h
+    route: [{destination: {host: httpbin, subset: v1}}]""")))
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/", "-i", "-X", "OPTIONS", "-H", "origin: https://app.example",
+                              "-H", "access-control-request-method: POST")
+    low = out.lower()
+    assert code == 200 and "access-control-allow-origin: https://app.example" in low
+    assert "access-control-allow-methods: get,post" in low and "access-control-max-age: 86400" in low
+    assert seen(mesh, HTTPBIN_V1) == []  # answered by the proxy
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/", "-i", "-H", "origin: https://app.example")
+    assert code == 200 and "access-control-allow-origin: https://app.example" in out.lower()
+
+
+def test_consistent_hash_is_sticky(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}")))
+    for user in ("alice", "bob", "carol", "dave"):
+        apps = {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", "-H", f"x-user: {user}", n=10)}
+        assert len(apps) == 1
+    spread = {echo(b)["app"] for u in range(12) for _, b in mesh.curl(codec, "httpbin", 8000, "/", "-H", f"x-user: u{u}")}
+    assert spread == {HTTPBIN_V1, HTTPBIN_V2}
+
+
+def test_consistent_hash_cookie_is_generated_with_ttl(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 60s}}}}")))
+    [(_, out)] = mesh.curl(codec, "httpbin", 8000, "/", "-i")
+    cookie = next(line for line in out.splitlines() if line.lower().startswith("set-cookie:"))
+    assert "session=" in cookie and "Max-Age=60" in cookie
+    value = cookie.split("session=", 1)[1].split(";")[0].strip('"')
+    apps = {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", "-H", f"cookie: session={value}", n=8)}
+    assert len(apps) == 1
+
+
+def test_least_request_prefers_the_idle_endpoint(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: LEAST_REQUEST}}")))
+    slow = [threading.Thread(target=mesh.curl, args=(codec, "httpbin", 8000, "/delay/4")) for _ in range(3)]
+    for th in slow:
+        th.start()
+    assert mesh.wait(lambda: sum(a.active for a in mesh.apps.values()) == 3)
+    counts = {a: mesh.app(a).active for a in (HTTPBIN_V1, HTTPBIN_V2)}
+    idle = min(counts, key=counts.__getitem__)
+    assert counts[idle] < 2  # 3 in flight: at least one more on the other endpoint
+    quick = [echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=100)]
+    assert sum(a.active for a in mesh.apps.values()) == 3  # the slow ones were in flight throughout
+    for th in slow:
+        th.join()
+    # Power of two choices sends 3 in 4 to the less loaded endpoint (random would be 1 in 2):
+    # 63 of 100 is 2.8 standard deviations from either expectation.
+    assert quick.count(idle) >= 63, collections.Counter(quick)
+
+
+def test_outlier_ejection_and_return(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 2,"
+                          " interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}")))
+    mesh.app(HTTPBIN_V2).fail = 500
+    first = mesh.curl(codec, "httpbin", 8000, "/", n=6)
+    assert sum(c == 500 for c, _ in first) == 2  # two failures eject it
+    assert all(c == 200 for c, _ in first[-2:])
+    assert {c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=10)} == {200}  # ejected: all to v1
+    mesh.app(HTTPBIN_V2).fail = None
+    # Back after baseEjectionTime × ejections (the detector outlives config pushes: the other
+    # codec's run may have ejected it once already, so allow for the doubled back-off).
+    assert mesh.wait(lambda: {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=4)}
+                     == {HTTPBIN_V1, HTTPBIN_V2}, timeout=4)
+
+
+# -- Envoy response flags, as logs and metrics read them -------------------------------------------
+
+
+def test_response_flags(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("""
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - match: [{uri: {prefix: /retry}}]
+    retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: httpbin, subset: v1}}]
+  - match: [{uri: {prefix: /ok}}]
+    route: [{destination: {host: httpbin, subset: v1}}]""")))
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/abort")) == ["FI"]
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/nothing")) == ["NR"]
+    mesh.app(HTTPBIN_V1).fail = 500
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/retry")) == ["URX"]
+    mesh.app(HTTPBIN_V1).fail = None
+    assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/ok")) == ["-"]
+
+
+def test_fault_delay_percentage_is_flagged_di(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " fault: {delay: {fixedDelay: 0.001s, percentage: {value: 50}}}}]")))
+    got = collections.Counter(mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/", n=200)))
+    assert set(got) == {"DI", "-"} and 70 <= got["DI"] <= 130, got
+
+
+def test_pool_overflow_is_flagged_uo(mesh, codec):
+    mesh.apply(httpbin(dr("{connectionPool: {http: {http2MaxRequests: 1}}}")))
+
+    def burst() -> None:
+        threads = [threading.Thread(target=mesh.curl, args=(codec, "httpbin", 8000, "/delay/0.5")) for _ in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    flags = mesh.flags_of(burst)
+    assert sorted(set(flags)) == ["-", "UO"] and flags.count("UO") == 2, flags
+
+
+def test_grpc_fault_abort_is_a_grpc_status(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}}]")))
+    [(code, out)] = mesh.curl("h2", "httpbin", 8000, "/pkg.Svc/Call", "-i", "-H", "content-type: application/grpc",
+                              "-H", "te: trailers", "-X", "POST")
+    assert code == 200 and "grpc-status: 14" in out.lower()
+    assert seen(mesh, HTTPBIN_V1) == []
+
+
+def test_grpc_retry_on_unavailable(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 2, retryOn: unavailable}}]")))
+    [(code, out)] = mesh.curl("h2", "httpbin", 8000, "/grpc/14", "-i", "-H", "content-type: application/grpc", "-X", "POST")
+    assert code == 200 and "grpc-status: 14" in out.lower() and len(seen(mesh, HTTPBIN_V1)) == 3
+    mesh.app(HTTPBIN_V1).seen = []
+    mesh.curl("h2", "httpbin", 8000, "/grpc/13", "-H", "content-type: application/grpc", "-X", "POST")
+    assert len(seen(mesh, HTTPBIN_V1)) == 1  # INTERNAL is not in retryOn
+
+
+def test_per_try_timeout_then_504_ut(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " retries: {attempts: 2, perTryTimeout: 0.2s, retryOn: reset}}]")))
+    t = time.monotonic()
+    flags = mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/delay/1"))
+    assert time.monotonic() - t < 2.0 and len(seen(mesh, HTTPBIN_V1)) == 3  # 3 tries of 0.2 s, not 1 s each
+    assert flags in (["UT"], ["URX,UT"], ["UT,URX"]), flags
+
+
+def test_connect_failure_is_retried_on_another_endpoint(mesh, codec):
+    cfg = httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}}"))
+    mesh.apply(cfg)
+    (cluster,) = [c for c in mesh.config.clusters if c.service.startswith("httpbin.")]
+    dead = dataclasses.replace(cluster.endpoints[0], port=1)  # nothing listens on port 1
+    mesh.call(lambda: _swap_endpoints(mesh, cluster.name, (dead, cluster.endpoints[1])))
+    start = len(mesh.flags.upstreams)
+    codes = [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)]
+    assert codes == [200] * 6  # Istio's default policy retries connect-failure
+    mesh.wait(lambda: len(mesh.flags.upstreams) - start == 6)
+    assert {u.port for u in mesh.flags.upstreams[start:]} == {cluster.endpoints[1].port}  # telemetry: who answered
+
+
+def _swap_endpoints(mesh, name, endpoints):
+    from sidecar.routing import Router
+    cfg = mesh.config
+    clusters = tuple(dataclasses.replace(c, endpoints=endpoints) if c.name == name else c for c in cfg.clusters)
+    mesh.config = dataclasses.replace(cfg, clusters=clusters)
+    mesh.router = Router(mesh.config, mesh.router)
+
+
+def test_passthrough_goes_to_the_original_destination(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: PASSTHROUGH}}")))
+    app = mesh.app("original-destination", bind=("127.0.0.3", 8000))
+    cfg = mesh.config
+    outbound = tuple(dataclasses.replace(o, addresses=(*o.addresses, "127.0.0.3")) if o.service.startswith("httpbin.")
+                     else o for o in cfg.outbound)
+    mesh.config = dataclasses.replace(cfg, outbound=outbound)
+    mesh.call(lambda: setattr(mesh, "router", __import__("sidecar.routing").routing.Router(mesh.config, mesh.router)))
+    lp = mesh.port("127.0.0.3", 8000, codec)
+    proto = "--http1.1" if codec == "h1" else "--http2-prior-knowledge"
+    out = subprocess.run(["curl", "-s", proto, "--max-time", "5", f"http://127.0.0.1:{lp}/pass"],
+                         capture_output=True, text=True).stdout
+    assert echo(out)["app"] == "original-destination" and app.seen
+
+
+def test_max_requests_per_connection(mesh, codec):
+    mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}")))
+    mesh.call(mesh.h1_pool.close_all)  # no idle connections left from earlier cases
+    mesh.call(mesh.h2_pool.close)
+    assert mesh.wait(lambda: not mesh.h2_pool.conns)
+    before = mesh.connector.connects
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=4)] == [200] * 4
+    assert mesh.connector.connects - before == 4  # a new upstream connection per request
+    mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 100}}}")))
+    before = mesh.connector.connects
+    mesh.curl(codec, "httpbin", 8000, "/", n=8)
+    assert mesh.connector.connects - before <= 2  # reused: at most one per endpoint
+
+
+def test_a_client_that_gives_up_frees_its_pool_slot(mesh, codec):
+    mesh.apply(httpbin(dr("{connectionPool: {http: {http2MaxRequests: 1}}}")))
+    assert mesh.curl(codec, "httpbin", 8000, "/delay/1", timeout=0.3)[0][0] == 0  # curl gave up
+    # The slot comes back when that exchange ends (HTTP/1.1 takes the client's FIN as a
+    # half-close and still waits for the answer), never later: no slot leaks.
+    assert mesh.wait(lambda: mesh.curl(codec, "httpbin", 8000, "/")[0][0] == 200, timeout=3)
