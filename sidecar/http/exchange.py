@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 NO_FLAGS = "-"  # Envoy's response_flags when there are none
+# Envoy's order of response flags in logs and metrics (a flag not listed sorts last).
+_FLAG_ORDER: dict[str, int] = {f: i for i, f in enumerate(
+    ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
+     "DC", "URX", "SI", "IH", "DPE"))}
 INBOUND_CONNECT_TIMEOUT = 5.0  # the hop to the app in the same pod
 FORBIDDEN = "RBAC: access denied"
 _NO_HEADERS: Headers = []  # shared placeholder, never mutated: no list per exchange
@@ -189,8 +193,14 @@ class Exchange:
         self.request_id = b""
 
     def add_flag(self, flag: str) -> None:
-        """Record an Envoy response flag (UF, UT, NR, UO, URX, DI, FI, UH, UC, DC...)."""
-        self.flags = flag if self.flags == NO_FLAGS else f"{self.flags},{flag}"
+        """Record an Envoy response flag (UF, UT, NR, UO, URX, DI, FI, UH, UC, DC...), kept in
+        Envoy's own order (``UF,URX``), each once."""
+        if self.flags == NO_FLAGS:
+            self.flags = flag
+            return
+        have = self.flags.split(",")
+        if flag not in have:
+            self.flags = ",".join(sorted([*have, flag], key=lambda f: _FLAG_ORDER.get(f, 99)))
 
     def route_to(self, endpoint: Endpoint | None, service: str, protocol: str = HTTP) -> None:
         """The route decision is known: the upstream endpoint (None: none) and, outbound,

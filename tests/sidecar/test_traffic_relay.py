@@ -225,7 +225,7 @@ def test_no_match_is_404(mesh, codec):
     mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
         "[{match: [{uri: {prefix: /only}}], route: [{destination: {host: httpbin, subset: v1}}]}]")))
     assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/only/x")] == [200]
-    assert mesh.curl(codec, "httpbin", 8000, "/other") == [(404, "no route\n")]
+    assert mesh.curl(codec, "httpbin", 8000, "/other") == [(404, "no route")]
 
 
 def test_header_operations(mesh, codec):

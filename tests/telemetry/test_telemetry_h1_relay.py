@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from sidecar.http1 import H1Context, H1Downstream, H1Pool
 from sidecar.labels import Labeler
 from sidecar.routing import RouteDecision
 from sidecar.stats import OUTBOUND, Stats
+from sidecar.traffic import lb
 
 HOST = "web.demo.svc.cluster.local"
 ROUTE_TIMEOUT = 0.3
@@ -33,10 +35,23 @@ class Router:
     def __init__(self, app_port: int) -> None:
         self.cluster = Cluster(f"{HOST}|80", HOST, 80, "http", (Endpoint("127.0.0.1", app_port),))
         self.routed = RouteDecision(self.cluster, self.cluster.endpoints[0], ROUTE_TIMEOUT)
-        self.no_route = RouteDecision(self.cluster, None, status=404, message="route not found")
+        self.no_route = RouteDecision(self.cluster, None, status=404, message="route not found",
+                                      flag="NR")
+        # What the exchange's policies read (sidecar/http/policy.py): no outlier detection,
+        # no pool limits, a round robin over the one endpoint.
+        self.policy_balancers = {self.cluster.name: lb.Balancer(self.cluster.endpoints)}
+        self.outliers: dict = {}
+        self.pools: dict = {}
+        self.clock = time.monotonic
 
     def resolve(self, port, method, path, headers) -> RouteDecision:
         return self.no_route if path == b"/nr" else self.routed
+
+    def decide(self, port, req) -> RouteDecision:
+        return self.no_route if req.path.startswith("/nr") else self.routed
+
+    def rechoose(self, name, previous, avoid=None):
+        return None
 
     def is_fixed(self, port) -> bool:
         return False

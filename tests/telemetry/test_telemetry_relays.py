@@ -2,7 +2,7 @@
 codecs: client → outbound relay → inbound relay → gRPC app, as in tests/sidecar/test_http2.py
 but with metrics labels, a tracer and a JSON access log on. Shows what the mesh tests cannot
 provoke cheaply: grpc_response_status from trailers and trailers-only heads, and the
-response flags UT (route timeout), UF (connect failure) and DC (the caller went away)."""
+response flags UT (route timeout), UF,URX (connect failure, retried by Istio's default policy until exhausted) and DC (the caller went away)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from sidecar.labels import Labeler
 from sidecar.routing import RouteDecision
 from sidecar.stats import Stats
 from sidecar.tracing import Tracer
+from sidecar.traffic import lb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sidecar"))
 from test_http2 import (  # noqa: E402
@@ -45,12 +47,25 @@ TRACE, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
 
 class Router:
+    """One route to one endpoint; what the exchange's policies read (sidecar/http/policy.py):
+    no outlier detection, no pool limits, a round robin over the one endpoint."""
+
     def __init__(self, endpoint: Endpoint, timeout: float | None) -> None:
         cluster = Cluster(f"{SERVICE_HOST}|80", SERVICE_HOST, 80, "grpc", (endpoint,))
         self.decision = RouteDecision(cluster, endpoint, timeout, "default")
+        self.policy_balancers = {cluster.name: lb.Balancer((endpoint,))}
+        self.outliers: dict = {}
+        self.pools: dict = {}
+        self.clock = time.monotonic
 
     def resolve(self, outbound_port, method, path, headers) -> RouteDecision:
         return self.decision
+
+    def decide(self, outbound_port, req) -> RouteDecision:
+        return self.decision
+
+    def rechoose(self, name, previous, avoid=None):
+        return None
 
     def lookup(self, address, port) -> None:
         return None
@@ -215,6 +230,6 @@ async def test_connect_failure_is_uf_with_grpc_unavailable(codec: str) -> None:
         assert await r.call(one_call, f"127.0.0.1:{r.port}", "Unary", b"x") == "UNAVAILABLE"
         (s,) = r.series()
         assert (s["reporter"], s["response_code"], s["response_flags"],
-                s["grpc_response_status"]) == ("source", "503", "UF", "14")
+                s["grpc_response_status"]) == ("source", "503", "UF,URX", "14")
         (line,) = r.lines()
-        assert (line["response_flags"], line["upstream_host"]) == ("UF", "127.0.0.1:1")
+        assert (line["response_flags"], line["upstream_host"]) == ("UF,URX", "127.0.0.1:1")
