@@ -417,7 +417,7 @@ async def test_each_downstream_close_is_counted_exactly_once(relay):
             return method(ch, "Unary")(b"x", timeout=5)
     assert await relay.run(call) == b"x"
     assert await relay.run(call) == b"x"  # a second client connection, same pooled upstream
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 15  # the client's close can lag on a loaded machine
     while sum(d.closed for d in relay.downstreams) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     closed = [d for d in relay.downstreams if d.closed]
