@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -53,9 +54,17 @@ DEPLOYMENT = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to listen on later, below Linux's ephemeral range (32768+): a port the kernel
+    handed out as free may be taken by another connection's source port before we bind it."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def pod_of(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -96,8 +96,13 @@ def test_canary_revisions_move_a_namespace_under_load_with_zero_failed_requests(
     move_and_upgrade(cluster, tmp_path, "canary-1", "0.2.0")
     move_and_upgrade(cluster, tmp_path, "canary-2", "0.3.0")
 
-    # The old revision serves no proxy any more (its proxy-status is empty): remove it.
-    assert demo_proxies(cluster, monitoring(cluster, "canary-1")) == {}
+    # The old revision serves no proxy any more (its proxy-status is empty): remove it. The
+    # replaced pods drain before they leave (endpoints first, then SIGTERM and the drain time),
+    # so wait for the last one, as an operator would.
+    deadline = time.monotonic() + 60
+    while (left := demo_proxies(cluster, monitoring(cluster, "canary-1"))) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == {}
     cluster.ok("revision", "remove", "canary-1")
     assert [r["name"] for r in cluster.status()["revisions"]] == ["canary-2"]
     # The default revision still serves the bare loadgen pod only.
