@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -74,9 +75,17 @@ def remoractl(lc: LocalCluster, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([REMORACTL, *args], env=lc.env, capture_output=True, text=True, timeout=60)
 
 
-def curl_hello(lc: LocalCluster) -> str:
-    return lc.ok("exec", "client", "-n", "shop", "--", "curl", "-sS", "-m", "5", "-o", "/dev/null",
-                 "-w", "%{http_code}", "http://hello.shop/")
+def curl_hello(lc: LocalCluster, settle: float = 15.0) -> str:
+    """The status of GET http://hello.shop/ from the client pod. A pod that just turned Ready
+    is an endpoint once the control plane has pushed it (file poll and debounce): until then
+    the answer is 503, so ask again for up to ``settle`` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        code = lc.ok("exec", "client", "-n", "shop", "--", "curl", "-sS", "-m", "5", "-o",
+                     "/dev/null", "-w", "%{http_code}", "http://hello.shop/")
+        if code == "200" or time.monotonic() > deadline:
+            return code
+        time.sleep(0.5)
 
 
 def test_canary_flow(lc: LocalCluster) -> None:
