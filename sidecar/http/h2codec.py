@@ -86,6 +86,17 @@ class GracefulH2Connection(h2.connection.H2Connection):
         self.state_machine.state = state
 
 
+def request_block(head: RequestHead) -> Headers:
+    """The HEADERS block of a request: pseudo-headers first, then the regular fields (both
+    HTTP/2 codecs send it)."""
+    if head.authority:
+        return [(b":method", head.method), (b":scheme", head.scheme or b"http"),
+                (b":authority", head.authority), (b":path", head.path), *head.headers]
+    # HTTP/2 allows Host instead; an empty :authority would contradict it.
+    return [(b":method", head.method), (b":scheme", head.scheme or b"http"),
+            (b":path", head.path), *head.headers]
+
+
 def split_request_head(stream_id: int, headers: Headers, end_stream: bool) -> RequestHead:
     """A ``RequestHead`` from HTTP/2 request headers (pseudo-headers become its fields)."""
     method = scheme = authority = path = b""
@@ -188,12 +199,7 @@ class H2Codec:
     def send_request_head(self, head: RequestHead) -> int:
         """Open a stream for ``head``; ``NoStreamAvailable`` at the peer's stream limit."""
         conn = self.conn
-        if head.authority:
-            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                       (b":authority", head.authority), (b":path", head.path), *head.headers]
-        else:  # HTTP/2 allows Host instead; an empty :authority would contradict it
-            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                       (b":path", head.path), *head.headers]
+        headers = request_block(head)
         try:
             sid: int = conn.get_next_available_stream_id()
             conn.send_headers(sid, headers, end_stream=head.end_stream)

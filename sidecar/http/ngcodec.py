@@ -29,6 +29,7 @@ from .events import (
     Trailers,
     WindowOpen,
 )
+from .h2codec import request_block
 
 try:
     from sidecar.native import _nghttp2 as native
@@ -117,13 +118,7 @@ class NgH2Codec:
     # -- bytes out (the binding's StreamGoneError becomes the interface's StreamGone) --
     def send_request_head(self, head: RequestHead) -> int:
         """Open a stream for ``head``; beyond the peer's stream limit nghttp2 queues it."""
-        if head.authority:
-            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                       (b":authority", head.authority), (b":path", head.path), *head.headers]
-        else:  # HTTP/2 allows Host instead; an empty :authority would contradict it
-            headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                       (b":path", head.path), *head.headers]
-        sid: int = self.session.send_request(headers, head.end_stream)
+        sid: int = self.session.send_request(request_block(head), head.end_stream)
         return sid
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
