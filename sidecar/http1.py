@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from .tls import ALPN_H1
 from .tracing import h1_rewrite
 from .traffic.flags import DC, UC, UF, UT
 from .traffic.retry import Outcome
-from .upstream import Connector, UpstreamError
+from .upstream import Connector, UpstreamError, pool_idle_timeout
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -150,36 +151,47 @@ class H1Pool:
                 return up
         return None
 
-    def put(self, key: tuple, up: H1Upstream) -> None:
+    def put(self, key: tuple, up: H1Upstream, idle: float) -> None:
+        """Keep ``up`` for reuse; it is closed after ``idle`` seconds unused (0: never)."""
         conns = self.idle.setdefault(key, [])
         if len(conns) >= POOL_MAX_IDLE:
             up.transport.close()
             return
-        up.idle_since = time.monotonic()
+        up.idle_until = asyncio.get_running_loop().time() + idle if idle else math.inf
         up.pool_key = key
         conns.append(up)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(5.0, self._sweep)
+        self._sweep_by(up.idle_until)
 
     def discard(self, up: H1Upstream) -> None:
         conns = self.idle.get(up.pool_key)
         if conns and up in conns:
             conns.remove(up)
 
+    def _sweep_by(self, when: float) -> None:
+        """Have the sweeper run by ``when`` (each cluster has its own idle timeout)."""
+        if when == math.inf:
+            return
+        sweeper = self._sweeper
+        if sweeper is not None:
+            if sweeper.when() <= when + 0.01:
+                return
+            sweeper.cancel()
+        self._sweeper = asyncio.get_running_loop().call_at(when, self._sweep)
+
     def _sweep(self) -> None:
         self._sweeper = None
-        idle = limits_.current().upstream_idle_timeout
-        if not idle:  # 0: pooled connections are kept until the upstream closes them
-            return
-        cutoff = time.monotonic() - idle
+        now = asyncio.get_running_loop().time()
+        nxt = math.inf
         for key, conns in list(self.idle.items()):
-            for up in [u for u in conns if u.idle_since < cutoff]:
-                conns.remove(up)
-                up.transport.close()
+            for up in list(conns):
+                if up.idle_until <= now:
+                    conns.remove(up)
+                    up.transport.close()
+                else:
+                    nxt = min(nxt, up.idle_until)
             if not conns:
                 del self.idle[key]
-        if self.idle:
-            self._sweeper = asyncio.get_running_loop().call_later(5.0, self._sweep)
+        self._sweep_by(nxt)
 
     def close_all(self) -> None:
         for conns in self.idle.values():
@@ -196,7 +208,7 @@ class H1Upstream(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.down: H1Downstream | None = None
         self.closed = False
-        self.idle_since = 0.0
+        self.idle_until = 0.0  # pooled: closed by the sweeper at this loop time
         self.pool_key: tuple = ()
         self.pool: H1Pool | None = None
         self.status = 0
@@ -998,7 +1010,8 @@ class H1Downstream(asyncio.Protocol):
             up.down = None
             if reusable and not up.closed:
                 up.transport.resume_reading()  # it may have been paused by our backpressure
-                self.ctx.pool.put(self.decision_key, up)
+                self.ctx.pool.put(self.decision_key, up,
+                                  pool_idle_timeout(self.plan.cluster if self.plan else None))
             else:
                 up.transport.close()
         self._exchange_done(self.resp_status)

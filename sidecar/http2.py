@@ -52,6 +52,7 @@ from .labels import GRPC, HTTP
 from .tracing import h2_rewrite
 from .traffic.flags import DC, UC, UF, UT
 from .traffic.retry import Outcome
+from .upstream import pool_idle_timeout
 
 if TYPE_CHECKING:
     from control_plane.api.model import OutboundPort
@@ -399,6 +400,8 @@ class _Exchange(Exchange):
         self.head = None
         self.up = up
         self.up_sid = sid
+        if self.plan is not None:
+            up.idle = pool_idle_timeout(self.plan.cluster)  # DestinationRule idleTimeout
         if self.plan is not None and self.plan.pool is not None:
             up.served += 1
             if self.plan.pool.connection_exhausted(up.served):  # maxRequestsPerConnection
@@ -599,11 +602,9 @@ class _Exchange(Exchange):
         plan = self.plan
         if plan is None or plan.mirror_cluster is None or plan.router is None or self.replay is None:
             return
-        body = b"".join(self.replay)
-        if self.grpc:
-            return  # the copy goes over HTTP/1.1: a gRPC app could not read it (docs)
         mirror_copy.send(self.down.ctx.connector, plan.router, plan.mirror_cluster, self.method_of(),
-                         plan.path, plan.authority, plan.headers, body)
+                         plan.path, plan.authority, plan.headers, b"".join(self.replay),
+                         h2_pool=self.down.pool)  # the copy goes over HTTP/2 too
 
     def method_of(self) -> bytes:
         head = self.head or self.sent_head
@@ -693,6 +694,7 @@ class H2Upstream(_Side):
         self.key = key
         self.peer_identity: str | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle = pool_idle_timeout(None)  # seconds unused before GOAWAY; 0: never
         self.served = 0  # streams opened (maxRequestsPerConnection)
         self.retired = False  # out of the pool: closes once its streams are done
 
@@ -715,10 +717,15 @@ class H2Upstream(_Side):
         self.touch()
         if self.goaway_received or self.retired:
             self.close()
-        else:
-            idle = limits_.current().upstream_idle_timeout  # 0: kept until the peer closes
-            if idle:
-                self.idle_timer = asyncio.get_running_loop().call_later(idle, self.close)
+        elif self.idle:  # 0: kept until the peer closes it
+            self.idle_timer = asyncio.get_running_loop().call_later(self.idle, self.idle_close)
+
+    def idle_close(self) -> None:
+        """Unused for the pool's idle timeout: GOAWAY, then close (Envoy's idle_timeout)."""
+        self.idle_timer = None
+        self.pool.forget(self)
+        self.codec.send_goaway()
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.touch()
@@ -849,6 +856,7 @@ class H2Downstream(_Side):
         # Limits (sidecar/http/limits.py): premature resets, idle connection.
         self.lim = limits_.current()
         self.resets = limits_.ResetBudget(self.lim)
+        self.head_watch = limits_.HeaderBlockWatch(self.lim, self._head_timeout)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0
         self.requests = 0
@@ -863,6 +871,20 @@ class H2Downstream(_Side):
             loop = asyncio.get_running_loop()
             self.last_active = loop.time()
             self.idle_timer = loop.call_later(self.lim.idle_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        self.head_watch.feed(data)  # the request-headers timeout (limits.HeaderBlockWatch)
+        super().data_received(data)
+
+    def _head_timeout(self) -> None:
+        """A request header block stayed incomplete for the request-headers timeout."""
+        if self.closed:
+            return
+        log.info("H2Downstream: closing: request headers not complete after %gs",
+                 self.lim.request_headers_timeout)
+        self.ctx.stats.protocol_error()
+        self.codec.send_goaway()
+        self.close()
 
     def _idle_check(self) -> None:
         """Graceful GOAWAY once no stream was open for the idle timeout (Envoy's idle_timeout)."""
@@ -895,6 +917,7 @@ class H2Downstream(_Side):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        self.head_watch.cancel()
         if self.ctx.registry is not None:
             self.ctx.registry.discard(self)
         if self.ctx.closed is not None:  # the connection's one close count

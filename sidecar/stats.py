@@ -60,6 +60,8 @@ class Stats:
         self.authz: dict[tuple[str, str, str], int] = {}
         # Accept back-offs at the open-files limit, by listener.
         self.accept_exhausted: dict[str, int] = {}
+        # VirtualService mirror copies by outcome (sidecar/http/mirror.py).
+        self.mirror: dict[str, int] = {}
         self.http2_codec = ""  # which HTTP/2 codec the process chose (sidecar/http/h2select.py)
         # Istio's metrics: (label key, code, grpc status, flags) -> series list; label key -> TCP.
         self.http: dict[tuple[str, int, str, str], list[Any]] = {}
@@ -140,6 +142,9 @@ class Stats:
     def fd_exhausted(self, listener: str) -> None:
         self.accept_exhausted[listener] = self.accept_exhausted.get(listener, 0) + 1
 
+    def mirror_copy(self, result: str) -> None:
+        self.mirror[result] = self.mirror.get(result, 0) + 1
+
     def authz_decision(self, policy: str, action: str, result: str) -> None:
         key = (policy, action, result)
         self.authz[key] = self.authz.get(key, 0) + 1
@@ -161,6 +166,7 @@ class Stats:
             "passthrough_connections": self.passthrough,
             "inbound_refused": self.inbound_refused,
             "accept_fd_exhausted": dict(self.accept_exhausted),
+            "mirror_requests": dict(self.mirror),
             "authz_decisions": [
                 {"policy": p, "action": a, "result": r, "count": n}
                 for (p, a, r), n in sorted(self.authz.items())
@@ -204,6 +210,7 @@ class Stats:
         add("# TYPE remora_inbound_refused_total counter")
         add(f"remora_inbound_refused_total {self.inbound_refused}")
         _labelled(add, "remora_accept_fd_exhausted_total", "listener", self.accept_exhausted)
+        _labelled(add, "remora_mirror_requests_total", "result", self.mirror)
         add("# TYPE remora_authz_decisions_total counter")
         for (p, a, r), n in sorted(self.authz.items()):
             add(f'remora_authz_decisions_total{{policy="{_esc(p)}",action="{a}",result="{r}"}} {n}')

@@ -16,8 +16,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from control_plane.api.model import Endpoint
+from control_plane.api.model import Cluster, Endpoint
 
+from .http import limits as limits_
 from .stats import Stats
 from .tls import ALPN_TCP, REMORA_ALPNS, TlsContexts, peer_identity
 from .tlsbio import TlsWire
@@ -182,3 +183,11 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def pool_idle_timeout(cluster: Cluster | None) -> float:
+    """How long a pooled upstream connection may stay unused: the cluster's DestinationRule
+    ``connectionPool.http.idleTimeout`` when set, else the proxy-wide ``upstreamIdleTimeout``
+    (limits; 0: kept until the upstream closes it). Both pools (HTTP/1.1, HTTP/2) ask here."""
+    idle = cluster.policy.connection_pool.idle_timeout if cluster is not None else None
+    return idle if idle is not None else limits_.current().upstream_idle_timeout

@@ -4,7 +4,8 @@ small accounting objects the relays share.
 
 Envoy's defaults unless noted (docs/security.md "Limits" says why where Remora differs):
 header count 100 and header bytes 60 KiB (431), request-headers timeout (Envoy: off; here
-10 s, the value of Envoy's edge best practices, so slowloris connections do not pile up),
+10 s, the value of Envoy's edge best practices, so slowloris connections do not pile up; on
+HTTP/2 a header block that does not end in time closes the connection: ``HeaderBlockWatch``),
 idle timeouts 1 h, no cap on requests per connection, premature resets (Envoy ≥ 1.27.1:
 a stream reset by the client within 1 s of opening; the connection is closed once 250 were,
 or once 500 streams closed, whenever half of them were), 1,000 queued control frames. The
@@ -13,9 +14,10 @@ outbound frame queue is bounded in bytes instead of frames (docs/security.md).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -201,3 +203,76 @@ class ControlFrameBudget:
 
     def written(self) -> None:
         self.pending = 0
+
+
+_HEADERS, _PUSH_PROMISE, _CONTINUATION = 1, 5, 9  # HTTP/2 frame types that carry a header block
+_END_HEADERS = 0x4
+
+
+class HeaderBlockWatch:
+    """The HTTP/2 request-headers timeout for one downstream connection (Envoy's
+    request_headers_timeout: armed at the first byte of a header block, disarmed at its last).
+
+    The codecs report a request only once its header block is complete, so this follows the
+    frame headers of what the client sends (it skips payloads: a few operations per frame):
+    a block is open from a HEADERS frame without END_HEADERS until the CONTINUATION that has
+    it, and while a HEADERS or CONTINUATION frame is only partly received. While a block stays
+    open for ``request_headers_timeout`` seconds, ``on_timeout`` is called (the relay closes
+    the connection: no other frame may come in between, RFC 9113 6.2).
+    """
+
+    __slots__ = ("timeout", "on_timeout", "skip", "partial", "block", "cur", "timer")
+
+    def __init__(self, limits: Limits, on_timeout: Callable[[], None]) -> None:
+        self.timeout = limits.request_headers_timeout
+        self.on_timeout = on_timeout
+        self.skip = 24  # the client connection preface comes first
+        self.partial = b""  # the first bytes of a frame header cut by a read
+        self.block = False  # a header block without END_HEADERS yet
+        self.cur = -1  # the type of the frame being received (-1: between frames)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not self.timeout:
+            return
+        if self.scan(data):
+            if self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(self.timeout, self._fire)
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def scan(self, data: bytes) -> bool:
+        """Account for ``data``; True while a header block is incomplete."""
+        n = len(data)
+        pos = self.skip
+        if pos >= n:  # inside one frame's payload (up to its end)
+            self.skip = pos - n
+            if not self.skip:
+                self.cur = -1
+            return self.block or self.cur in (_HEADERS, _CONTINUATION)
+        if self.partial:
+            data, n = self.partial + data, n + len(self.partial)
+            self.partial = b""
+        block, cur = self.block, -1
+        while pos + 9 <= n:
+            ftype = data[pos + 3]
+            if ftype in (_HEADERS, _CONTINUATION, _PUSH_PROMISE):
+                block = not data[pos + 4] & _END_HEADERS
+            cur = ftype
+            pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
+        if pos > n:  # the last frame's payload goes on in the next read
+            self.skip = pos - n
+        else:
+            self.skip, self.partial, cur = 0, data[pos:], -1
+        self.block, self.cur = block, cur
+        return block or cur in (_HEADERS, _CONTINUATION)
+
+    def _fire(self) -> None:
+        self.timer = None
+        self.on_timeout()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
