@@ -187,10 +187,11 @@ if __name__ == "__main__":
 
 # -- the tests ---------------------------------------------------------------------------------
 import pytest  # noqa: E402
+from codec_select import selected  # noqa: E402
 
 from control_plane.api.model import Cluster, Endpoint  # noqa: E402
 from sidecar import http2  # noqa: E402
-from sidecar.http import h2codec, h2select, ngcodec  # noqa: E402
+from sidecar.http import h2codec, h2select  # noqa: E402
 from sidecar.http2 import H2Context, H2Downstream, H2Pool  # noqa: E402
 from sidecar.routing import RouteDecision  # noqa: E402
 from sidecar.traffic import lb  # noqa: E402
@@ -200,14 +201,8 @@ from sidecar.traffic import lb  # noqa: E402
 def codec(request) -> Iterator[str]:
     """Every test here runs once per HTTP/2 codec (ids ``[nghttp2]``, ``[h2]``): the relays
     make their codecs through h2select, chosen per process, so select it and restore it."""
-    if request.param == h2select.NGHTTP2 and not ngcodec.available():
-        pytest.skip("the native codec is not built (make venv builds it)")
-    before = h2select.chosen()
-    h2select.select(request.param)
-    try:
-        yield request.param
-    finally:
-        h2select.select(before)
+    with selected(request.param) as name:
+        yield name
 
 
 class StubStats:

@@ -164,8 +164,9 @@ class _AppProtocol(asyncio.Protocol):
 class PlainConnector:
     """Plaintext TCP in place of the core's mTLS connector (the endpoints have no identity)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats | None = None) -> None:
         self.connects = 0
+        self.stats = stats  # as the core's connector: counts what goes through it
 
     async def connect(self, endpoint: Any, alpn: str, protocol_factory: Callable, timeout: float = 5.0):
         self.connects += 1
@@ -209,7 +210,7 @@ class Harness:
         self.router: Router | None = None
         self.config: ProxyConfig | None = None
         self.stats = Stats()  # the proxy's real counters
-        self.connector = PlainConnector()
+        self.connector = PlainConnector(self.stats)
         self.h1_pool = H1Pool(self.stats)
         self.h2_pool = H2Pool(self.connector)  # type: ignore[arg-type]
         self.listeners: dict[tuple[str, int, str], int] = {}
