@@ -132,7 +132,7 @@ def write_mesh_config(state: config.StateDir, overrides: dict[str, Any] | None =
     """The injector's mesh config: pods reach the control plane on the node's bridge address.
 
     ``overrides`` (``remoractl local injector --set``) go on top: a new ``proxyVersion`` is how
-    the local cluster stands in for a new proxy release (see docs/upgrading.md).
+    the local cluster stands in for a new proxy release (see docs/upgrade.md).
     """
     mesh = {"controlPlaneAddress": f"{netns.GATEWAY}:{DISCOVERY_PORT}", **(overrides or {})}
     state.mesh_config.write_text(yaml.safe_dump(mesh))

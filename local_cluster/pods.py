@@ -65,7 +65,7 @@ class Container:
 
 # The local cluster runs every image from this checkout. The proxy container of a pod the injector
 # stamped with proxy version X runs as version X, so that a "next" release can be rehearsed by
-# changing the injector's proxyVersion alone (docs/upgrading.md).
+# changing the injector's proxyVersion alone (docs/upgrade.md).
 PROXY_CONTAINER, VERSION_ENV = "remora-proxy", "REMORA_VERSION_OVERRIDE"
 
 

@@ -6,7 +6,7 @@ per edge from the proxies' :15090 metrics, checks the split and mTLS, then tears
 down (also on Ctrl-C). ``--keep`` leaves it running. ``--upgrade`` then rehearses a proxy
 release: the injector is told to inject the next patch version, and ``remoractl upgrade``
 restarts every workload in health-gated waves while the loadgen keeps calling (the requests that
-failed meanwhile are counted; see docs/upgrading.md).
+failed meanwhile are counted; see docs/upgrade.md).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from control_plane.api.version import version
 from control_plane.api.wsclient import WebSocket, WebSocketError, connect
 
 log = logging.getLogger("remora.proxy.discovery")
-# REMORA_VERSION_OVERRIDE: a rehearsed "next" release on one host (docs/upgrading.md).
+# REMORA_VERSION_OVERRIDE: a rehearsed "next" release on one host (docs/upgrade.md).
 PROXY_VERSION = os.environ.get("REMORA_VERSION_OVERRIDE", "").strip() or version()
 DEFAULT_SERVER_NAME = "remora-control.remora-system.svc"
 IDLE_TIMEOUT = 75.0  # the server pings every 30 s; silence this long means the stream is dead

@@ -2,7 +2,7 @@
 load, upgraded by `remoractl upgrade`.
 
 (a) A "next" proxy version (the injector's proxyVersion raised; the proxy code is the same and
-    runs as that version, see docs/upgrading.md) rolls out in waves that respect
+    runs as that version, see docs/upgrade.md) rolls out in waves that respect
     --max-unavailable, with zero failed requests, every restarted proxy SYNCED on the new version;
     interrupted after its first wave, the command resumes where it stopped.
 (b) A bad release (its proxies cannot reach the control plane, so they never become Ready)
