@@ -15,6 +15,7 @@ from typing import Any
 from control_plane.api import annotations as ann
 from control_plane.api import model
 from injector import meshconfig
+from sidecar.http import limits
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "charts" / "remora" / "values.schema.json"
 
@@ -41,11 +42,12 @@ def mesh_schema() -> dict[str, Any]:
         "proxyResources": _resources(),
         "initResources": _resources(),
         "tracingEndpoint": {"type": "string", "pattern": r"^$|^https?://[^\s/]+(/\S*)?$"},
+        "proxyLimits": limits.values_schema(),  # from sidecar/http/limits.py's SPEC
     }
     props: dict[str, Any] = {}
     for key in ("trustDomain", "nativeSidecar", "holdApplication", "rewriteProbes", "logLevel",
                 "drainSeconds", "dnsCapture", "ipv6", "mtlsMode", "proxyResources",
-                "initResources", "tracingEndpoint", "tracingSampling", "accessLog"):
+                "initResources", "tracingEndpoint", "tracingSampling", "accessLog", "proxyLimits"):
         spec = ann.BY_MESH_KEY.get(key)
         if spec is None:
             props[key] = own[key]

@@ -76,9 +76,13 @@ def _value(name: str, raw: object, where: str) -> int | float:
     except ValueError:
         v = -1.0
     if v < minimum or v != v or v == float("inf"):
-        kind = "an integer" if is_int else "a number of seconds"
-        raise LimitsError(f"{where}: invalid value {raw!r}; accepted: {kind} >= {minimum:g}")
+        raise LimitsError(_value_error(name, raw, where))
     return v
+
+
+def _value_error(name: str, raw: object, where: str) -> str:
+    kind = "an integer" if _TYPES[name] in (int, "int") else "a number of seconds"
+    return f"{where}: invalid value {raw!r}; accepted: {kind} >= {SPEC[name][2]:g}"
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Limits:
@@ -99,13 +103,37 @@ def from_mesh(data: object) -> tuple[tuple[str, int | float], ...]:
     if unknown:
         raise LimitsError(f"mesh config proxyLimits: unknown key(s) {', '.join(unknown)}; "
                           f"accepted: {', '.join(MESH_KEYS)}")
-    return tuple((MESH_KEYS[k], _value(MESH_KEYS[k], v, f"mesh config proxyLimits.{k}"))
+    return tuple((MESH_KEYS[k], _mesh_value(MESH_KEYS[k], v, f"mesh config proxyLimits.{k}"))
                  for k, v in sorted(data.items()))
+
+
+def _mesh_value(name: str, raw: object, where: str) -> int | float:
+    """A mesh-config value is a YAML number (as the chart's schema says), not text: an
+    integral float (100.0) is an integer; anything else goes through ``_value``'s error."""
+    if isinstance(raw, float) and raw.is_integer() and _TYPES[name] in (int, "int"):
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):  # "100" is text in YAML
+        raise LimitsError(_value_error(name, raw, where))
+    return _value(name, raw, where)
+
+
+def values_schema() -> dict[str, Any]:
+    """The chart's ``mesh.proxyLimits`` JSON schema: each key with its type, minimum and
+    default, from SPEC and ``Limits`` (injector/valueschema.py puts it in values.schema.json)."""
+    defaults = Limits()
+    props: dict[str, Any] = {}
+    for name, (key, var, minimum) in SPEC.items():
+        is_int = _TYPES[name] in (int, "int")
+        props[key] = {"type": "integer" if is_int else "number", "minimum": minimum,
+                      "default": getattr(defaults, name),
+                      "description": f"{'' if is_int else 'seconds; '}proxy variable {var}"}
+    return {"type": ["object", "null"], "additionalProperties": False, "properties": props}
 
 
 def env_for(pairs: tuple[tuple[str, int | float], ...]) -> dict[str, str]:
     """The proxy's environment for validated mesh-config limits."""
-    return {SPEC[name][1]: f"{value:g}" if isinstance(value, float) else str(value)
+    # repr keeps every digit of a float (":g" rounded 1000.375 to 1000.38).
+    return {SPEC[name][1]: repr(value) if isinstance(value, float) else str(value)
             for name, value in pairs}
 
 
