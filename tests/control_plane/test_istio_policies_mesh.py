@@ -100,6 +100,8 @@ def check(mesh, proto: str) -> None:
     assert [c for c, _ in curl(mesh, proto, "/mirror", n=3)] == [200] * 3
     wait_for(lambda: len(app(mesh, "v2", "/_seen")) == 3, 5, "three mirror copies at v2")
     assert {s["host"] for s in app(mesh, "v2", "/_seen")} == {f"{HOSTS[proto]}.shop-shadow:9080"}
+    # In the request's protocol (over mTLS between the sidecars): HTTP/2 copies of HTTP/2 requests.
+    assert {s["protocol"] for s in app(mesh, "v2", "/_seen")} == {"HTTP/2" if proto == "http2" else "HTTP/1.1"}
 
     [(code, out)] = curl(mesh, proto, "/plain", "-i")
     assert code == 200 and "x-resp: added" in out.lower() and '"x-mesh": "set"' in out

@@ -145,6 +145,7 @@ def test_mirroring_copies_to_v2(mesh, codec):
     assert [echo(b)["app"] for _, b in out] == [HTTPBIN_V1] * 3
     assert mesh.wait(lambda: len(seen(mesh, HTTPBIN_V2)) == 3)
     assert {s.headers["host"] for s in seen(mesh, HTTPBIN_V2)} == {"httpbin-shadow:8000"}
+    assert {s.protocol for s in seen(mesh, HTTPBIN_V2)} == {"HTTP/2" if codec == "h2" else "HTTP/1.1"}
 
 
 def test_mirror_failure_never_fails_the_primary(mesh, codec):

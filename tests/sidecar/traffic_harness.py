@@ -43,6 +43,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    protocol: str = "HTTP/1.1"  # or HTTP/2: how the request reached the app
 
 
 @dataclass
@@ -56,8 +57,9 @@ class App:
     seen: list[Seen] = field(default_factory=list)
     active: int = 0
 
-    async def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
-        self.seen.append(Seen(self.name, method, path, headers, body))
+    async def answer(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                     protocol: str = "HTTP/1.1") -> tuple[int, list, bytes]:
+        self.seen.append(Seen(self.name, method, path, headers, body, protocol))
         self.active += 1
         try:
             p = path.split("?")[0]
@@ -145,7 +147,7 @@ class _AppProtocol(asyncio.Protocol):
         assert self.h2 is not None
         plain = {k: v for k, v in hdrs.items() if not k.startswith(":")}
         plain["host"] = hdrs.get(":authority", "")
-        status, out_h, out = await self.app.answer(hdrs[":method"], hdrs[":path"], plain, body)
+        status, out_h, out = await self.app.answer(hdrs[":method"], hdrs[":path"], plain, body, "HTTP/2")
         if hdrs[":path"].startswith("/grpc/"):  # a gRPC error: trailers-only, grpc-status N
             code = hdrs[":path"][len("/grpc/"):]
             self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
@@ -342,16 +344,17 @@ def _serve(port: int, name: str) -> None:
     app = App(name)
     answer = app.answer
 
-    async def control(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list, bytes]:
+    async def control(method: str, path: str, headers: dict[str, str], body: bytes,
+                      protocol: str = "HTTP/1.1") -> tuple[int, list, bytes]:
         if path == "/_seen":
-            out = json.dumps([{"path": s.path, "host": s.headers.get("host", ""), "body": s.body.decode()}
-                              for s in app.seen]).encode()
+            out = json.dumps([{"path": s.path, "host": s.headers.get("host", ""), "body": s.body.decode(),
+                               "protocol": s.protocol} for s in app.seen]).encode()
             return 200, [("content-type", "application/json")], out
         if path.startswith("/_fail/"):
             app.fail = int(path[len("/_fail/"):]) or None
             app.seen = []
             return 200, [], b"ok"
-        return await answer(method, path, headers, body)
+        return await answer(method, path, headers, body, protocol)
     app.answer = control  # type: ignore[method-assign]
 
     async def main() -> None:
