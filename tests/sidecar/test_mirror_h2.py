@@ -313,6 +313,33 @@ def test_a_hanging_mirror_never_slows_or_fails_the_primary(apps, codec, monkeypa
     assert 'remora_mirror_requests_total{result="dropped"}' in mesh.stats.render_prometheus()
 
 
+def test_mirror_percentage_on_grpc(apps, codec):
+    """mirrorPercentage 25 on the gRPC route: about a quarter of 200 calls are copied (binomial,
+    ±4 standard deviations), every primary answered."""
+    mesh = apps.mesh
+    full = mesh.router
+    assert full is not None and mesh.config is not None
+    outbound = tuple(dataclasses.replace(o, routes=tuple(dataclasses.replace(r, mirror_percent=25.0)
+                                                         for r in o.routes))
+                     for o in mesh.config.outbound)
+    cfg = dataclasses.replace(mesh.config, outbound=outbound)
+
+    def swap(router: Any) -> None:
+        mesh.router = router
+    from sidecar.routing import Router
+    mesh.call(lambda: swap(Router(cfg, full)))
+    try:
+        lp = mesh.port(mesh.vip("echo", 50051), 50051, "h2")
+        with grpc.insecure_channel(f"127.0.0.1:{lp}", options=[("grpc.default_authority", "echo:50051")]) as ch:
+            call = ch.unary_unary(METHOD)
+            assert all(bytes(call(b"%d" % i, timeout=5)) == b"primary:%d" % i for i in range(200))
+        time.sleep(0.3)
+        assert mesh.wait(lambda: mirror.in_flight() == 0)
+        assert 25 <= len(apps.grpc_copy.calls) <= 75, len(apps.grpc_copy.calls)
+    finally:
+        mesh.call(lambda: swap(full))
+
+
 def test_a_grpc_mirror_that_is_down_never_fails_the_primary(apps, codec):
     """The copy cannot connect (its server is stopped; the last test of the module): the gRPC
     primary is answered all the same and the copy is counted as failed."""
