@@ -55,7 +55,7 @@ from .traffic.retry import Outcome
 from .upstream import pool_idle_timeout
 
 if TYPE_CHECKING:
-    from control_plane.api.model import OutboundPort
+    from control_plane.api.model import Cluster, OutboundPort
     from sidecar.accesslog import AccessLog
     from sidecar.labels import Labeler
     from sidecar.routing import Router
@@ -401,7 +401,7 @@ class _Exchange(Exchange):
         self.up = up
         self.up_sid = sid
         if self.plan is not None:
-            up.idle = pool_idle_timeout(self.plan.cluster)  # DestinationRule idleTimeout
+            up.cluster = self.plan.cluster  # its DestinationRule idleTimeout applies once idle
         if self.plan is not None and self.plan.pool is not None:
             up.served += 1
             if self.plan.pool.connection_exhausted(up.served):  # maxRequestsPerConnection
@@ -694,7 +694,7 @@ class H2Upstream(_Side):
         self.key = key
         self.peer_identity: str | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.idle = pool_idle_timeout(None)  # seconds unused before GOAWAY; 0: never
+        self.cluster: Cluster | None = None  # of the last stream (outbound): its idle timeout
         self.served = 0  # streams opened (maxRequestsPerConnection)
         self.retired = False  # out of the pool: closes once its streams are done
 
@@ -717,8 +717,10 @@ class H2Upstream(_Side):
         self.touch()
         if self.goaway_received or self.retired:
             self.close()
-        elif self.idle:  # 0: kept until the peer closes it
-            self.idle_timer = asyncio.get_running_loop().call_later(self.idle, self.idle_close)
+        else:
+            idle = pool_idle_timeout(self.cluster)  # 0: kept until the peer closes it
+            if idle:
+                self.idle_timer = asyncio.get_running_loop().call_later(idle, self.idle_close)
 
     def idle_close(self) -> None:
         """Unused for the pool's idle timeout: GOAWAY, then close (Envoy's idle_timeout)."""

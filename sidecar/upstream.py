@@ -189,5 +189,8 @@ def pool_idle_timeout(cluster: Cluster | None) -> float:
     """How long a pooled upstream connection may stay unused: the cluster's DestinationRule
     ``connectionPool.http.idleTimeout`` when set, else the proxy-wide ``upstreamIdleTimeout``
     (limits; 0: kept until the upstream closes it). Both pools (HTTP/1.1, HTTP/2) ask here."""
-    idle = cluster.policy.connection_pool.idle_timeout if cluster is not None else None
-    return idle if idle is not None else limits_.current().upstream_idle_timeout
+    if cluster is not None:
+        idle = cluster.policy.connection_pool.idle_timeout
+        if idle is not None:
+            return idle
+    return limits_.current().upstream_idle_timeout
