@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
+from .relay import RelayProtocol
 from .rxbuf import SharedBuffer
 
 _WIRE_IN = SharedBuffer()  # encrypted bytes just read from a socket, until fed to a BIO
@@ -96,7 +97,7 @@ class TlsTransport(asyncio.Transport):
         return self._wire.raw.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._wire.app = protocol  # type: ignore[assignment]  # always an asyncio.Protocol
+        self._wire.app = protocol  # type: ignore[assignment]  # always a RelayProtocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._wire.app  # type: ignore[return-value]  # set by start() before use
@@ -111,7 +112,7 @@ class TlsWire(asyncio.BufferedProtocol):
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
                                        server_hostname=None)
         self.raw: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.app: asyncio.Protocol | None = None
+        self.app: RelayProtocol | None = None  # the one app: it takes views (data_received)
         self.transport = TlsTransport(self)
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.timeout = handshake_timeout
@@ -149,7 +150,7 @@ class TlsWire(asyncio.BufferedProtocol):
         if not self.handshake.done():
             self.handshake.set_result(None)
 
-    def start(self, app: asyncio.Protocol) -> TlsTransport:
+    def start(self, app: RelayProtocol) -> TlsTransport:
         """Hand the decrypted stream to ``app`` (after the caller checked the peer)."""
         self.app = app
         app.connection_made(self.transport)
@@ -186,7 +187,8 @@ class TlsWire(asyncio.BufferedProtocol):
             with memoryview(out) as mv:
                 while n < size:
                     try:
-                        got = sslobj.read(size - n, mv[n:])
+                        # into a buffer, read returns a count (typeshed knows only bytes)
+                        got: int = sslobj.read(size - n, mv[n:])  # type: ignore[arg-type,assignment]
                     except ssl.SSLWantReadError:
                         break
                     except ssl.SSLZeroReturnError:
@@ -199,7 +201,7 @@ class TlsWire(asyncio.BufferedProtocol):
                         break
                     n += got
                 if n:
-                    app.data_received(mv[:n])  # type: ignore[arg-type]  # any bytes-like
+                    app.data_received(mv[:n])  # a view, valid during the call only
             if n:
                 _PLAIN_OUT.reclaim()
             if eof:
