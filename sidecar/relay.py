@@ -139,10 +139,10 @@ class RelayProtocol(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        return _IN.buf
+        return _IN.get()
 
     def buffer_updated(self, nbytes: int) -> None:
-        with memoryview(_IN.buf) as mv:
+        with memoryview(_IN.get()) as mv:
             self.data_received(mv[:nbytes])
         _IN.reclaim()  # the other side copied it (TLS) or, if it could not send it all, keeps it
 

@@ -14,18 +14,27 @@ SIZE = 262144  # as large as uvloop's own read buffer: a whole socket buffer in 
 
 
 class SharedBuffer:
-    __slots__ = ("buf",)
+    __slots__ = ("buf", "size")
 
     def __init__(self, size: int = SIZE) -> None:
-        self.buf = bytearray(size)
+        self.size = size
+        self.buf: bytearray | None = None  # made on first use: an idle proxy does not pay for it
+
+    def get(self) -> bytearray:
+        buf = self.buf
+        if buf is None:
+            buf = self.buf = bytearray(self.size)
+        return buf
 
     def reclaim(self) -> None:
         """Call once a consumer is done with the bytes: keep the buffer if nobody holds a view
-        of it, else leave it to the holder and start a new one."""
+        of it, else leave it to the holder (a new one is made on next use)."""
         buf = self.buf
+        if buf is None:
+            return
         try:
             buf.append(0)  # a bytearray cannot change size while any view of it is alive
         except BufferError:
-            self.buf = bytearray(len(buf))
+            self.buf = None
             return
         del buf[-1]

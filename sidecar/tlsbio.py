@@ -165,10 +165,10 @@ class TlsWire(asyncio.BufferedProtocol):
             self.raw.write(data)
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        return _WIRE_IN.buf
+        return _WIRE_IN.get()
 
     def buffer_updated(self, nbytes: int) -> None:
-        with memoryview(_WIRE_IN.buf) as mv:
+        with memoryview(_WIRE_IN.get()) as mv:
             self.incoming.write(mv[:nbytes])  # copied into the BIO: the buffer is free again
         if not self.handshake.done():
             self._do_handshake()
@@ -180,7 +180,7 @@ class TlsWire(asyncio.BufferedProtocol):
         app = self.app
         sslobj = self.sslobj
         while self.reading and not self.peer_eof and app is not None:
-            out = _PLAIN_OUT.buf
+            out = _PLAIN_OUT.get()
             size = len(out)
             n = 0
             eof = False
