@@ -5,24 +5,40 @@ Exit codes: 0 ok (including a drained SIGTERM), 1 runtime failure or wait timeou
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 from control_plane.api import ports
+
+if TYPE_CHECKING:
+    import argparse
 
 PROG = "remora-proxy"
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    import argparse
+
+    # A fixed width: the default asks shutil for the terminal's, and shutil (with bz2, lzma)
+    # would stay in every proxy's memory for the sake of --help.
+    return argparse.HelpFormatter(prog, width=100)
+
+
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     from .settings import add_run_flags
 
-    p = argparse.ArgumentParser(prog=PROG, description="Remora sidecar proxy")
+    p = argparse.ArgumentParser(prog=PROG, description="Remora sidecar proxy",
+                                formatter_class=_formatter)
     sub = p.add_subparsers(dest="command")
-    add_run_flags(sub.add_parser("run", help="run the proxy (default)"))
-    w = sub.add_parser("wait", help="block until the proxy on this pod is ready")
+    add_run_flags(sub.add_parser("run", help="run the proxy (default)", formatter_class=_formatter))
+    w = sub.add_parser("wait", help="block until the proxy on this pod is ready",
+                       formatter_class=_formatter)
     w.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     w.add_argument("--health-port", type=int, default=ports.HEALTH_PORT)
     return p
@@ -30,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("run", "wait", "-h", "--help"):
+    if args_list in ([], ["run"]):
+        # How a pod starts it (settings from the environment): no parser, so argparse and
+        # what it imports (about 0.4 MB of RSS) stay out of the running proxy.
+        return run(cast("argparse.Namespace", SimpleNamespace(command="run")))
+    if args_list[0] not in ("run", "wait", "-h", "--help"):
         args_list.insert(0, "run")
     args = _parser().parse_args(args_list)
     if args.command == "wait":
@@ -39,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import memtune
+
+    tuned = memtune.exec_tuned()  # first start: does not return (execv into the second)
     from . import settings as settings_mod
 
     try:
@@ -51,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from .fdlimit import raise_nofile
-    from .memtune import tune_malloc
     from .runtime import ProxyRuntime
 
-    tune_malloc()
+    if not tuned:
+        memtune.tune_malloc()
     soft, _ = raise_nofile()
     logging.getLogger("remora.proxy").debug("open-files limit: %d", soft)
 

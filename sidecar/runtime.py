@@ -23,7 +23,7 @@ from typing import Any
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, dns, inbound, outbound, tracing
+from . import admin, dns, inbound, memtune, outbound, tracing
 from .accesslog import AccessLog
 from .dnstable import NameTable
 from .http1 import H1Pool
@@ -188,6 +188,7 @@ class ProxyRuntime:
             from .http import h2select
 
             log.info("HTTP/2 codec: %s", h2select.describe(self.stats.http2_codec))
+        memtune.settle()
 
     def _start_discovery(self) -> None:
         try:

@@ -6,13 +6,12 @@ flag and what is expected.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control_plane.api import annotations as ann
 from control_plane.api import ports
@@ -20,6 +19,9 @@ from control_plane.api.model import ConfigError, ProxyConfig
 
 from .http import limits as http_limits
 from .metrics_merge import parse_url
+
+if TYPE_CHECKING:
+    import argparse  # only for flags: a proxy started without any does not load it
 
 
 class SettingsError(ValueError):

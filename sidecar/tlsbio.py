@@ -7,6 +7,11 @@ reading after ``unwrap()`` sent ours. Opaque TCP needs that to carry a FIN acros
 runs TLS here: ``TlsWire`` is the protocol on the plain TCP transport; once the handshake is
 done and the caller has checked the peer, ``start`` gives the app protocol a ``TlsTransport``
 that encrypts on write and sends ``close_notify`` on ``write_eof``.
+
+Copies and calls per read are few: the wire reads into a process-wide buffer (a
+``BufferedProtocol``), feeds the incoming BIO once per read, and decrypts every complete
+record into a second shared buffer, handed to the app protocol once per read (one write on
+the other side instead of one per 16 KiB record).
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
-READ_CHUNK = 65536
+from .relay import RelayProtocol
+from .rxbuf import SharedBuffer
+
+_WIRE_IN = SharedBuffer()  # encrypted bytes just read from a socket, until fed to a BIO
+_PLAIN_OUT = SharedBuffer()  # decrypted bytes, until the app protocol has taken them
 
 
 class TlsTransport(asyncio.Transport):
@@ -88,13 +97,13 @@ class TlsTransport(asyncio.Transport):
         return self._wire.raw.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._wire.app = protocol  # type: ignore[assignment]  # always an asyncio.Protocol
+        self._wire.app = protocol  # type: ignore[assignment]  # always a RelayProtocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._wire.app  # type: ignore[return-value]  # set by start() before use
 
 
-class TlsWire(asyncio.Protocol):
+class TlsWire(asyncio.BufferedProtocol):
     """Protocol on the plain TCP transport: handshake, then decrypt into the app protocol."""
 
     def __init__(self, context: ssl.SSLContext, server_side: bool, handshake_timeout: float) -> None:
@@ -103,7 +112,7 @@ class TlsWire(asyncio.Protocol):
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
                                        server_hostname=None)
         self.raw: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.app: asyncio.Protocol | None = None
+        self.app: RelayProtocol | None = None  # the one app: it takes views (data_received)
         self.transport = TlsTransport(self)
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.timeout = handshake_timeout
@@ -141,7 +150,7 @@ class TlsWire(asyncio.Protocol):
         if not self.handshake.done():
             self.handshake.set_result(None)
 
-    def start(self, app: asyncio.Protocol) -> TlsTransport:
+    def start(self, app: RelayProtocol) -> TlsTransport:
         """Hand the decrypted stream to ``app`` (after the caller checked the peer)."""
         self.app = app
         app.connection_made(self.transport)
@@ -155,32 +164,54 @@ class TlsWire(asyncio.Protocol):
         if data and not self.raw.is_closing():
             self.raw.write(data)
 
-    def data_received(self, data: bytes) -> None:
-        self.incoming.write(data)
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _WIRE_IN.get()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        with memoryview(_WIRE_IN.get()) as mv:
+            self.incoming.write(mv[:nbytes])  # copied into the BIO: the buffer is free again
         if not self.handshake.done():
             self._do_handshake()
         if self.app is not None:
             self.read_app_data()
 
     def read_app_data(self) -> None:
+        """Decrypt what the incoming BIO holds and hand it to the app, one chunk per call."""
         app = self.app
+        sslobj = self.sslobj
         while self.reading and not self.peer_eof and app is not None:
-            try:
-                chunk = self.sslobj.read(READ_CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                chunk = b""
-            except ssl.SSLError:
-                self.raw.abort()
-                return
-            if not chunk:  # the peer's close_notify: EOF of its direction only
+            out = _PLAIN_OUT.get()
+            size = len(out)
+            n = 0
+            eof = False
+            with memoryview(out) as mv:
+                while n < size:
+                    try:
+                        # into a buffer, read returns a count (typeshed knows only bytes)
+                        got: int = sslobj.read(size - n, mv[n:])  # type: ignore[arg-type,assignment]
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:
+                        got = 0
+                    except ssl.SSLError:
+                        self.raw.abort()
+                        return
+                    if not got:  # the peer's close_notify: EOF of its direction only
+                        eof = True
+                        break
+                    n += got
+                if n:
+                    app.data_received(mv[:n])  # a view, valid during the call only
+            if n:
+                _PLAIN_OUT.reclaim()
+            if eof:
                 self.peer_eof = True
                 self.flush()
                 if not app.eof_received():
                     self.transport.close()
                 return
-            app.data_received(chunk)
+            if n < size:
+                break  # the BIO holds no complete record
         self.flush()  # reading may produce output (key updates, tickets)
 
     def eof_received(self) -> bool:

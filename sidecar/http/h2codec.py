@@ -36,6 +36,7 @@ from .events import (
     Trailers,
     WindowOpen,
 )
+from .h2block import request_block
 
 STREAM_WINDOW = 65_535  # per-stream receive window we advertise (the HTTP/2 default)
 CONN_WINDOW = 1 << 21  # connection receive window: a few stalled streams do not block the rest
@@ -84,17 +85,6 @@ class GracefulH2Connection(h2.connection.H2Connection):
         state = self.state_machine.state
         self.close_connection(ErrorCodes.NO_ERROR, last_stream_id=last_stream_id)
         self.state_machine.state = state
-
-
-def request_block(head: RequestHead) -> Headers:
-    """The HEADERS block of a request: pseudo-headers first, then the regular fields (both
-    HTTP/2 codecs send it)."""
-    if head.authority:
-        return [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-                (b":authority", head.authority), (b":path", head.path), *head.headers]
-    # HTTP/2 allows Host instead; an empty :authority would contradict it.
-    return [(b":method", head.method), (b":scheme", head.scheme or b"http"),
-            (b":path", head.path), *head.headers]
 
 
 def split_request_head(stream_id: int, headers: Headers, end_stream: bool) -> RequestHead:

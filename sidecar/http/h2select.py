@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import ngcodec
-from .h2codec import H2Codec
 
 log = logging.getLogger("remora.http2")
 
@@ -41,7 +40,11 @@ def choose(requested: str | None = None) -> str:
 
 def factory(name: str) -> Callable[[bool], Any]:
     """``factory(name)(client_side)`` makes one connection's codec."""
-    return ngcodec.NgH2Codec if name == NGHTTP2 else H2Codec
+    if name == NGHTTP2:
+        return ngcodec.NgH2Codec
+    from .h2codec import H2Codec  # h2 is loaded only where it is the codec
+
+    return H2Codec
 
 
 _chosen: str | None = None

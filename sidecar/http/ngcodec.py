@@ -29,7 +29,7 @@ from .events import (
     Trailers,
     WindowOpen,
 )
-from .h2codec import request_block
+from .h2block import request_block
 
 try:
     from sidecar.native import _nghttp2 as native
