@@ -18,13 +18,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from perf.bench import bulk, procstat, profile
+from perf.bench import bulk, procstat, profile, quiet
 from perf.bench.h2load import h2load_argv, parse_h2load
+from perf.bench.pairs import latency_added, merge_rounds, pair_ratios, schedule
+from perf.bench.phases import Clock
 from perf.bench.scenarios import GRPC, H2, HTTP1, SCENARIOS, TCP, Target, fixed_rate_script
-from perf.bench.topology import CLIENT_CORE, LOAD_UID, Topology, python
+from perf.bench.topology import CLIENT_CORE, LOAD_UID, Topology, pin, python
 from perf.bench.wrk import parse_wrk, wrk_argv
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -37,14 +41,17 @@ class Params:
     repeats: int = 3
     connections: int = 16
     latency_rate: float = 1000.0
-    latency_duration: float = 10.0
-    warmup: float = 2.0
+    latency_duration: float = 5.0  # seconds per fixed-rate round
+    latency_rounds: int = 3  # direct, haproxy, mesh, direct, haproxy, mesh, ...
+    latency_warmup: float = 0.5
+    latency_layout: str = "per-pod"  # client-side proxy on the load generator's core; or one-core
+    warmup: float = 1.0
     h2_clients: int = 4
     h2_streams: int = 10
     bulk_repeats: int = 3
     cp_proxies: str = "100,1000,2000"
     cp_changes: int = 3
-    profile_seconds: float = 5.0  # py-spy on each mesh proxy during an extra wrk run; 0: off
+    profile_seconds: float = 3.0  # py-spy on each mesh proxy during an extra load run; 0: off
     profile_dir: str = ""  # where profile-*.txt go
 
 
@@ -176,58 +183,55 @@ def _summary(run: _Running, p: Params) -> dict:
     return {"throughput": common}
 
 
-def _metric(kind: str, rep: dict) -> float:
-    return rep["mb_per_s"] if kind == TCP else rep["rps"]
-
-
-def pair_ratios(kind: str, runs: dict[str, list[dict]]) -> list[dict]:
-    """mesh/haproxy, mesh/direct and haproxy/direct, each taken repetition by repetition."""
-    def base(name: str) -> str:
-        return name.rsplit("-", 1)[0] if kind != HTTP1 else name
-
-    by_base = {base(n): reps for n, reps in runs.items()}
-    out = []
-    for num, den in (("mesh", "haproxy"), ("mesh", "direct"), ("haproxy", "direct")):
-        a, b = by_base.get(num), by_base.get(den)
-        if not a or not b:
-            continue
-        pairs = [_metric(kind, x) / _metric(kind, y) for x, y in zip(a, b, strict=False)
-                 if _metric(kind, y) > 0]
-        if pairs:
-            out.append({"kind": kind, "ratio": f"{num}/{den}", "pairs": pairs,
-                        "median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)})
-    return out
-
-
-def run_family(kind: str, names: list[str], p: Params) -> tuple[list[dict], list[dict]]:
-    """Set up every scenario of one family, alternate their repetitions, then the extras."""
+def run_family(kind: str, names: list[str], p: Params,
+               clock: Clock | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Set up every scenario of one family, alternate their repetitions, then the extras
+    (profiles of the mesh proxies, then the fixed-rate latency rounds, also alternating).
+    Returns (scenario results, throughput ratios, latency added over direct)."""
+    clock = clock or Clock()
     runs: list[_Running] = []
     results: list[dict] = []
     try:
-        for name in names:
-            try:
-                runs.append(_prepare(name))
-            except Exception as exc:  # one failed scenario must not lose the others' numbers
-                print(f"   {name}: setup failed: {exc}", file=sys.stderr)
-                results.append({"scenario": name, "kind": kind, "error": str(exc)})
+        with clock.phase(kind, "setup"):
+            for name in names:
+                try:
+                    runs.append(_prepare(name))
+                except Exception as exc:  # one failed scenario must not lose the others' numbers
+                    print(f"   {name}: setup failed: {exc}", file=sys.stderr)
+                    results.append({"scenario": name, "kind": kind, "error": str(exc)})
         work, per = _units(kind)
-        for run in runs:
-            _load_once(run, p, p.warmup if kind == HTTP1 else 1.0, warm=True)
-            if run.target.handshake_counter is not None:
-                run.handshakes_before = run.target.handshake_counter()
-            run.peaks.__enter__()
-        failed: dict[str, str] = {}
-        for _ in range(p.bulk_repeats if kind == TCP else p.repeats):
+        with clock.phase(kind, "warm-up"):
             for run in runs:
-                if run.name in failed:
+                _load_once(run, p, p.warmup, warm=True)
+                if run.target.handshake_counter is not None:
+                    run.handshakes_before = run.target.handshake_counter()
+                run.peaks.__enter__()
+        failed: dict[str, str] = {}
+        by_name = {r.name: r for r in runs}
+        with clock.phase(kind, "measured"):
+            for _, name in schedule(list(by_name), p.bulk_repeats if kind == TCP else p.repeats):
+                run = by_name[name]
+                if name in failed:
                     continue
                 try:
-                    run.reps += _repeat(run.target, 1, lambda run=run: _load_once(run, p, p.duration),
+                    run.reps += _repeat(run.target, 1, partial(_load_once, run, p, p.duration),
                                         work, per)
                 except Exception as exc:
-                    failed[run.name] = str(exc)
+                    failed[name] = str(exc)
         for run in runs:
             run.peaks.__exit__()
+        ok = [r for r in runs if r.reps and r.name not in failed]
+        profiles: dict[str, list[str]] = {}
+        with clock.phase(kind, "profile"):
+            for run in ok:
+                if (kind in (HTTP1, H2) and run.target.python_proxies and p.profile_seconds > 0
+                        and p.profile_dir):
+                    profiles[run.name] = _profile(run.name, run.target, p,
+                                                  partial(_load_once, run, p))
+        latency: dict[str, list[dict]] = {}
+        if kind == HTTP1:
+            with clock.phase(kind, "latency"):
+                latency = _latency_rounds(ok, p, failed)
         for run in runs:
             result: dict = {"scenario": run.name, "kind": kind, "url": run.target.url,
                             "rss_idle_mb": run.rss_idle}
@@ -235,17 +239,49 @@ def run_family(kind: str, names: list[str], p: Params) -> tuple[list[dict], list
                 results.append({**result, "error": failed.get(run.name, "no repetition ran")})
                 continue
             result.update(_summary(run, p))
-            if kind == HTTP1:
-                if run.target.python_proxies and p.profile_seconds > 0 and p.profile_dir:
-                    result["profiles"] = _profile(
-                        run.name, run.target, p, lambda s, run=run: _load_once(run, p, s))
-                result["latency"] = _fixed_rate(run.topo, run.target, p)
+            if run.name in profiles:
+                result["profiles"] = profiles[run.name]
+            if latency.get(run.name):
+                result["latency"] = merge_rounds(latency[run.name])
             results.append(result)
-        ratios = pair_ratios(kind, {r.name: r.reps for r in runs if r.reps and r.name not in failed})
-        return results, ratios
+        ratios = pair_ratios(kind, {r.name: r.reps for r in ok})
+        return results, ratios, latency_added(latency)
     finally:
+        with clock.phase(kind, "teardown"):
+            _destroy_all([r.topo for r in runs])
+
+
+def _destroy_all(topos: list[Topology]) -> None:
+    """Tear the family's pods down together: each waits mostly on its processes exiting."""
+    with ThreadPoolExecutor(max_workers=max(1, len(topos))) as pool:
+        for f in [pool.submit(t.destroy) for t in topos]:
+            try:
+                f.result()
+            except Exception as exc:  # leftovers are reported, the run goes on
+                print(f"   teardown: {exc}", file=sys.stderr)
+
+
+def _latency_rounds(runs: list[_Running], p: Params, failed: dict[str, str]) -> dict[str, list[dict]]:
+    """Fixed-rate rounds, scenarios alternating (A B C A B C ...), so each round's latency
+    added over direct is a pair a few seconds apart. ``per-pod`` layout: the client-side proxy
+    moves to the load generator's core (each pod on its own core, as a node's CPU manager gives
+    pods with whole CPUs); ``one-core``: every proxy stays with the app on core 0."""
+    if p.latency_layout == "per-pod":
         for run in runs:
-            run.topo.destroy()
+            for k, pid in run.target.proxies.items():
+                if k.endswith("client"):
+                    pin(pid, CLIENT_CORE)
+    by_name = {r.name: r for r in runs}
+    out: dict[str, list[dict]] = {}
+    for _, name in schedule(list(by_name), p.latency_rounds):
+        if name in failed:
+            continue
+        try:
+            out.setdefault(name, []).append(_fixed_rate(by_name[name].topo, by_name[name].target, p))
+        except Exception as exc:
+            failed[name] = str(exc)
+            out.pop(name, None)
+    return out  # the pods are torn down next: no need to pin the proxies back
 
 
 def _profile(name: str, target: Target, p: Params, load: Callable[[float], dict]) -> list[str]:
@@ -264,7 +300,9 @@ def _profile(name: str, target: Target, p: Params, load: Callable[[float], dict]
         if not raw.exists():
             txt.write_text(f"py-spy recorded nothing: {err.strip()[-300:]}\n")
         else:
-            txt.write_text(profile.summarize(raw, f"{name} {k}, -c{p.connections}"))
+            load_how = (f"wrk -c{p.connections}" if target.kind == HTTP1
+                        else f"h2load -c{p.h2_clients} -m{p.h2_streams}")
+            txt.write_text(profile.summarize(raw, f"{name} {k}, {load_how}"))
             raw.unlink()
         paths.append(txt.name)
     return paths
@@ -272,15 +310,17 @@ def _profile(name: str, target: Target, p: Params, load: Callable[[float], dict]
 
 def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     script = fixed_rate_script(topo)
-    cpu0 = _cpu(target)
+    cpu0, steal0 = _cpu(target), quiet.steal_ticks()
     with _Peaks(target) as peaks:
         out = _exec(topo, ["taskset", "-c", str(CLIENT_CORE), python(), str(script), target.url,
-                           "--rate", str(p.latency_rate), "--duration", str(p.latency_duration)],
+                           "--rate", str(p.latency_rate), "--duration", str(p.latency_duration),
+                           "--warmup", str(p.latency_warmup)],
                     p.latency_duration + 60, "fixed-rate client")
-    cpu1 = _cpu(target)
+    cpu1, steal1 = _cpu(target), quiet.steal_ticks()
     lat = json.loads(out)
-    # The client's 1 s warm-up is included in the CPU window: divide by the whole time.
-    window = p.latency_duration + 1.0
+    lat["cpu_steal_share"] = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    # The client's warm-up is included in the CPU window: divide by the whole time.
+    window = p.latency_duration + p.latency_warmup
     lat["vcpu_per_1k_rps"] = {k: (cpu1[k] - cpu0[k]) / window * (1000 / p.latency_rate)
                               for k in cpu0}
     lat["rss_load_mb"] = peaks.mb()
@@ -306,5 +346,5 @@ def run_scenario(name: str, p: Params) -> dict:
         return run_cp(p)
     from perf.bench.scenarios import kind_of
 
-    results, _ = run_family(kind_of(name), [name], p)
+    results, _, _ = run_family(kind_of(name), [name], p)
     return results[0]

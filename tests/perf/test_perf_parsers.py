@@ -96,7 +96,7 @@ def test_targets_met_and_missed() -> None:
 
 
 def test_pair_ratios_are_taken_repetition_by_repetition() -> None:
-    from perf.bench.runner import pair_ratios
+    from perf.bench.pairs import pair_ratios
 
     reps = {"direct-h2": [{"rps": 100.0}, {"rps": 200.0}],
             "haproxy-h2": [{"rps": 50.0}, {"rps": 80.0}],

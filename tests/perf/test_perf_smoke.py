@@ -1,6 +1,7 @@
-"""Smoke test of the benchmark: `perf/run --quick` on the direct and mesh scenarios writes a JSON
-record with every field, a Markdown table with the targets, and a py-spy profile per proxy.
-No timing asserts: the numbers are whatever this machine gives."""
+"""Smoke test of the benchmark: `perf/run --quick` on the direct, mesh and mesh-h2 scenarios
+writes a JSON record with every field, a Markdown table with the targets, the wall time by
+phase, and a py-spy profile per proxy for HTTP/1.1 and HTTP/2. No timing asserts: the numbers
+are whatever this machine gives."""
 
 from __future__ import annotations
 
@@ -18,18 +19,25 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def test_quick_run_direct_and_mesh(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(REPO / "perf" / "run"), "--quick", "--scenario",
-                        "direct", "--scenario", "mesh", "--wait-quiet", "0", "--out", str(tmp_path)],
+                        "direct", "--scenario", "mesh", "--scenario", "mesh-h2", "--wait-quiet", "0",
+                        "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr + r.stdout
     data = json.loads((tmp_path / "bench-latest.json").read_text())
     assert {"cpu", "cores", "kernel", "git_revision", "git_dirty"} <= data["machine"].keys()
     assert data["params"]["repeats"] == 1 and data["params"]["latency_rate"] == 1000
     by = {s["scenario"]: s for s in data["scenarios"]}
-    assert set(by) == {"direct", "mesh"}
-    for s in by.values():
+    assert set(by) == {"direct", "mesh", "mesh-h2"}
+    assert by["mesh-h2"]["h2"]["rps_median"] > 0 and by["mesh-h2"]["h2"]["errors"] == 0
+    assert set(data["wall_time"]["by_family"]) == {"http1", "h2"}
+    assert {"setup", "measured", "latency", "teardown"} <= data["wall_time"]["by_family"]["http1"].keys()
+    # One latency round each: mesh minus direct for every percentile, both timings.
+    assert len([a for a in data["latency_added"] if a["ratio"] == "mesh-direct"]) == 8
+    for s in (by["direct"], by["mesh"]):
         assert s["throughput"]["rps_median"] > 0 and s["throughput"]["errors"] == 0
         lat = s["latency"]
-        assert {"p50_ms", "p90_ms", "p99_ms"} <= lat["service"].keys()
+        assert {"p50_ms", "p90_ms", "p99_ms", "p999_ms"} <= lat["corrected"].keys()
+        assert lat["service"]["p99_ms"] <= lat["corrected"]["p99_ms"]
         assert lat["requests"] > 0 and lat["errors"] == 0 and set(lat["status_codes"]) == {"200"}
     mesh = by["mesh"]
     proxies = {"proxy-client", "proxy-server"}
@@ -44,7 +52,9 @@ def test_quick_run_direct_and_mesh(tmp_path: Path) -> None:
     rows = [line for line in md.splitlines() if line.startswith("| mesh |")]
     assert len(rows) == 1 and rows[0].count("|") == 10, md
     assert "| target (mesh) | measured | met |" in md and md.count("✅") + md.count("❌") >= 4
+    assert "| mesh − direct | corrected |" in md and "Wall time " in md
     assert (tmp_path / "bench-latest.png").stat().st_size > 0
-    for side in ("client", "server"):
-        text = (tmp_path / f"profile-mesh-proxy-{side}.txt").read_text()
-        assert "busy samples" in text and "sidecar/" in text, text
+    for name in ("mesh", "mesh-h2"):
+        for side in ("client", "server"):
+            text = (tmp_path / f"profile-{name}-proxy-{side}.txt").read_text()
+            assert "busy samples" in text and "sidecar/" in text, text
