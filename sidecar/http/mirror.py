@@ -2,9 +2,10 @@
 
 The copy goes in the mirror cluster's own protocol: over HTTP/2 when the primary request
 came over HTTP/2 or the mirror cluster's port is ``http2``/``grpc`` (so a gRPC or h2c-only
-app can serve it), on a stream of the proxy's pooled upstream HTTP/2 connections (mTLS with
-ALPN remora-h2 to a meshed endpoint, h2c otherwise); else over HTTP/1.1 on a connection of
-its own (remora-h1 to a meshed endpoint). Its authority gets Istio's "-shadow" suffix, the
+app can serve it), on a stream of the proxy's pooled upstream HTTP/2 connections (the
+outbound pool, also for copies the HTTP/1.1 relay makes; mTLS with ALPN remora-h2 to a meshed
+endpoint, h2c otherwise); else over HTTP/1.1 on a connection of its own (remora-h1 to a
+meshed endpoint). Its authority gets Istio's "-shadow" suffix, the
 body is the one buffered for the primary (a body larger than the replay bound is not
 mirrored), and its answer is read and discarded.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from control_plane.api.model import GRPC, HTTP2
@@ -39,8 +39,6 @@ MAX_IN_FLIGHT = 64  # copies at once per proxy; a copy above this is dropped (co
 _tasks: set[asyncio.Task[None]] = set()  # strong references until each copy is done
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host",
         b"upgrade", b"te", b"proxy-connection"}
-# HTTP/2 pools for copies sent by the HTTP/1.1 relay (its contexts carry no HTTP/2 pool).
-_h2_pools: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
 
 
 class _Sink(asyncio.Protocol):
@@ -92,7 +90,11 @@ def send(connector: Any, router: Router, cluster: str, method: bytes, path: byte
         stats.mirror_copy("failed")
         return
     if h2_pool is not None or d.cluster.protocol in (HTTP2, GRPC):
-        pool = h2_pool if h2_pool is not None else _pool_for(connector)
+        try:
+            pool = h2_pool if h2_pool is not None else _pool_for(connector)
+        except ImportError:  # no HTTP/2 support in this proxy (the runtime said so at start)
+            stats.mirror_copy("failed")
+            return
         head = h2_head(method, scheme, path, authority, headers, body)
         coro = _send_h2(pool, d.endpoint, head, body)
     else:
@@ -107,11 +109,12 @@ def in_flight() -> int:
 
 
 def _pool_for(connector: Any) -> H2Pool:
-    pool = _h2_pools.get(connector)
+    """The connector's HTTP/2 pool (the runtime's, for the HTTP/1.1 relay's copies)."""
+    pool: H2Pool | None = getattr(connector, "h2_pool", None)
     if pool is None:
-        from ..http2 import H2Pool  # http2 imports this module
+        from ..http2 import H2Pool  # http2 imports this module; it registers on the connector
 
-        pool = _h2_pools[connector] = H2Pool(connector)
+        pool = H2Pool(connector)
     return pool
 
 

@@ -247,8 +247,6 @@ def fresh(apps: Apps) -> Iterator[None]:
     apps.mesh.wait(lambda: mirror.in_flight() == 0, 8)
     apps.mesh.call(apps.mesh.h2_pool.close)
     apps.mesh.call(apps.mesh.h1_pool.close_all)
-    for pool in list(mirror._h2_pools.values()):
-        apps.mesh.call(pool.close)
 
 
 def grpc_call(apps: Apps, payload: bytes, timeout: float = 5.0) -> bytes:
