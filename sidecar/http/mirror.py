@@ -2,12 +2,11 @@
 
 The copy goes in the mirror cluster's own protocol: over HTTP/2 when the primary request
 came over HTTP/2 or the mirror cluster's port is ``http2``/``grpc`` (so a gRPC or h2c-only
-app can serve it), on a stream of the proxy's pooled upstream HTTP/2 connections (the
-outbound pool, also for copies the HTTP/1.1 relay makes; mTLS with ALPN remora-h2 to a meshed
-endpoint, h2c otherwise); else over HTTP/1.1 on a connection of its own (remora-h1 to a
-meshed endpoint). Its authority gets Istio's "-shadow" suffix, the
-body is the one buffered for the primary (a body larger than the replay bound is not
-mirrored), and its answer is read and discarded.
+app can serve it), as a stream on the proxy's outbound HTTP/2 upstream pool (the HTTP/1.1
+relay reaches it through its connector; mTLS with ALPN remora-h2 to a meshed endpoint, h2c
+otherwise); else over HTTP/1.1 on a connection of its own (remora-h1 to a meshed endpoint).
+Its authority gets Istio's "-shadow" suffix, the body is the one buffered for the primary (a
+body larger than the replay bound is not mirrored), and its answer is read and discarded.
 
 Each copy is its own task with a short timeout: the primary never waits for it and a failing
 mirror never fails it. At most ``MAX_IN_FLIGHT`` copies run at once per proxy; more are
@@ -78,7 +77,7 @@ def h2_head(method: bytes, scheme: bytes, path: bytes, authority: bytes,
 
 def send(connector: Any, router: Router, cluster: str, method: bytes, path: bytes,
          authority: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-         h2_pool: H2Pool | None = None, scheme: bytes = b"http") -> None:
+         h2_pool: H2Pool | None = None) -> None:
     """Start one copy to an endpoint of ``cluster``; returns at once. ``h2_pool``: the
     primary came over HTTP/2 (the copy goes on that relay's pool)."""
     stats = connector.stats
@@ -95,7 +94,7 @@ def send(connector: Any, router: Router, cluster: str, method: bytes, path: byte
         except ImportError:  # no HTTP/2 support in this proxy (the runtime said so at start)
             stats.mirror_copy("failed")
             return
-        head = h2_head(method, scheme, path, authority, headers, body)
+        head = h2_head(method, b"http", path, authority, headers, body)
         coro = _send_h2(pool, d.endpoint, head, body)
     else:
         coro = _send_h1(connector, d.endpoint, encode(method, path, authority, headers, body))
