@@ -781,6 +781,8 @@ class H2Pool:
         # One pool per connector, owned by the runtime (outbound and inbound) and handed to
         # every downstream connection in its context.
         self.connector = connector
+        if getattr(connector, "h2_pool", None) is None:  # HTTP/1.1's mirror copies (mirror.py)
+            connector.h2_pool = self
         self.conns: dict[PoolKey, list[H2Upstream]] = {}
         self.connecting: dict[PoolKey, asyncio.Task[H2Upstream]] = {}
 

@@ -55,6 +55,9 @@ class Connector:
         self._tls = tls
         self.stats = stats
         self.source_address = source_address
+        # The HTTP/2 upstream pool on this connector (sidecar/http2.H2Pool; the first one made
+        # registers itself): mirror copies the HTTP/1.1 relay sends over HTTP/2 use it too.
+        self.h2_pool: Any = None
 
     async def connect(
         self,

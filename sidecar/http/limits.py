@@ -233,10 +233,6 @@ class ControlFrameBudget:
         self.pending = 0
 
 
-_HEADERS, _PUSH_PROMISE, _CONTINUATION = 1, 5, 9  # HTTP/2 frame types that carry a header block
-_END_HEADERS = 0x4
-
-
 class HeaderBlockWatch:
     """The HTTP/2 request-headers timeout for one downstream connection (Envoy's
     request_headers_timeout: armed at the first byte of a header block, disarmed at its last).
@@ -278,23 +274,24 @@ class HeaderBlockWatch:
             self.skip = pos - n
             if not self.skip:
                 self.cur = -1
-            return self.block or self.cur in (_HEADERS, _CONTINUATION)
+            return self.block or self.cur == 1 or self.cur == 9  # HEADERS, CONTINUATION
         if self.partial:
             data, n = self.partial + data, n + len(self.partial)
             self.partial = b""
         block, cur = self.block, -1
-        while pos + 9 <= n:
-            ftype = data[pos + 3]
-            if ftype in (_HEADERS, _CONTINUATION, _PUSH_PROMISE):
-                block = not data[pos + 4] & _END_HEADERS
-            cur = ftype
+        while pos + 9 <= n:  # literals, not the names above: this runs per frame
+            cur = data[pos + 3]
+            if cur == 1 or cur == 9 or cur == 5:  # HEADERS, CONTINUATION, PUSH_PROMISE
+                block = not data[pos + 4] & 4  # END_HEADERS
             pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
         if pos > n:  # the last frame's payload goes on in the next read
             self.skip = pos - n
         else:
-            self.skip, self.partial, cur = 0, data[pos:], -1
+            self.skip, cur = 0, -1
+            if pos < n:
+                self.partial = data[pos:]
         self.block, self.cur = block, cur
-        return block or cur in (_HEADERS, _CONTINUATION)
+        return block or cur == 1 or cur == 9
 
     def _fire(self) -> None:
         self.timer = None

@@ -2,11 +2,11 @@
 
 The copy goes in the mirror cluster's own protocol: over HTTP/2 when the primary request
 came over HTTP/2 or the mirror cluster's port is ``http2``/``grpc`` (so a gRPC or h2c-only
-app can serve it), on a stream of the proxy's pooled upstream HTTP/2 connections (mTLS with
-ALPN remora-h2 to a meshed endpoint, h2c otherwise); else over HTTP/1.1 on a connection of
-its own (remora-h1 to a meshed endpoint). Its authority gets Istio's "-shadow" suffix, the
-body is the one buffered for the primary (a body larger than the replay bound is not
-mirrored), and its answer is read and discarded.
+app can serve it), as a stream on the proxy's outbound HTTP/2 upstream pool (the HTTP/1.1
+relay reaches it through its connector; mTLS with ALPN remora-h2 to a meshed endpoint, h2c
+otherwise); else over HTTP/1.1 on a connection of its own (remora-h1 to a meshed endpoint).
+Its authority gets Istio's "-shadow" suffix, the body is the one buffered for the primary (a
+body larger than the replay bound is not mirrored), and its answer is read and discarded.
 
 Each copy is its own task with a short timeout: the primary never waits for it and a failing
 mirror never fails it. At most ``MAX_IN_FLIGHT`` copies run at once per proxy; more are
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from control_plane.api.model import GRPC, HTTP2
@@ -39,8 +38,6 @@ MAX_IN_FLIGHT = 64  # copies at once per proxy; a copy above this is dropped (co
 _tasks: set[asyncio.Task[None]] = set()  # strong references until each copy is done
 _HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host",
         b"upgrade", b"te", b"proxy-connection"}
-# HTTP/2 pools for copies sent by the HTTP/1.1 relay (its contexts carry no HTTP/2 pool).
-_h2_pools: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
 
 
 class _Sink(asyncio.Protocol):
@@ -80,7 +77,7 @@ def h2_head(method: bytes, scheme: bytes, path: bytes, authority: bytes,
 
 def send(connector: Any, router: Router, cluster: str, method: bytes, path: bytes,
          authority: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-         h2_pool: H2Pool | None = None, scheme: bytes = b"http") -> None:
+         h2_pool: H2Pool | None = None) -> None:
     """Start one copy to an endpoint of ``cluster``; returns at once. ``h2_pool``: the
     primary came over HTTP/2 (the copy goes on that relay's pool)."""
     stats = connector.stats
@@ -92,8 +89,12 @@ def send(connector: Any, router: Router, cluster: str, method: bytes, path: byte
         stats.mirror_copy("failed")
         return
     if h2_pool is not None or d.cluster.protocol in (HTTP2, GRPC):
-        pool = h2_pool if h2_pool is not None else _pool_for(connector)
-        head = h2_head(method, scheme, path, authority, headers, body)
+        try:
+            pool = h2_pool if h2_pool is not None else _pool_for(connector)
+        except ImportError:  # no HTTP/2 support in this proxy (the runtime said so at start)
+            stats.mirror_copy("failed")
+            return
+        head = h2_head(method, b"http", path, authority, headers, body)
         coro = _send_h2(pool, d.endpoint, head, body)
     else:
         coro = _send_h1(connector, d.endpoint, encode(method, path, authority, headers, body))
@@ -107,11 +108,12 @@ def in_flight() -> int:
 
 
 def _pool_for(connector: Any) -> H2Pool:
-    pool = _h2_pools.get(connector)
+    """The connector's HTTP/2 pool (the runtime's, for the HTTP/1.1 relay's copies)."""
+    pool: H2Pool | None = getattr(connector, "h2_pool", None)
     if pool is None:
-        from ..http2 import H2Pool  # http2 imports this module
+        from ..http2 import H2Pool  # http2 imports this module; it registers on the connector
 
-        pool = _h2_pools[connector] = H2Pool(connector)
+        pool = H2Pool(connector)
     return pool
 
 
