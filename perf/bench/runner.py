@@ -44,6 +44,7 @@ class Params:
     latency_duration: float = 5.0  # seconds per fixed-rate round
     latency_rounds: int = 3  # direct, haproxy, mesh, direct, haproxy, mesh, ...
     latency_warmup: float = 0.5
+    latency_connections: int = 16  # keep-alive connections of the fixed-rate client
     latency_layout: str = "per-pod"  # client-side proxy on the load generator's core; or one-core
     warmup: float = 1.0
     h2_clients: int = 4
@@ -51,7 +52,7 @@ class Params:
     bulk_repeats: int = 3
     cp_proxies: str = "100,1000,2000"
     cp_changes: int = 3
-    profile_seconds: float = 3.0  # py-spy on each mesh proxy during an extra load run; 0: off
+    profile_seconds: float = 5.0  # py-spy on each mesh proxy during an extra load run; 0: off
     profile_dir: str = ""  # where profile-*.txt go
 
 
@@ -314,7 +315,8 @@ def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     with _Peaks(target) as peaks:
         out = _exec(topo, ["taskset", "-c", str(CLIENT_CORE), python(), str(script), target.url,
                            "--rate", str(p.latency_rate), "--duration", str(p.latency_duration),
-                           "--warmup", str(p.latency_warmup)],
+                           "--warmup", str(p.latency_warmup),
+                           "--connections", str(p.latency_connections)],
                     p.latency_duration + 60, "fixed-rate client")
     cpu1, steal1 = _cpu(target), quiet.steal_ticks()
     lat = json.loads(out)
