@@ -194,9 +194,12 @@ def run_family(kind: str, names: list[str], p: Params,
     results: list[dict] = []
     try:
         with clock.phase(kind, "setup"):
-            for name in names:
+            # The family's pods start together: each mostly waits on its processes coming up.
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                futures = [(name, pool.submit(_prepare, name)) for name in names]
+            for name, f in futures:
                 try:
-                    runs.append(_prepare(name))
+                    runs.append(f.result())
                 except Exception as exc:  # one failed scenario must not lose the others' numbers
                     print(f"   {name}: setup failed: {exc}", file=sys.stderr)
                     results.append({"scenario": name, "kind": kind, "error": str(exc)})
