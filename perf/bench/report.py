@@ -160,12 +160,20 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def _cpu_split(x: dict, key: str = "cpu_s_per_1k_req") -> str:
+    """"client: 0.056 (kernel 45%), ...": CPU per unit of work and the stime part of it."""
+    kernel = x.get("kernel_share_of_cpu", {})
+    return ", ".join(
+        f"{k.removeprefix('proxy-')}: {_fmt(v, 3)}"
+        + (f" (kernel {kernel[k]:.0%})" if k in kernel else "") for k, v in x[key].items()) or "—"
+
+
 def _http1_table(by: dict[str, dict], added: list[dict], results: dict) -> list[str]:
     direct, ha = by.get("direct"), by.get("haproxy")
     lines = [
         "| scenario | max req/s, median (runs) | vs HAProxy | vs direct "
         "| p50 / p90 / p99 / p99.9 at 1k req/s (ms) | added over direct p50 / p99 (ms) "
-        "| CPU s per 1k req at max, each proxy | vCPU per 1k req/s, each proxy "
+        "| CPU s per 1k req at max (kernel share), each proxy | vCPU per 1k req/s, each proxy "
         "| RSS idle / at 1k req/s / at max (MB), each proxy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -204,7 +212,7 @@ def _http1_table(by: dict[str, dict], added: list[dict], results: dict) -> list[
         lines.append(
             f"| {name} | {rps:,.0f} ({runs}) "
             f"| {_fmt(ratio)}{_mark(ratio >= TARGET_THROUGHPUT_VS_HAPROXY if mesh and ratio else None)} "
-            f"| {_fmt(vs_direct)} | {pcts} | {added_cell} | {_each(thr['cpu_s_per_1k_req'], 3)} "
+            f"| {_fmt(vs_direct)} | {pcts} | {added_cell} | {_cpu_split(thr)} "
             f"| {_each(r['latency']['vcpu_per_1k_rps'], 3, TARGET_VCPU_PER_1K if mesh else None)} "
             f"| {rss} |")
     return lines

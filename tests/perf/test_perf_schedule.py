@@ -134,3 +134,10 @@ def test_p99_target_is_not_resolved_when_the_rounds_straddle_it() -> None:
     assert report.p99_verdict(added(1.2, 3.0, 1.5)) is False
     assert report.p99_verdict(added(-4.0, 0.5, 6.0)) is None  # median within, rounds are not
     assert report.p99_verdict(added(0.5, 1.5, 2.0)) is None  # median over, one round within
+
+
+def test_http1_cpu_cell_carries_the_kernel_share() -> None:
+    thr = {"cpu_s_per_1k_req": {"proxy-client": 0.056, "proxy-server": 0.054},
+           "kernel_share_of_cpu": {"proxy-client": 0.37, "proxy-server": 0.4}}
+    assert report._cpu_split(thr) == "client: 0.056 (kernel 37%), server: 0.054 (kernel 40%)"
+    assert report._cpu_split({"cpu_s_per_1k_req": {}}) == "—"
