@@ -12,6 +12,7 @@ perf/cp_scale.py.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -329,6 +330,8 @@ def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     lat["vcpu_per_1k_rps"] = {k: (cpu1[k] - cpu0[k]) / window * (1000 / p.latency_rate)
                               for k in cpu0}
     lat["rss_load_mb"] = peaks.mb()
+    # The cores each proxy was allowed during the round: the record shows the layout used.
+    lat["cores"] = {k: sorted(os.sched_getaffinity(pid)) for k, pid in target.proxies.items()}
     return lat
 
 
