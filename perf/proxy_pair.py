@@ -3,7 +3,7 @@
 ``perf/run --scenario direct --scenario haproxy --scenario mesh`` (kept for its command line).
 
     sudo .venv/bin/python perf/proxy_pair.py [--duration 5] [--repeats 3] [--rate 1000]
-                                             [--latency-duration 10] [--out FILE.json]
+                                             [--latency-duration 5] [--out FILE.json]
 
 Prints the Markdown table (targets met or not) and writes the full JSON record to ``--out``
 (default perf/results/proxy_pair.json) and the py-spy summaries next to it. See perf/README.md.
@@ -26,7 +26,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rate", type=float, default=1000.0, help="fixed-rate client req/s")
-    ap.add_argument("--latency-duration", type=float, default=10.0)
+    ap.add_argument("--latency-duration", type=float, default=5.0,
+                    help="seconds per fixed-rate round (3 rounds, alternating)")
     ap.add_argument("--out", type=Path, default=REPO / "perf" / "results" / "proxy_pair.json")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="remora-proxy-pair-") as tmp:

@@ -68,6 +68,8 @@ def percentiles(samples_ns: list[int]) -> dict[str, float]:
 
 async def run(url: str, rate: float, duration: float, connections: int, warmup: float) -> dict:
     u = urlsplit(url)
+    if not u.hostname:
+        raise SystemExit(f"fixed_rate: no host in {url!r}")
     host, port = u.hostname, u.port or 80
     request = (f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\nUser-Agent: remora-bench\r\n\r\n").encode()
     loop = asyncio.get_running_loop()
@@ -95,6 +97,7 @@ async def run(url: str, rate: float, duration: float, connections: int, warmup: 
                 idle.append(conn)
 
     def send(conn: _Conn, sched_ns: int) -> None:
+        assert conn.transport is not None  # only connected connections are idle
         conn.busy = True
         conn.sched_ns = sched_ns
         conn.sent_ns = time.perf_counter_ns()

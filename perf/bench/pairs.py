@@ -92,4 +92,6 @@ def merge_rounds(rounds: list[dict]) -> dict:
     for key, agg in (("vcpu_per_1k_rps", statistics.median), ("rss_load_mb", max)):
         procs = rounds[0].get(key, {})
         merged[key] = {k: agg(r[key][k] for r in rounds) for k in procs}
+    if "cores" in rounds[0]:
+        merged["cores"] = rounds[0]["cores"]
     return merged

@@ -12,6 +12,7 @@ perf/cp_scale.py.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ class Params:
     latency_duration: float = 5.0  # seconds per fixed-rate round
     latency_rounds: int = 3  # direct, haproxy, mesh, direct, haproxy, mesh, ...
     latency_warmup: float = 0.5
+    latency_connections: int = 16  # keep-alive connections of the fixed-rate client
     latency_layout: str = "per-pod"  # client-side proxy on the load generator's core; or one-core
     warmup: float = 1.0
     h2_clients: int = 4
@@ -51,7 +53,7 @@ class Params:
     bulk_repeats: int = 3
     cp_proxies: str = "100,1000,2000"
     cp_changes: int = 3
-    profile_seconds: float = 3.0  # py-spy on each mesh proxy during an extra load run; 0: off
+    profile_seconds: float = 5.0  # py-spy on each mesh proxy during an extra load run; 0: off
     profile_dir: str = ""  # where profile-*.txt go
 
 
@@ -193,9 +195,12 @@ def run_family(kind: str, names: list[str], p: Params,
     results: list[dict] = []
     try:
         with clock.phase(kind, "setup"):
-            for name in names:
+            # The family's pods start together: each mostly waits on its processes coming up.
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                futures = [(name, pool.submit(_prepare, name)) for name in names]
+            for name, f in futures:
                 try:
-                    runs.append(_prepare(name))
+                    runs.append(f.result())
                 except Exception as exc:  # one failed scenario must not lose the others' numbers
                     print(f"   {name}: setup failed: {exc}", file=sys.stderr)
                     results.append({"scenario": name, "kind": kind, "error": str(exc)})
@@ -314,7 +319,8 @@ def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     with _Peaks(target) as peaks:
         out = _exec(topo, ["taskset", "-c", str(CLIENT_CORE), python(), str(script), target.url,
                            "--rate", str(p.latency_rate), "--duration", str(p.latency_duration),
-                           "--warmup", str(p.latency_warmup)],
+                           "--warmup", str(p.latency_warmup),
+                           "--connections", str(p.latency_connections)],
                     p.latency_duration + 60, "fixed-rate client")
     cpu1, steal1 = _cpu(target), quiet.steal_ticks()
     lat = json.loads(out)
@@ -324,6 +330,8 @@ def _fixed_rate(topo: Topology, target: Target, p: Params) -> dict:
     lat["vcpu_per_1k_rps"] = {k: (cpu1[k] - cpu0[k]) / window * (1000 / p.latency_rate)
                               for k in cpu0}
     lat["rss_load_mb"] = peaks.mb()
+    # The cores each proxy was allowed during the round: the record shows the layout used.
+    lat["cores"] = {k: sorted(os.sched_getaffinity(pid)) for k, pid in target.proxies.items()}
     return lat
 
 

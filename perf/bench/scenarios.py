@@ -24,10 +24,6 @@ from perf.bench.topology import (
     python,
 )
 
-# The proxies' SIGTERM drain at teardown: nothing is in flight then, but pooled upstream
-# connections count as open, so the default 5 s deadline would be waited out per proxy.
-TEARDOWN_DRAIN_S = 0.5
-
 # What the runner measures: wrk + fixed rate, h2load (GET 1 KB), h2load (gRPC unary), bulk.
 HTTP1, H2, GRPC, TCP = "http1", "h2", "grpc", "tcp"
 
@@ -81,7 +77,7 @@ def mesh_pair(topo: Topology, kind: str = HTTP1, proxy_env: dict[str, str] | Non
     protocol = {HTTP1: "http", H2: "http2", GRPC: "grpc", TCP: "tcp"}[kind]
     mesh = Mesh.start(topo.node, Path(python()).parent, [Service("web", port, protocol)],
                       opaque_ports=[port] if kind == TCP else (), pods=(topo.client, topo.server),
-                      proxy_env=proxy_env, drain_seconds=TEARDOWN_DRAIN_S)
+                      proxy_env=proxy_env)
     topo.cleanups.append(mesh.close)
     procs = {f"proxy-{name}": h.proc.pid for name, h in mesh.proxies.items()}
     for pid in procs.values():

@@ -123,3 +123,21 @@ def test_make_bench_runs_issue_15s_set_and_full_adds_the_rest() -> None:
     assert set(run.ALL) == set(run.DEFAULT) | set(run.EXTRA)
     makefile = (REPO / "Makefile").read_text()
     assert "perf/run --full" in makefile and "bench-full:" in makefile
+
+
+def test_p99_target_is_not_resolved_when_the_rounds_straddle_it() -> None:
+    def added(*pairs_ms: float) -> dict:
+        return {"pairs": list(pairs_ms), "median": sorted(pairs_ms)[len(pairs_ms) // 2],
+                "min": min(pairs_ms), "max": max(pairs_ms)}
+
+    assert report.p99_verdict(added(0.2, 0.9, 0.5)) is True
+    assert report.p99_verdict(added(1.2, 3.0, 1.5)) is False
+    assert report.p99_verdict(added(-4.0, 0.5, 6.0)) is None  # median within, rounds are not
+    assert report.p99_verdict(added(0.5, 1.5, 2.0)) is None  # median over, one round within
+
+
+def test_http1_cpu_cell_carries_the_kernel_share() -> None:
+    thr = {"cpu_s_per_1k_req": {"proxy-client": 0.056, "proxy-server": 0.054},
+           "kernel_share_of_cpu": {"proxy-client": 0.37, "proxy-server": 0.4}}
+    assert report._cpu_split(thr) == "client: 0.056 (kernel 37%), server: 0.054 (kernel 40%)"
+    assert report._cpu_split({"cpu_s_per_1k_req": {}}) == "—"

@@ -44,6 +44,8 @@ def test_quick_run_direct_and_mesh(tmp_path: Path) -> None:
     for field in (mesh["rss_idle_mb"], mesh["throughput"]["cpu_s_per_1k_req"],
                   mesh["latency"]["vcpu_per_1k_rps"], mesh["latency"]["rss_load_mb"]):
         assert set(field) == proxies and all(v > 0 for v in field.values())
+    # Latency layout per-pod (the default): the client pod's proxy on the load generator's core.
+    assert mesh["latency"]["cores"] == {"proxy-client": [1], "proxy-server": [0]}
     # The pooled proxy-to-proxy connections are reused: no new handshakes under load.
     hs = mesh["throughput"]["server_tls_handshakes"]
     assert hs["before"] > 0 and hs["after"] == hs["before"]
