@@ -1,12 +1,13 @@
 """Python calls per relayed HTTP/1.1 request in the proxy's relay (cProfile; no root).
 
-    python perf/h1_calls.py [N]
+    python perf/h1_calls.py [N] [--top=K]
 
 An outbound HTTP/1.1 relay (``sidecar.http1.H1Downstream`` with a real ``Router`` and
 ``Connector``) runs in this process on loopback; the app (a fixed keep-alive response) and
 the client (N keep-alive GETs on one connection) run in child processes, so only the proxy's
 calls are counted. Prints one JSON line: calls per request, total and in ``sidecar``
-modules, after a warm-up that fills the upstream pool.
+modules, after a warm-up that fills the upstream pool. ``--top=K`` also prints (to stderr)
+the K functions called most, with their calls per request.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-async def main(n: int) -> dict[str, float]:
+async def main(n: int, top: int = 0) -> dict[str, float]:
     app = subprocess.Popen([sys.executable, "-c", APP], stdout=subprocess.PIPE)
     try:
         assert app.stdout is not None
@@ -90,6 +91,11 @@ async def main(n: int) -> dict[str, float]:
             total += ncalls
             if "/sidecar/" in filename:
                 sidecar += ncalls
+        if top:  # where the calls go: per-function calls per request, most first
+            rows = sorted(st.stats.items(), key=lambda kv: -kv[1][1])[:top]  # type: ignore[attr-defined]
+            for (filename, line, name), (_, ncalls, *_rest) in rows:
+                print(f"{ncalls / n:6.2f}  {name}  {filename.rsplit('/', 2)[-1]}:{line}",
+                      file=sys.stderr)
         return {"requests": n, "calls_per_request": round(total / n, 1),
                 "sidecar_calls_per_request": round(sidecar / n, 1)}
     finally:
@@ -100,4 +106,6 @@ if __name__ == "__main__":
     import uvloop  # the proxy's event loop
 
     socket.setdefaulttimeout(10)
-    print(json.dumps(uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))))
+    args = [a for a in sys.argv[1:] if not a.startswith("--top=")]
+    top = next((int(a[6:]) for a in sys.argv[1:] if a.startswith("--top=")), 0)
+    print(json.dumps(uvloop.run(main(int(args[0]) if args else 2000, top))))

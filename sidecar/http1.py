@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ HIGH_WATER = 256 * 1024
 _REQ_SPECIAL = HOP_BY_HOP | MESH_OWNED | {b"content-length", b"host", b"x-request-id"}
 # Response headers that need a look (Content-Length is kept even if Connection names it).
 _RESP_SPECIAL = HOP_BY_HOP | {b"content-length", b""}
+
+# Response heads written as they came (no per-header work): these find what rules out doing
+# so, on the raw head, which httptools has validated (CRLF line ends, no obs-fold, tokens).
+_HOP = re.compile(rb"\r\n(?:%s)[ \t]*:" % b"|".join(sorted(HOP_BY_HOP)), re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
+_KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
+_GRPC_STATUS = re.compile(rb"\r\ngrpc-status:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
 
 # Reasons the downstream is not being read (a bit mask, so independent reasons compose).
 _P_BACKLOG, _P_UPSTREAM, _P_WAIT = 1, 2, 4
@@ -200,8 +208,12 @@ class H1Upstream(asyncio.Protocol):
         self.pool_key: tuple = ()
         self.pool: H1Pool | None = None
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The response head's raw bytes are kept (no per-header callback): passed on as they
+        # came when no header rule applies, split into headers only when one does.
+        self.data = b""  # the read being parsed
+        self.mark = 0  # where in it a response may begin (-1: none may, one just ended)
+        self.head_start = 0
+        self.head_parts: list[bytes] | None = None  # a head begun in an earlier read
         self.started = False  # response bytes seen for the current exchange
         self.tunnel = False
         self.reused = False
@@ -223,6 +235,8 @@ class H1Upstream(asyncio.Protocol):
             down.transport.write(data)
             return
         self.started = True
+        self.data = data
+        self.mark = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -234,7 +248,11 @@ class H1Upstream(asyncio.Protocol):
             log.debug("bad response from upstream: %s: %r", e, data[:200])
             self.transport.abort()
         else:
-            if self.in_head:  # the head goes on past this read: bound what it may hold
+            if self.in_head:  # the head goes on past this read: keep it, bound it
+                if self.head_parts is None:
+                    self.head_parts = [data[self.head_start:]]
+                else:
+                    self.head_parts.append(data)
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
                     log.debug("response head from upstream over %d bytes", MAX_RESPONSE_HEAD_BYTES)
@@ -265,24 +283,32 @@ class H1Upstream(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
+        if self.mark < 0:  # a second response after a body in one read: none was asked for
+            raise BadRequest("unsolicited response")
         self.in_head = True
         self.head_bytes = 0
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.head_start = self.mark
+        self.head_parts = None
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.status = self.parser.get_status_code()
+        data, parts = self.data, self.head_parts
+        if parts is None:
+            end = data.find(b"\r\n\r\n", self.head_start) + 4
+            head = data[self.head_start:end]
+        else:  # begun in an earlier read (its terminator may straddle the reads)
+            self.head_parts = None
+            before = b"".join(parts)
+            head = before + data
+            at = head.find(b"\r\n\r\n", max(0, len(before) - 3)) + 4
+            head, end = head[:at], at - len(before)
+        self.mark = end  # a bodiless response (1xx, 204, 304) may be followed by the next
         if self.down is not None:
-            self.down.response_head(self)
+            self.down.response_head(self, head)
 
     def on_body(self, body: bytes) -> None:
+        self.mark = -1
         down = self.down
         if down is not None:
             down.ex.resp_bytes += len(body)
@@ -903,25 +929,66 @@ class H1Downstream(asyncio.Protocol):
             self.timer = None
 
     # -- response side -------------------------------------------------------------------
-    def response_head(self, up: H1Upstream) -> None:
+    def response_head(self, up: H1Upstream, head: bytes) -> None:
         status = up.status
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
+        plan = self.plan
+        if (status >= 200 and status != 101 and not self.http10 and head[:9] == b"HTTP/1.1 "
+                and (plan is None or not plan.response_policy)):
+            # The common case: no header rule applies, the head goes on as it came.
+            head = _KEEP_ALIVE.sub(b"", head, 1)  # true of our hop too, but hop-by-hop
+            if _HOP.search(head) is None and _LENGTH.search(head) is not None:
+                self._pass_head(up, status, head)
+                return
+        self._rebuild_head(up, status, head)
+
+    def _pass_head(self, up: H1Upstream, status: int, head: bytes) -> None:
+        """A Content-Length response head without hop-by-hop headers, written unchanged."""
+        if self.plan is not None:
+            if self.try_timer is not None:
+                self.try_timer.cancel()
+                self.try_timer = None
+            grpc = _GRPC_STATUS.search(head)
+            if self._retry(Outcome(status=status, grpc_status=int(grpc[1]) if grpc else None)):
+                self._abandon_upstream()
+                return
+        self.resp_started = True
+        self.resp_status = status
+        if self.timer is not None:
+            self._cancel_timer()
+        self.resp_chunked = False
+        self.resp_until_close = False
+        if self.upgrade or not self.keep_alive or self.ctx.draining():
+            self.keep_alive = False
+            head = head[:-2] + b"connection: close\r\n\r\n"
+        self.wbuf.append(head)
+        if self.method == b"HEAD":  # httptools would wait for a body: end here, drop the conn
+            up.down = None
+            self.up = None
+            up.transport.close()
+            self._finish_response(reusable=False)
+
+    def _rebuild_head(self, up: H1Upstream, status: int, raw: bytes) -> None:
+        """Any other head: hop-by-hop headers removed, re-framed, the route's header rules."""
+        lines = raw[:-4].split(b"\r\n")
+        reason = lines[0].split(b" ", 2)[2] if lines[0].count(b" ") >= 2 else b""
+        up_headers = [(n, v.strip(b" \t")) for n, _, v in (h.partition(b":") for h in lines[1:])]
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         interim = 100 <= status < 200 and status != 101
         if status == 101 and self.upgrade:
-            for name, value in up.headers:
+            for name, value in up_headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             self._start_tunnel(up)
             return
         if interim:
-            for name, value in up.headers:
+            for name, value in up_headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             return
         plan = self.plan
-        headers = up.headers
+        headers = up_headers
         if plan is not None:
             if self.try_timer is not None:
                 self.try_timer.cancel()
