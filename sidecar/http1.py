@@ -130,17 +130,6 @@ def _log_callback_bug(e: Exception) -> None:
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
 
 
-def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
-    if transport.is_closing():
-        return
-    if len(parts) == 1:
-        transport.write(parts[0])
-    elif sum(map(len, parts)) <= 65536:
-        transport.write(b"".join(parts))
-    else:
-        transport.writelines(parts)
-
-
 class H1Pool:
     """Idle keep-alive upstream connections per (address, port, alpn)."""
 
@@ -158,12 +147,13 @@ class H1Pool:
                 return up
         return None
 
-    def put(self, key: tuple, up: H1Upstream) -> None:
+    def put(self, key: tuple, up: H1Upstream, now: float) -> None:
+        """Keep ``up`` for reuse; ``now`` (monotonic) starts its idle time."""
         conns = self.idle.setdefault(key, [])
         if len(conns) >= POOL_MAX_IDLE:
             up.transport.close()
             return
-        up.idle_since = time.monotonic()
+        up.idle_since = now
         up.pool_key = key
         conns.append(up)
         if self._sweeper is None:
@@ -436,11 +426,13 @@ class H1Downstream(asyncio.Protocol):
         """Write what this turn produced, one write per side (one TLS record, one syscall)."""
         if self.wbuf:
             parts, self.wbuf = self.wbuf, []
-            _write_all(self.transport, parts)
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(parts))  # one item: itself, no copy
         if self.ubuf:
             parts, self.ubuf = self.ubuf, []
-            if self.up is not None:
-                _write_all(self.up.transport, parts)
+            up = self.up
+            if up is not None and not up.transport.is_closing():
+                up.transport.write(b"".join(parts))
 
     def eof_received(self) -> bool:
         if self.tunnel and self.up is not None:
@@ -744,6 +736,7 @@ class H1Downstream(asyncio.Protocol):
         self.timer = None
         if not self.closed and self.busy:
             self._send(target)
+            self.flush()
 
     def _mirror(self) -> None:
         self.mirror_pending = False
@@ -807,6 +800,7 @@ class H1Downstream(asyncio.Protocol):
         up.reused = False
         up.peer_identity = peer
         self._attach(up)
+        self.flush()
 
     def _attach(self, up: H1Upstream) -> None:
         self.up = up
@@ -825,7 +819,7 @@ class H1Downstream(asyncio.Protocol):
         self.req_body = []
         if self.req_done and self.req_chunked:
             buf.append(b"0\r\n\r\n")
-        self.flush()
+        # Written by the caller's flush (data_received's, or the timer's or connect's own).
         if self.paused & _P_WAIT:
             self._resume(_P_WAIT)
 
@@ -842,6 +836,7 @@ class H1Downstream(asyncio.Protocol):
             if up.reused and not up.started and not self.req_has_body:
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
+                self.flush()
                 return
             if self._retry(Outcome(reset=True)):
                 return
@@ -892,6 +887,7 @@ class H1Downstream(asyncio.Protocol):
         self.try_timer = None
         if not self.closed and self.busy:
             self._attempt(target)
+            self.flush()
 
     def _abandon_upstream(self) -> None:
         up = self.up
@@ -1061,14 +1057,15 @@ class H1Downstream(asyncio.Protocol):
         if self.resp_chunked:
             self.wbuf.append(b"0\r\n\r\n")
         self.up = None
+        keep = None
         if up is not None:
             up.down = None
             if reusable and not up.closed:
                 up.transport.resume_reading()  # it may have been paused by our backpressure
-                self.ctx.pool.put(self.decision_key, up)
+                keep = up
             else:
                 up.transport.close()
-        self._exchange_done(self.resp_status)
+        self._exchange_done(self.resp_status, keep)
 
     def _drop_plan(self, status: int = 0) -> None:
         """The exchange is over, however it ended: settle its route policies (once)."""
@@ -1084,11 +1081,17 @@ class H1Downstream(asyncio.Protocol):
             self.try_timer.cancel()
             self.try_timer = None
 
-    def _exchange_done(self, status: int) -> None:
+    def _exchange_done(self, status: int, keep: H1Upstream | None = None) -> None:
+        """The exchange is over: counted once; ``keep`` goes back to the pool first (one
+        clock read serves the count, the idle timer and the pool)."""
         if self.plan is not None or self.try_timer is not None:
             self._drop_plan(status)
-        self.ex.done(status)
-        self.last_active = time.monotonic()
+        ex = self.ex
+        if not ex.done(status):
+            ex.ended = time.monotonic()  # counted already (an early exit): still, now
+        self.last_active = ex.ended
+        if keep is not None:
+            self.ctx.pool.put(self.decision_key, keep, ex.ended)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False
