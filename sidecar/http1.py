@@ -109,7 +109,7 @@ class H1Context:
 class _Target:
     """One routing outcome: the endpoint, timeouts, ALPN and the pool key for it."""
 
-    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service")
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service", "lkey", "lgen")
 
     def __init__(self, endpoint: Endpoint, timeout: float | None, connect_timeout: float,
                  alpn: str, direction: str, service: str = "") -> None:
@@ -121,6 +121,9 @@ class _Target:
         # Inbound (from 127.0.0.6) and outbound connections to one address never mix.
         self.key = (direction, endpoint.address, endpoint.port,
                     alpn if endpoint.identity else "plain")
+        # The Istio label key of requests to it, and the Labeler.generation it is good for.
+        self.lkey = ""
+        self.lgen = -1
 
 
 def _log_callback_bug(e: Exception) -> None:
@@ -366,7 +369,12 @@ class H1Downstream(asyncio.Protocol):
         self.resp_until_close = False
         self.resp_status = 0
         self.http10 = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a fault delay
+        # The route timeout: a deadline per exchange, one timer per connection that is re-armed
+        # only when it fires early or a shorter deadline comes (no timer per request).
+        self.deadline = 0.0  # monotonic; 0: none running
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.deadline_due = 0.0  # when deadline_timer fires
         self.tunnel = False
         self.eof = False  # the client half-closed
         self.wbuf: list[bytes] = []  # to the downstream, written by flush()
@@ -448,7 +456,7 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        for t in (self.head_timer, self.idle_timer):
+        for t in (self.head_timer, self.idle_timer, self.deadline_timer):
             if t is not None:
                 t.cancel()
         self._drop_plan()  # the exchange cannot finish: give back its pool slot
@@ -751,16 +759,48 @@ class H1Downstream(asyncio.Protocol):
         target = self._route()
         if target is None:
             return
-        self.ex.route_to(target.endpoint, target.service)
+        ex, labels = self.ex, self.ctx.labels
+        if labels is not None and target.lgen == labels.generation:
+            # Exchange.route_to, inlined for a target this connection keeps: its label key
+            # was looked up for an earlier request under the same labels.
+            ex.upstream = target.endpoint
+            if target.service:
+                ex.service = target.service
+            ex.lkey = target.lkey
+        else:
+            ex.route_to(target.endpoint, target.service)
+            if labels is not None:
+                target.lkey, target.lgen = ex.lkey, labels.generation
         if target.timeout:  # _send, inlined: the per-request hot path
-            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+            self._set_deadline(self.ex.started + target.timeout)
         self._attempt(target)
 
     def _send(self, target: _Target) -> None:
         self.ex.route_to(target.endpoint, target.service)
         if target.timeout:
-            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+            self._set_deadline(time.monotonic() + target.timeout)
         self._attempt(target)
+
+    def _set_deadline(self, at: float) -> None:
+        self.deadline = at
+        if self.deadline_timer is not None:
+            if self.deadline_due <= at:  # it fires in time: it re-arms itself then
+                return
+            self.deadline_timer.cancel()
+        self.deadline_due = at
+        self.deadline_timer = asyncio.get_running_loop().call_later(
+            at - time.monotonic(), self._deadline_check)
+
+    def _deadline_check(self) -> None:
+        self.deadline_timer = None
+        if self.closed or not self.deadline:
+            return
+        left = self.deadline - time.monotonic()
+        if left > 0:  # a later exchange's deadline: wait for it
+            self.deadline_due = self.deadline
+            self.deadline_timer = asyncio.get_running_loop().call_later(left, self._deadline_check)
+            return
+        self._timed_out()
 
     def _attempt(self, target: _Target) -> None:
         """One try: from the pool or a new connection (retries come back here)."""
@@ -906,7 +946,7 @@ class H1Downstream(asyncio.Protocol):
             self._local_reply(504, replies.UPSTREAM_TIMEOUT)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        self.deadline = 0.0
         self.ex.add_flag(UT)
         up = self.up
         if up is not None:
@@ -920,6 +960,8 @@ class H1Downstream(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timer(self) -> None:
+        """The exchange's timers stop: the fault delay's, and the route deadline."""
+        self.deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -949,6 +991,7 @@ class H1Downstream(asyncio.Protocol):
                 return
         self.resp_started = True
         self.resp_status = status
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
         if self.timer is not None:
             self._cancel_timer()
         self.resp_chunked = False
@@ -997,6 +1040,7 @@ class H1Downstream(asyncio.Protocol):
             headers = plan.response_headers(headers)
         self.resp_started = True
         self.resp_status = status
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
         if self.timer is not None:
             self._cancel_timer()
         cl = None
@@ -1092,6 +1136,7 @@ class H1Downstream(asyncio.Protocol):
         self.last_active = ex.ended
         if keep is not None:
             self.ctx.pool.put(self.decision_key, keep, ex.ended)
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False

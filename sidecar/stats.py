@@ -80,7 +80,7 @@ class Stats:
         s[_REQ_SUM] += request_bytes
         s[_RESP_SUM] += response_bytes
         s[_DUR0 + bisect_left(DURATION_BUCKETS_MS, ms)] += 1
-        s[_REQ0 + bisect_left(BYTES_BUCKETS, request_bytes)] += 1
+        s[_REQ0 + (bisect_left(BYTES_BUCKETS, request_bytes) if request_bytes else 0)] += 1  # GET
         s[_RESP0 + bisect_left(BYTES_BUCKETS, response_bytes)] += 1
 
     def tcp_open(self, key: str) -> list[int]:
