@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from test_traffic_relay import BOOKINFO, config
+from test_traffic_relay import BOOKINFO, config, mesh  # noqa: F401 (mesh: the module's Harness)
 from traffic_harness import Harness
 
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
@@ -110,14 +110,7 @@ async def test_a_response_nobody_asked_for_never_answers_a_later_request(client:
     assert await client.get("/plain") == PLAIN  # not the stale second response
 
 
-@pytest.fixture(scope="module")
-def mesh():
-    h = Harness()
-    yield h
-    h.close()
-
-
-def test_route_timeout_per_exchange_on_one_connection(mesh: Harness) -> None:
+def test_route_timeout_per_exchange_on_one_connection(mesh: Harness) -> None:  # noqa: F811
     """reviews has a 0.5 s timeout. On one connection: 0.3 s requests pass one after another
     (each has its own deadline, though the timer is the connection's), a 2 s one gets 504 at
     0.5 s, and the next request is timed from its own start again."""
