@@ -1,18 +1,21 @@
-"""Python calls per relayed HTTP/1.1 request in the proxy's relay (cProfile; no root).
+"""Python calls and CPU per relayed HTTP/1.1 request in the proxy's relay (no root).
 
-    python perf/h1_calls.py [N] [--top=K] [--no-metrics]
+    python perf/h1_calls.py [N] [--top=K] [--no-metrics] [--nginx]
 
 An outbound HTTP/1.1 relay (``sidecar.http1.H1Downstream`` with a real ``Router`` and
 ``Connector``) runs in this process on loopback; the app (a fixed keep-alive response) and
 the client (N keep-alive GETs on one connection) run in child processes, so only the proxy's
-calls are counted. Prints one JSON line: calls per request, total and in ``sidecar``
-modules, after a warm-up that fills the upstream pool. Istio's metrics are on, as in the
-proxy (``--no-metrics``: off, as this script measured before they were). ``--top=K`` also
-prints (to stderr) the K functions called most, with their calls per request.
+work is counted. After a warm-up that fills the upstream pool, N requests run unprofiled
+(this process's user+sys CPU, in microseconds per request) and N more under cProfile (Python
+calls per request, total and in ``sidecar`` modules); one JSON line. Istio's metrics are on,
+as in the proxy (``--no-metrics``: off, as this script measured before they were);
+``--nginx``: the app answers with nginx's head for a 1 KiB file (8 headers), as in
+``perf/run``, instead of a 2-header reply; ``--top=K`` also prints (to stderr) the K
+functions called most, with their calls per request.
 
-Figures (calls per request, this script, same machine; with metrics / --no-metrics):
-303c0da (before the traffic-management milestone): 83 (no metrics then); 636a800: 94 / 87;
-wip/h1perf: 74 / 72 (and 3 fewer per response header: heads pass through). See docs/proxy.md, "HTTP/1.1 hot path cost".
+Calls per request (2-header reply; with metrics / --no-metrics): 83 before the
+traffic-management milestone (no metrics then), 94 / 87 at 636a800, 74 / 72 after the
+HTTP/1.1 hot-path work; with --nginx 123 -> 74. docs/proxy.md, "HTTP/1.1 hot path cost".
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import cProfile
 import json
 import pstats
+import resource
 import socket
 import subprocess
 import sys
@@ -38,6 +42,11 @@ APP = textwrap.dedent("""
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True)
     reply = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\ncontent-type: text/plain\\r\\n\\r\\nok"
+    if sys.argv[1:] == ["nginx"]:  # nginx's head for a static 1 KiB file, as perf/run serves
+        reply = (b"HTTP/1.1 200 OK\\r\\nServer: nginx/1.22.1\\r\\nDate: Wed, 02 Dec 2026 00:00:00 GMT"
+                 b"\\r\\nContent-Type: application/octet-stream\\r\\nContent-Length: 1024\\r\\n"
+                 b"Last-Modified: Tue, 01 Dec 2026 00:00:00 GMT\\r\\nConnection: keep-alive\\r\\n"
+                 b'ETag: "6570a000-400"\\r\\nAccept-Ranges: bytes\\r\\n\\r\\n' + b"x" * 1022 + b"ok")
     while True:
         c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
@@ -61,8 +70,9 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-async def main(n: int, top: int = 0, metrics: bool = True) -> dict[str, float]:
-    app = subprocess.Popen([sys.executable, "-c", APP], stdout=subprocess.PIPE)
+async def main(n: int, top: int = 0, metrics: bool = True, nginx: bool = False) -> dict[str, float]:
+    app = subprocess.Popen([sys.executable, "-c", APP, *(["nginx"] if nginx else [])],
+                           stdout=subprocess.PIPE)
     try:
         assert app.stdout is not None
         app_port = int(app.stdout.readline())
@@ -89,6 +99,10 @@ async def main(n: int, top: int = 0, metrics: bool = True) -> dict[str, float]:
             await asyncio.to_thread(subprocess.run, [sys.executable, "-c", CLIENT, str(port),
                                                      str(count)], check=True)
         await run(50)  # warm: the pool holds a connection, caches are filled
+        t0 = resource.getrusage(resource.RUSAGE_SELF)
+        await run(n)  # unprofiled: this process's CPU (user+sys) is the relay's
+        t1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_us = (t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime) / n * 1e6
         prof = cProfile.Profile()
         prof.enable()
         await run(n)
@@ -106,7 +120,8 @@ async def main(n: int, top: int = 0, metrics: bool = True) -> dict[str, float]:
                 print(f"{ncalls / n:6.2f}  {name}  {filename.rsplit('/', 2)[-1]}:{line}",
                       file=sys.stderr)
         return {"requests": n, "calls_per_request": round(total / n, 1),
-                "sidecar_calls_per_request": round(sidecar / n, 1)}
+                "sidecar_calls_per_request": round(sidecar / n, 1),
+                "relay_cpu_us_per_request": round(cpu_us, 1)}
     finally:
         app.kill()
 
@@ -118,4 +133,5 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     top = next((int(a[6:]) for a in sys.argv[1:] if a.startswith("--top=")), 0)
     metrics = "--no-metrics" not in sys.argv
-    print(json.dumps(uvloop.run(main(int(args[0]) if args else 2000, top, metrics))))
+    nginx = "--nginx" in sys.argv
+    print(json.dumps(uvloop.run(main(int(args[0]) if args else 2000, top, metrics, nginx))))
