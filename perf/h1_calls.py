@@ -1,6 +1,6 @@
 """Python calls and CPU per relayed HTTP/1.1 request in the proxy's relay (no root).
 
-    python perf/h1_calls.py [N] [--top=K] [--no-metrics] [--nginx]
+    python perf/h1_calls.py [N] [--top=K] [--no-metrics] [--nginx] [--inbound]
 
 An outbound HTTP/1.1 relay (``sidecar.http1.H1Downstream`` with a real ``Router`` and
 ``Connector``) runs in this process on loopback; the app (a fixed keep-alive response) and
@@ -10,7 +10,8 @@ work is counted. After a warm-up that fills the upstream pool, N requests run un
 calls per request, total and in ``sidecar`` modules); one JSON line. Istio's metrics are on,
 as in the proxy (``--no-metrics``: off, as this script measured before they were);
 ``--nginx``: the app answers with nginx's head for a 1 KiB file (8 headers), as in
-``perf/run``, instead of a 2-header reply; ``--top=K`` also prints (to stderr) the K
+``perf/run``, instead of a 2-header reply; ``--inbound``: the server side's relay (plaintext
+here: the mTLS hop is not part of it); ``--top=K`` also prints (to stderr) the K
 functions called most, with their calls per request.
 
 Calls per request (2-header reply; with metrics / --no-metrics): 83 before the
@@ -34,7 +35,7 @@ from control_plane.api.model import ProxyConfig
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
 from sidecar.labels import Labeler
 from sidecar.routing import Router
-from sidecar.stats import OUTBOUND, Stats
+from sidecar.stats import INBOUND, OUTBOUND, Stats
 from sidecar.upstream import Connector
 
 APP = textwrap.dedent("""
@@ -70,7 +71,8 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-async def main(n: int, top: int = 0, metrics: bool = True, nginx: bool = False) -> dict[str, float]:
+async def main(n: int, top: int = 0, metrics: bool = True, nginx: bool = False,
+               inbound: bool = False) -> dict[str, float]:
     app = subprocess.Popen([sys.executable, "-c", APP, *(["nginx"] if nginx else [])],
                            stdout=subprocess.PIPE)
     try:
@@ -87,10 +89,17 @@ async def main(n: int, top: int = 0, metrics: bool = True, nginx: bool = False) 
         stats = Stats()
         pool = H1Pool(stats)
         connector = Connector(lambda: None, stats)
-        ctx = H1Context(OUTBOUND, connector, pool, stats, lambda: False, router=router,
-                        outbound_port=router.lookup("198.18.0.1", 80), service="web",
-                        current_router=lambda: router, original_dst=("198.18.0.1", 80),
-                        labels=labels if metrics else None)
+        if inbound:  # the server side's relay: to the app in its pod, the peer verified
+            ctx = H1Context(INBOUND, connector, pool, stats, lambda: False,
+                            inbound_target=("127.0.0.1", app_port), service=f"inbound|{app_port}",
+                            peer_identity="spiffe://cluster.local/ns/default/sa/client",
+                            local_identity="spiffe://cluster.local/ns/default/sa/web",
+                            labels=labels if metrics else None)
+        else:
+            ctx = H1Context(OUTBOUND, connector, pool, stats, lambda: False, router=router,
+                            outbound_port=router.lookup("198.18.0.1", 80), service="web",
+                            current_router=lambda: router, original_dst=("198.18.0.1", 80),
+                            labels=labels if metrics else None)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: H1Downstream(ctx), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -133,5 +142,5 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     top = next((int(a[6:]) for a in sys.argv[1:] if a.startswith("--top=")), 0)
     metrics = "--no-metrics" not in sys.argv
-    nginx = "--nginx" in sys.argv
-    print(json.dumps(uvloop.run(main(int(args[0]) if args else 2000, top, metrics, nginx))))
+    nginx, inbound = "--nginx" in sys.argv, "--inbound" in sys.argv
+    print(json.dumps(uvloop.run(main(int(args[0]) if args else 2000, top, metrics, nginx, inbound))))
