@@ -51,6 +51,7 @@ from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
 from .tracing import h1_rewrite
+from .traffic import retry
 from .traffic.flags import DC, UC, UF, UT
 from .traffic.retry import Outcome
 from .upstream import Connector, UpstreamError
@@ -909,7 +910,9 @@ class H1Downstream(asyncio.Protocol):
             self.try_timer.cancel()
             self.try_timer = None
         if plan is None:
-            return False
+            plan = self._late_plan(outcome)
+            if plan is None:
+                return False
         wait = plan.retry(outcome, replayable=self.replay is not None)
         if wait is None:
             for flag in plan.flags:
@@ -922,6 +925,27 @@ class H1Downstream(asyncio.Protocol):
         # Held in try_timer so that the end of this exchange cancels it, whatever ends it.
         self.try_timer = asyncio.get_running_loop().call_later(wait, self._retry_now, target)
         return True
+
+    def _late_plan(self, outcome: Outcome) -> Plan | None:
+        """A connection reusing a fixed target skips the plan per request (``_route``); when
+        an attempt fails in a way the port's retry policy (Istio's default unless the route
+        sets one) retries, the plan is made now, so later requests on a connection are
+        retried like its first. Bodiless requests only: their bodies were not kept."""
+        ctx, port = self.ctx, self.ctx.outbound_port
+        if (self.target is None or ctx.direction != OUTBOUND or port is None or self.req_has_body
+                or self.upgrade or not self.busy):
+            return None
+        if not retry.retriable(retry.policy(port.routes[0] if port.routes else None), outcome):
+            return None
+        peer = self.transport.get_extra_info("peername")
+        plan = plan_outbound(ctx, self.method, self.url, self.headers,
+                             source_ip=peer[0] if peer else "")
+        if plan.status or plan.endpoint is None:
+            plan.finish()
+            return None
+        plan.attempt_started()  # the attempt that failed, so that its end is counted once
+        self.plan, self.replay, self.replay_size = plan, [], 0
+        return plan
 
     def _retry_now(self, target: _Target) -> None:
         self.try_timer = None
@@ -981,7 +1005,7 @@ class H1Downstream(asyncio.Protocol):
 
     def _pass_head(self, up: H1Upstream, status: int, head: bytes) -> None:
         """A Content-Length response head without hop-by-hop headers, written unchanged."""
-        if self.plan is not None:
+        if self.plan is not None or (status >= 400 and self.target is not None):
             if self.try_timer is not None:
                 self.try_timer.cancel()
                 self.try_timer = None
@@ -1026,9 +1050,8 @@ class H1Downstream(asyncio.Protocol):
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             return
-        plan = self.plan
         headers = up_headers
-        if plan is not None:
+        if self.plan is not None or (status >= 400 and self.target is not None):
             if self.try_timer is not None:
                 self.try_timer.cancel()
                 self.try_timer = None
@@ -1037,7 +1060,8 @@ class H1Downstream(asyncio.Protocol):
             if self._retry(outcome):
                 self._abandon_upstream()
                 return
-            headers = plan.response_headers(headers)
+            if self.plan is not None:  # made just now, if the failure was a retriable one
+                headers = self.plan.response_headers(headers)
         self.resp_started = True
         self.resp_status = status
         self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)

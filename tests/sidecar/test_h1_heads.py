@@ -1,10 +1,12 @@
-"""The HTTP/1.1 relay's response heads and route deadline on loopback (no root).
+"""The HTTP/1.1 relay's response heads, route deadline and retries on loopback (no root).
 
 A response head the relay has no rule for goes on byte for byte as the app wrote it (no
 re-serialisation); one with hop-by-hop headers, an HTTP/1.0 status line or split across reads
 still comes out right; a response nobody asked for never reaches a later request. The route
 timeout is one deadline per exchange on a connection-long timer: it still fires for a slow
-request after fast ones on the same connection, and never for a fast one.
+request after fast ones on the same connection, and never for a fast one. A connection that
+reuses its first request's target (a port with one endpoint and no route) still retries its
+later requests as Istio's default retry policy says.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from test_traffic_relay import BOOKINFO, config, mesh  # noqa: F401 (mesh: the module's Harness)
+from test_traffic_relay import BOOKINFO, config, fresh, mesh, seen  # noqa: F401 (mesh: fixture)
 from traffic_harness import Harness
 
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
@@ -115,15 +117,32 @@ def test_route_timeout_per_exchange_on_one_connection(mesh: Harness) -> None:  #
     (each has its own deadline, though the timer is the connection's), a 2 s one gets 504 at
     0.5 s, and the next request is timed from its own start again."""
     mesh.apply(config(*BOOKINFO, "request-timeouts.yaml"))
-    port = mesh.port(mesh.vip("reviews", 9080), 9080, "h1")
     paths = ["/delay/0.3", "/delay/0.3", "/delay/0.3", "/delay/2", "/delay/0.3"]
     t = time.monotonic()
-    out = subprocess.run(["curl", "-s", "--http1.1", "--max-time", "10", "-H", "host: reviews:9080",
-                          "-w", "\n###%{http_code}###%{num_connects}\n",
-                          *[f"http://127.0.0.1:{port}{p}" for p in paths]],
-                         capture_output=True, text=True, timeout=20).stdout
+    got = _one_connection(mesh, "reviews", 9080, paths)
     took = time.monotonic() - t
-    got = [line.split("###")[1:] for line in out.splitlines() if line.startswith("###")]
     assert [code for code, _ in got] == ["200", "200", "200", "504", "200"]
     assert sum(int(n) for _, n in got) == 1  # all on one connection
     assert 1.6 <= took < 2.4
+
+
+def _one_connection(h: Harness, service: str, number: int, paths: list[str]) -> list[list[str]]:
+    """[status, connects] per path, all requested by one curl on one keep-alive connection."""
+    port = h.port(h.vip(service, number), number, "h1")
+    out = subprocess.run(["curl", "-s", "--http1.1", "--max-time", "10", "-H", f"host: {service}:{number}",
+                          "-w", "\n###%{http_code}###%{num_connects}\n",
+                          *[f"http://127.0.0.1:{port}{p}" for p in paths]],
+                         capture_output=True, text=True, timeout=20).stdout
+    return [line.split("###")[1:] for line in out.splitlines() if line.startswith("###")]
+
+
+def test_default_retries_on_a_connections_later_requests(mesh: Harness) -> None:  # noqa: F811
+    """details: one endpoint, no route, so a connection keeps its first request's target. A 503
+    on its third request is retried twice (Istio's default: retriable-status-codes 503), like
+    on a first request; a 404 is not retried."""
+    mesh.apply(config(*BOOKINFO))
+    fresh(mesh)
+    got = _one_connection(mesh, "details", 9080, ["/", "/", "/status/503", "/status/404", "/"])
+    assert got == [["200", "1"], ["200", "0"], ["503", "0"], ["404", "0"], ["200", "0"]]
+    assert [s.path for s in seen(mesh, "198.18.1.11")] == ["/", "/", *["/status/503"] * 3,
+                                                           "/status/404", "/"]
