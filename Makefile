@@ -7,7 +7,7 @@ VENV    ?= .venv
 PYTHON  ?= $(shell scripts/find-python)
 APT_PKGS := iptables iproute2 curl procps psmisc util-linux python3-venv python3-dev gcc libnghttp2-dev \
             wrk haproxy redis-server redis-tools nghttp2-client nghttp2-server socat nginx-light \
-            dnsutils chromium prometheus
+            dnsutils chromium prometheus strace
 PYTEST_ARGS ?=
 
 # Where other uids cannot read this checkout, make mirrors it to a world-readable directory

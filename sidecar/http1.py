@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from .routing import Router
 from .stats import INBOUND, OUTBOUND, Stats
 from .tls import ALPN_H1
 from .tracing import h1_rewrite
+from .traffic import retry
 from .traffic.flags import DC, UC, UF, UT
 from .traffic.retry import Outcome
 from .upstream import Connector, UpstreamError, pool_idle_timeout
@@ -68,6 +70,13 @@ HIGH_WATER = 256 * 1024
 _REQ_SPECIAL = HOP_BY_HOP | MESH_OWNED | {b"content-length", b"host", b"x-request-id"}
 # Response headers that need a look (Content-Length is kept even if Connection names it).
 _RESP_SPECIAL = HOP_BY_HOP | {b"content-length", b""}
+
+# Response heads written as they came (no per-header work): these find what rules out doing
+# so, on the raw head, which httptools has validated (CRLF line ends, no obs-fold, tokens).
+_HOP = re.compile(rb"\r\n(?:%s)[ \t]*:" % b"|".join(sorted(HOP_BY_HOP)), re.IGNORECASE)
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
+_KEEP_ALIVE = re.compile(rb"\r\nconnection:[ \t]*keep-alive[ \t]*(?=\r\n)", re.IGNORECASE)
+_GRPC_STATUS = re.compile(rb"\r\ngrpc-status:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
 
 # Reasons the downstream is not being read (a bit mask, so independent reasons compose).
 _P_BACKLOG, _P_UPSTREAM, _P_WAIT = 1, 2, 4
@@ -102,7 +111,7 @@ class H1Context:
 class _Target:
     """One routing outcome: the endpoint, timeouts, ALPN and the pool key for it."""
 
-    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service")
+    __slots__ = ("endpoint", "timeout", "connect_timeout", "alpn", "key", "service", "lkey", "lgen")
 
     def __init__(self, endpoint: Endpoint, timeout: float | None, connect_timeout: float,
                  alpn: str, direction: str, service: str = "") -> None:
@@ -114,6 +123,9 @@ class _Target:
         # Inbound (from 127.0.0.6) and outbound connections to one address never mix.
         self.key = (direction, endpoint.address, endpoint.port,
                     alpn if endpoint.identity else "plain")
+        # The Istio label key of requests to it, and the Labeler.generation it is good for.
+        self.lkey = ""
+        self.lgen = -1
 
 
 def _log_callback_bug(e: Exception) -> None:
@@ -121,17 +133,6 @@ def _log_callback_bug(e: Exception) -> None:
     cause = e.__context__ or e.__cause__
     if isinstance(e, httptools.HttpParserCallbackError) and not isinstance(cause, BadRequest):
         log.error("HTTP/1.1 callback failed", exc_info=cause or e)
-
-
-def _write_all(transport: asyncio.Transport, parts: list[bytes]) -> None:
-    if transport.is_closing():
-        return
-    if len(parts) == 1:
-        transport.write(parts[0])
-    elif sum(map(len, parts)) <= 65536:
-        transport.write(b"".join(parts))
-    else:
-        transport.writelines(parts)
 
 
 class H1Pool:
@@ -151,13 +152,14 @@ class H1Pool:
                 return up
         return None
 
-    def put(self, key: tuple, up: H1Upstream, idle: float) -> None:
-        """Keep ``up`` for reuse; it is closed after ``idle`` seconds unused (0: never)."""
+    def put(self, key: tuple, up: H1Upstream, idle: float, now: float) -> None:
+        """Keep ``up`` for reuse; it is closed after ``idle`` seconds unused (0: never),
+        counted from ``now`` (monotonic, the loop's clock)."""
         conns = self.idle.setdefault(key, [])
         if len(conns) >= POOL_MAX_IDLE:
             up.transport.close()
             return
-        up.idle_until = asyncio.get_running_loop().time() + idle if idle else math.inf
+        up.idle_until = now + idle if idle else math.inf
         up.pool_key = key
         conns.append(up)
         self._sweep_by(up.idle_until)
@@ -212,8 +214,12 @@ class H1Upstream(asyncio.Protocol):
         self.pool_key: tuple = ()
         self.pool: H1Pool | None = None
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The response head's raw bytes are kept (no per-header callback): passed on as they
+        # came when no header rule applies, split into headers only when one does.
+        self.data = b""  # the read being parsed
+        self.mark = 0  # where in it a response may begin (-1: none may, one just ended)
+        self.head_start = 0
+        self.head_parts: list[bytes] | None = None  # a head begun in an earlier read
         self.started = False  # response bytes seen for the current exchange
         self.tunnel = False
         self.reused = False
@@ -235,6 +241,8 @@ class H1Upstream(asyncio.Protocol):
             down.transport.write(data)
             return
         self.started = True
+        self.data = data
+        self.mark = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -246,7 +254,11 @@ class H1Upstream(asyncio.Protocol):
             log.debug("bad response from upstream: %s: %r", e, data[:200])
             self.transport.abort()
         else:
-            if self.in_head:  # the head goes on past this read: bound what it may hold
+            if self.in_head:  # the head goes on past this read: keep it, bound it
+                if self.head_parts is None:
+                    self.head_parts = [data[self.head_start:]]
+                else:
+                    self.head_parts.append(data)
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
                     log.debug("response head from upstream over %d bytes", MAX_RESPONSE_HEAD_BYTES)
@@ -277,24 +289,32 @@ class H1Upstream(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
+        if self.mark < 0:  # a second response after a body in one read: none was asked for
+            raise BadRequest("unsolicited response")
         self.in_head = True
         self.head_bytes = 0
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.head_start = self.mark
+        self.head_parts = None
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.status = self.parser.get_status_code()
+        data, parts = self.data, self.head_parts
+        if parts is None:
+            end = data.find(b"\r\n\r\n", self.head_start) + 4
+            head = data[self.head_start:end]
+        else:  # begun in an earlier read (its terminator may straddle the reads)
+            self.head_parts = None
+            before = b"".join(parts)
+            head = before + data
+            at = head.find(b"\r\n\r\n", max(0, len(before) - 3)) + 4
+            head, end = head[:at], at - len(before)
+        self.mark = end  # a bodiless response (1xx, 204, 304) may be followed by the next
         if self.down is not None:
-            self.down.response_head(self)
+            self.down.response_head(self, head)
 
     def on_body(self, body: bytes) -> None:
+        self.mark = -1
         down = self.down
         if down is not None:
             down.ex.resp_bytes += len(body)
@@ -362,7 +382,12 @@ class H1Downstream(asyncio.Protocol):
         self.resp_until_close = False
         self.resp_status = 0
         self.http10 = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a fault delay
+        # The route timeout: a deadline per exchange, one timer per connection that is re-armed
+        # only when it fires early or a shorter deadline comes (no timer per request).
+        self.deadline = 0.0  # monotonic; 0: none running
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.deadline_due = 0.0  # when deadline_timer fires
         self.tunnel = False
         self.eof = False  # the client half-closed
         self.wbuf: list[bytes] = []  # to the downstream, written by flush()
@@ -422,11 +447,13 @@ class H1Downstream(asyncio.Protocol):
         """Write what this turn produced, one write per side (one TLS record, one syscall)."""
         if self.wbuf:
             parts, self.wbuf = self.wbuf, []
-            _write_all(self.transport, parts)
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(parts))  # one item: itself, no copy
         if self.ubuf:
             parts, self.ubuf = self.ubuf, []
-            if self.up is not None:
-                _write_all(self.up.transport, parts)
+            up = self.up
+            if up is not None and not up.transport.is_closing():
+                up.transport.write(b"".join(parts))
 
     def eof_received(self) -> bool:
         if self.tunnel and self.up is not None:
@@ -442,7 +469,7 @@ class H1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        for t in (self.head_timer, self.idle_timer):
+        for t in (self.head_timer, self.idle_timer, self.deadline_timer):
             if t is not None:
                 t.cancel()
         self._drop_plan()  # the exchange cannot finish: give back its pool slot
@@ -730,6 +757,7 @@ class H1Downstream(asyncio.Protocol):
         self.timer = None
         if not self.closed and self.busy:
             self._send(target)
+            self.flush()
 
     def _mirror(self) -> None:
         self.mirror_pending = False
@@ -744,16 +772,48 @@ class H1Downstream(asyncio.Protocol):
         target = self._route()
         if target is None:
             return
-        self.ex.route_to(target.endpoint, target.service)
+        ex, labels = self.ex, self.ctx.labels
+        if labels is not None and target.lgen == labels.generation:
+            # Exchange.route_to, inlined for a target this connection keeps: its label key
+            # was looked up for an earlier request under the same labels.
+            ex.upstream = target.endpoint
+            if target.service:
+                ex.service = target.service
+            ex.lkey = target.lkey
+        else:
+            ex.route_to(target.endpoint, target.service)
+            if labels is not None:
+                target.lkey, target.lgen = ex.lkey, labels.generation
         if target.timeout:  # _send, inlined: the per-request hot path
-            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+            self._set_deadline(self.ex.started + target.timeout)
         self._attempt(target)
 
     def _send(self, target: _Target) -> None:
         self.ex.route_to(target.endpoint, target.service)
         if target.timeout:
-            self.timer = asyncio.get_running_loop().call_later(target.timeout, self._timed_out)
+            self._set_deadline(time.monotonic() + target.timeout)
         self._attempt(target)
+
+    def _set_deadline(self, at: float) -> None:
+        self.deadline = at
+        if self.deadline_timer is not None:
+            if self.deadline_due <= at:  # it fires in time: it re-arms itself then
+                return
+            self.deadline_timer.cancel()
+        self.deadline_due = at
+        self.deadline_timer = asyncio.get_running_loop().call_later(
+            at - time.monotonic(), self._deadline_check)
+
+    def _deadline_check(self) -> None:
+        self.deadline_timer = None
+        if self.closed or not self.deadline:
+            return
+        left = self.deadline - time.monotonic()
+        if left > 0:  # a later exchange's deadline: wait for it
+            self.deadline_due = self.deadline
+            self.deadline_timer = asyncio.get_running_loop().call_later(left, self._deadline_check)
+            return
+        self._timed_out()
 
     def _attempt(self, target: _Target) -> None:
         """One try: from the pool or a new connection (retries come back here)."""
@@ -793,6 +853,7 @@ class H1Downstream(asyncio.Protocol):
         up.reused = False
         up.peer_identity = peer
         self._attach(up)
+        self.flush()
 
     def _attach(self, up: H1Upstream) -> None:
         self.up = up
@@ -811,7 +872,7 @@ class H1Downstream(asyncio.Protocol):
         self.req_body = []
         if self.req_done and self.req_chunked:
             buf.append(b"0\r\n\r\n")
-        self.flush()
+        # Written by the caller's flush (data_received's, or the timer's or connect's own).
         if self.paused & _P_WAIT:
             self._resume(_P_WAIT)
 
@@ -828,6 +889,7 @@ class H1Downstream(asyncio.Protocol):
             if up.reused and not up.started and not self.req_has_body:
                 # A pooled connection the server had just closed: try once on a fresh one.
                 self._dispatch_retry()
+                self.flush()
                 return
             if self._retry(Outcome(reset=True)):
                 return
@@ -860,7 +922,9 @@ class H1Downstream(asyncio.Protocol):
             self.try_timer.cancel()
             self.try_timer = None
         if plan is None:
-            return False
+            plan = self._late_plan(outcome)
+            if plan is None:
+                return False
         wait = plan.retry(outcome, replayable=self.replay is not None)
         if wait is None:
             for flag in plan.flags:
@@ -874,10 +938,32 @@ class H1Downstream(asyncio.Protocol):
         self.try_timer = asyncio.get_running_loop().call_later(wait, self._retry_now, target)
         return True
 
+    def _late_plan(self, outcome: Outcome) -> Plan | None:
+        """A connection reusing a fixed target skips the plan per request (``_route``); when
+        an attempt fails in a way the port's retry policy (Istio's default unless the route
+        sets one) retries, the plan is made now, so later requests on a connection are
+        retried like its first. Bodiless requests only: their bodies were not kept."""
+        ctx, port = self.ctx, self.ctx.outbound_port
+        if (self.target is None or ctx.direction != OUTBOUND or port is None or self.req_has_body
+                or self.upgrade or not self.busy):
+            return None
+        if not retry.retriable(retry.policy(port.routes[0] if port.routes else None), outcome):
+            return None
+        peer = self.transport.get_extra_info("peername")
+        plan = plan_outbound(ctx, self.method, self.url, self.headers,
+                             source_ip=peer[0] if peer else "")
+        if plan.status or plan.endpoint is None:
+            plan.finish()
+            return None
+        plan.attempt_started()  # the attempt that failed, so that its end is counted once
+        self.plan, self.replay, self.replay_size = plan, [], 0
+        return plan
+
     def _retry_now(self, target: _Target) -> None:
         self.try_timer = None
         if not self.closed and self.busy:
             self._attempt(target)
+            self.flush()
 
     def _abandon_upstream(self) -> None:
         up = self.up
@@ -896,7 +982,7 @@ class H1Downstream(asyncio.Protocol):
             self._local_reply(504, replies.UPSTREAM_TIMEOUT)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        self.deadline = 0.0
         self.ex.add_flag(UT)
         up = self.up
         if up is not None:
@@ -910,31 +996,74 @@ class H1Downstream(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timer(self) -> None:
+        """The exchange's timers stop: the fault delay's, and the route deadline."""
+        self.deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     # -- response side -------------------------------------------------------------------
-    def response_head(self, up: H1Upstream) -> None:
+    def response_head(self, up: H1Upstream, head: bytes) -> None:
         status = up.status
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
+        plan = self.plan
+        if (status >= 200 and status != 101 and not self.http10 and head[:9] == b"HTTP/1.1 "
+                and (plan is None or not plan.response_policy)):
+            # The common case: no header rule applies, the head goes on as it came.
+            head = _KEEP_ALIVE.sub(b"", head, 1)  # true of our hop too, but hop-by-hop
+            if _HOP.search(head) is None and _LENGTH.search(head) is not None:
+                self._pass_head(up, status, head)
+                return
+        self._rebuild_head(up, status, head)
+
+    def _pass_head(self, up: H1Upstream, status: int, head: bytes) -> None:
+        """A Content-Length response head without hop-by-hop headers, written unchanged."""
+        if self.plan is not None or (status >= 400 and self.target is not None):
+            if self.try_timer is not None:
+                self.try_timer.cancel()
+                self.try_timer = None
+            grpc = _GRPC_STATUS.search(head)
+            if self._retry(Outcome(status=status, grpc_status=int(grpc[1]) if grpc else None)):
+                self._abandon_upstream()
+                return
+        self.resp_started = True
+        self.resp_status = status
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
+        if self.timer is not None:
+            self._cancel_timer()
+        self.resp_chunked = False
+        self.resp_until_close = False
+        if self.upgrade or not self.keep_alive or self.ctx.draining():
+            self.keep_alive = False
+            head = head[:-2] + b"connection: close\r\n\r\n"
+        self.wbuf.append(head)
+        if self.method == b"HEAD":  # httptools would wait for a body: end here, drop the conn
+            up.down = None
+            self.up = None
+            up.transport.close()
+            self._finish_response(reusable=False)
+
+    def _rebuild_head(self, up: H1Upstream, status: int, raw: bytes) -> None:
+        """Any other head: hop-by-hop headers removed, re-framed, the route's header rules."""
+        lines = raw[:-4].split(b"\r\n")
+        reason = lines[0].split(b" ", 2)[2] if lines[0].count(b" ") >= 2 else b""
+        up_headers = [(n, v.strip(b" \t")) for n, _, v in (h.partition(b":") for h in lines[1:])]
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         interim = 100 <= status < 200 and status != 101
         if status == 101 and self.upgrade:
-            for name, value in up.headers:
+            for name, value in up_headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             self._start_tunnel(up)
             return
         if interim:
-            for name, value in up.headers:
+            for name, value in up_headers:
                 out.append(b"%s: %s\r\n" % (name, value))
             out.append(b"\r\n")
             self.wbuf.append(b"".join(out))
             return
-        plan = self.plan
-        headers = up.headers
-        if plan is not None:
+        headers = up_headers
+        if self.plan is not None or (status >= 400 and self.target is not None):
             if self.try_timer is not None:
                 self.try_timer.cancel()
                 self.try_timer = None
@@ -943,9 +1072,11 @@ class H1Downstream(asyncio.Protocol):
             if self._retry(outcome):
                 self._abandon_upstream()
                 return
-            headers = plan.response_headers(headers)
+            if self.plan is not None:  # made just now, if the failure was a retriable one
+                headers = self.plan.response_headers(headers)
         self.resp_started = True
         self.resp_status = status
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
         if self.timer is not None:
             self._cancel_timer()
         cl = None
@@ -1006,15 +1137,16 @@ class H1Downstream(asyncio.Protocol):
         if self.resp_chunked:
             self.wbuf.append(b"0\r\n\r\n")
         self.up = None
+        keep, idle = None, 0.0
         if up is not None:
             up.down = None
             if reusable and not up.closed:
                 up.transport.resume_reading()  # it may have been paused by our backpressure
-                self.ctx.pool.put(self.decision_key, up,
-                                  pool_idle_timeout(self.plan.cluster if self.plan else None))
+                keep = up
+                idle = pool_idle_timeout(self.plan.cluster if self.plan else None)  # before the plan goes
             else:
                 up.transport.close()
-        self._exchange_done(self.resp_status)
+        self._exchange_done(self.resp_status, keep, idle)
 
     def _drop_plan(self, status: int = 0) -> None:
         """The exchange is over, however it ended: settle its route policies (once)."""
@@ -1030,11 +1162,18 @@ class H1Downstream(asyncio.Protocol):
             self.try_timer.cancel()
             self.try_timer = None
 
-    def _exchange_done(self, status: int) -> None:
+    def _exchange_done(self, status: int, keep: H1Upstream | None = None, idle: float = 0.0) -> None:
+        """The exchange is over: counted once; ``keep`` goes back to the pool first (one
+        clock read serves the count, the idle timer and the pool)."""
         if self.plan is not None or self.try_timer is not None:
             self._drop_plan(status)
-        self.ex.done(status)
-        self.last_active = time.monotonic()
+        ex = self.ex
+        if not ex.done(status):
+            ex.ended = time.monotonic()  # counted already (an early exit): still, now
+        self.last_active = ex.ended
+        if keep is not None:
+            self.ctx.pool.put(self.decision_key, keep, idle, ex.ended)
+        self.deadline = 0.0  # the route timeout no longer runs (_cancel_timer, inlined)
         if self.timer is not None:
             self._cancel_timer()
         self.busy = False

@@ -63,6 +63,8 @@ class Labeler:
         self.peers: dict[str, WorkloadMeta] = {}
         self.inbound_services: dict[tuple[str, int], str] = {}  # (pod address, port) -> host
         self._cache: dict[tuple[Any, ...], str] = {}
+        # Bumped by every update: a key a relay kept (per connection) is current while equal.
+        self.generation = 0
 
     def update(self, cfg: ProxyConfig | None = None, identity: str | None = None) -> None:
         if cfg is not None:
@@ -76,6 +78,7 @@ class Labeler:
         if identity is not None:
             self.identity = identity
         self._cache = {}
+        self.generation += 1
 
     def _store(self, ck: tuple[Any, ...], values: tuple[str, ...]) -> str:
         if len(self._cache) >= _CACHE_MAX:

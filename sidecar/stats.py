@@ -72,8 +72,9 @@ class Stats:
                       request_bytes: int, response_bytes: int, duration_s: float) -> None:
         """One finished HTTP exchange (``key`` from sidecar/labels.py; bytes are body bytes)."""
         skey = (key, code, grpc_status, flags)
-        s = self.http.get(skey)
-        if s is None:
+        try:  # a hit costs no call (a series is made once)
+            s = self.http[skey]
+        except KeyError:
             s = self.http[skey] = [0, 0.0, 0, 0] + [0] * (_SERIES_LEN - 4)
         ms = duration_s * 1000.0
         s[_COUNT] += 1
@@ -81,7 +82,7 @@ class Stats:
         s[_REQ_SUM] += request_bytes
         s[_RESP_SUM] += response_bytes
         s[_DUR0 + bisect_left(DURATION_BUCKETS_MS, ms)] += 1
-        s[_REQ0 + bisect_left(BYTES_BUCKETS, request_bytes)] += 1
+        s[_REQ0 + (bisect_left(BYTES_BUCKETS, request_bytes) if request_bytes else 0)] += 1  # GET
         s[_RESP0 + bisect_left(BYTES_BUCKETS, response_bytes)] += 1
 
     def tcp_open(self, key: str) -> list[int]:
@@ -113,10 +114,14 @@ class Stats:
     ) -> None:
         key = (direction, service, code, peer_identity or "")
         r = self.requests
-        r[key] = r.get(key, 0) + 1
+        try:  # the hot path: a hit costs no call
+            r[key] += 1
+        except KeyError:
+            r[key] = 1
         hkey = (direction, service)
-        h = self.durations.get(hkey)
-        if h is None:
+        try:
+            h = self.durations[hkey]
+        except KeyError:
             h = self.durations[hkey] = [0] * (len(BUCKETS) + 1) + [0.0, 0]
         h[bisect_left(BUCKETS, duration_s)] += 1
         h[-2] += duration_s

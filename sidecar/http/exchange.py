@@ -158,7 +158,7 @@ class Exchange:
 
     __slots__ = ("ctx", "direction", "service", "peer", "started", "finished", "flags",
                  "req_bytes", "resp_bytes", "upstream", "lkey", "grpc_status", "span",
-                 "request_id", "method", "path", "req_headers", "protocol")
+                 "request_id", "method", "path", "req_headers", "protocol", "ended")
 
     def __init__(self, ctx: ExchangeContext) -> None:
         self.ctx = ctx
@@ -180,6 +180,7 @@ class Exchange:
         self.method = self.path = b""
         self.req_headers: Headers = _NO_HEADERS  # the request's list, set by the relay
         self.protocol = ""  # the access log's %PROTOCOL%: HTTP/1.1, HTTP/1.0, HTTP/2
+        self.ended = 0.0  # monotonic time ``done`` counted it (a relay's clock for idle timers)
 
     def restart(self, service: str) -> None:
         """Reuse this object for the next exchange on the connection (HTTP/1.1: one at a time)."""
@@ -238,7 +239,8 @@ class Exchange:
             return False
         self.finished = True
         ctx = self.ctx
-        duration = time.monotonic() - self.started
+        self.ended = now = time.monotonic()
+        duration = now - self.started
         ctx.stats.request_done(self.direction, self.service, status, duration, self.peer)
         if self.lkey:
             ctx.stats.exchange_done(self.lkey, status, self.grpc_status, self.flags,

@@ -55,7 +55,8 @@ class Plan:
     __slots__ = ("router", "decision", "cluster", "endpoint", "timeout", "connect_timeout",
                  "service", "status", "message", "reply_headers", "flags", "delay", "path",
                  "authority", "headers", "changed", "retry_policy", "retries", "pool",
-                 "grpc_status", "req_headers", "_admitted", "_active", "mirror_cluster", "_retry_slot")
+                 "grpc_status", "req_headers", "_admitted", "_active", "mirror_cluster", "_retry_slot",
+                 "response_policy")
 
     def __init__(self, router: Router | None, decision: RouteDecision | None) -> None:
         self.router = router
@@ -75,6 +76,13 @@ class Plan:
         self.headers: BHeaders = []
         self.changed = False  # path/authority/headers differ from the request's
         route = decision.http_route if decision else None
+        dest = decision.destination if decision else None
+        # Whether response_headers may change anything (else a relay may pass the head as is).
+        self.response_policy = bool(decision is not None and (
+            decision.set_cookie
+            or (route is not None and (route.cors is not None or (
+                route.headers is not None and route.headers.response is not None)))
+            or (dest is not None and dest.headers is not None and dest.headers.response is not None)))
         self.retry_policy: RetryPolicy = retry.policy(route)
         self.retries = 0
         self.pool: PoolLimits | None = None
