@@ -473,3 +473,130 @@ def test_a_client_that_gives_up_frees_its_pool_slot(mesh, codec):
     # The slot comes back when that exchange ends (HTTP/1.1 takes the client's FIN as a
     # half-close and still waits for the answer), never later: no slot leaks.
     assert mesh.wait(lambda: mesh.curl(codec, "httpbin", 8000, "/")[0][0] == 200, timeout=3)
+
+
+# -- matches, routes and policies, one case each ---------------------------------------------------
+
+
+def rule(name: str, match: str, subset: str = "v1") -> str:
+    """A VirtualService http rule that marks its responses ``x-rule: name``."""
+    return (f"{{match: {match}, headers: {{response: {{set: {{x-rule: {name}}}}}}},"
+            f" route: [{{destination: {{host: httpbin, subset: {subset}}}}}]}}")
+
+
+def rule_of(mesh, codec: str, path: str, *args: str) -> str:
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, path, "-i", *args)
+    if code == 404:
+        return "404"
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.lower().startswith("x-rule:"))
+
+
+def test_match_conditions_and_first_match_wins(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[" + ", ".join([
+        rule("exact", "[{uri: {exact: /exact}}]"),
+        rule("regex", '[{uri: {regex: "/re[0-9]+"}}]'),
+        rule("nocase", "[{uri: {prefix: /CaSe}, ignoreUriCase: true}]"),
+        rule("method", "[{method: {exact: PUT}}]"),
+        rule("authority", "[{authority: {prefix: httpbin.alt}}]"),
+        rule("header-regex", '[{headers: {x-ver: {regex: "v[12]"}}}]'),
+        rule("header-prefix", "[{headers: {x-p: {prefix: pre}}}]"),
+        rule("without", "[{uri: {prefix: /wo}, withoutHeaders: {x-deny: {}}}]"),
+        rule("query", '[{queryParams: {q: {exact: "1"}}}]'),
+        rule("port", "[{uri: {prefix: /port}, port: 8000}]"),
+        rule("other-port", "[{uri: {prefix: /other-port}, port: 9999}]"),
+        rule("scheme", "[{uri: {prefix: /scheme}, scheme: {exact: http}}]"),
+        rule("first", "[{uri: {prefix: /first}}]"),
+        rule("second", "[{uri: {prefix: /first}}]"),
+    ]) + "]")))
+    assert rule_of(mesh, codec, "/exact") == "exact"
+    assert rule_of(mesh, codec, "/exact/not") == "404"
+    assert (rule_of(mesh, codec, "/re42"), rule_of(mesh, codec, "/re4x")) == ("regex", "404")  # the whole path
+    assert rule_of(mesh, codec, "/case/x") == "nocase"
+    assert rule_of(mesh, codec, "/x", "-X", "PUT") == "method"
+    assert rule_of(mesh, codec, "/x", "-H", "host: httpbin.alt:8000") == "authority"
+    assert (rule_of(mesh, codec, "/x", "-H", "x-ver: v2"), rule_of(mesh, codec, "/x", "-H", "x-ver: v3")) \
+        == ("header-regex", "404")
+    assert rule_of(mesh, codec, "/x", "-H", "x-p: prefixed") == "header-prefix"
+    assert (rule_of(mesh, codec, "/wo"), rule_of(mesh, codec, "/wo", "-H", "x-deny: 1")) == ("without", "404")
+    assert (rule_of(mesh, codec, "/x?q=1"), rule_of(mesh, codec, "/x?q=2")) == ("query", "404")
+    assert (rule_of(mesh, codec, "/port"), rule_of(mesh, codec, "/other-port")) == ("port", "404")
+    assert rule_of(mesh, codec, "/scheme") == "scheme"
+    assert rule_of(mesh, codec, "/first") == "first"
+
+
+def test_source_labels_and_namespace(mesh, codec):
+    rules = "[" + ", ".join([rule("fortio", "[{sourceLabels: {app: fortio}}]"),
+                             rule("other-ns", "[{sourceNamespace: other}]"),
+                             rule("default-ns", "[{sourceNamespace: default}]", "v2")]) + "]"
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(rules)))  # the client is the fortio pod
+    assert rule_of(mesh, codec, "/") == "fortio"
+    mesh.apply(config("httpbin.yaml", HTTPBIN_SUBSETS, vs(rules)))  # the client is productpage-v1
+    assert rule_of(mesh, codec, "/") == "default-ns"
+
+
+def test_weighted_destinations_with_subset_and_port(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1, port: {number: 8000}}, weight: 80},"
+        " {destination: {host: httpbin, subset: v2, port: {number: 8000}}, weight: 20}]}]")))
+    got = collections.Counter(echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=100))
+    assert set(got) == {HTTPBIN_V1, HTTPBIN_V2} and 8 <= got[HTTPBIN_V2] <= 34, got  # 20 ± 3.5 sd
+
+
+def test_redirect_scheme_and_code(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[{redirect: {scheme: https, uri: /secure, redirectCode: 301}}]")))
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/x", "-i")
+    location = next(line for line in out.lower().splitlines() if line.startswith("location:"))
+    assert code == 301 and location.split(": ", 1)[1].startswith("https://") and location.endswith("/secure")
+    assert seen(mesh, HTTPBIN_V1) == []
+
+
+def test_retry_on_conditions(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        ' retries: {attempts: 2, retryOn: "gateway-error,retriable-4xx,retriable-status-codes,418"}}]')))
+    for status, tries in ((502, 3), (504, 3), (409, 3), (418, 3), (500, 1), (404, 1)):
+        mesh.app(HTTPBIN_V1).seen = []
+        assert mesh.curl(codec, "httpbin", 8000, f"/status/{status}")[0][0] == status
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, status
+
+
+def test_grpc_retry_conditions(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        ' retries: {attempts: 2, retryOn: "cancelled,deadline-exceeded,internal,resource-exhausted"}}]')))
+    for code, tries in ((1, 3), (4, 3), (13, 3), (8, 3), (14, 1)):  # UNAVAILABLE is not listed here
+        mesh.app(HTTPBIN_V1).seen = []
+        [(status, out)] = mesh.curl("h2", "httpbin", 8000, f"/grpc/{code}", "-i",
+                                    "-H", "content-type: application/grpc", "-X", "POST")
+        assert status == 200 and f"grpc-status: {code}" in out.lower()
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, code
+
+
+def test_mirror_percentage(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " mirror: {host: httpbin, subset: v2}, mirrorPercentage: {value: 50}}]")))
+    assert {c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=100)} == {200}
+    counts: list[int] = []
+    mesh.wait(lambda: counts.append(len(seen(mesh, HTTPBIN_V2))) or counts[-1:] == counts[-2:-1], timeout=5)
+    assert 30 <= counts[-1] <= 70, counts  # 50 ± 4 sd
+
+
+def test_round_robin_and_random(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}}")))
+    apps = [echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=8)]
+    assert all(a != b for a, b in zip(apps, apps[1:], strict=False)), apps  # strictly alternating
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: RANDOM}}")))
+    got = collections.Counter(echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=40))
+    assert min(got[HTTPBIN_V1], got[HTTPBIN_V2]) >= 8, got
+
+
+def test_consistent_hash_source_ip_and_query_parameter(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {useSourceIp: true}}}")))
+    assert len({echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=10)}) == 1
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {httpQueryParameterName: user}}}")))
+    for user in ("alice", "bob", "carol"):
+        assert len({echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user={user}", n=6)}) == 1
+    spread = {echo(b)["app"] for u in range(12) for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user=u{u}")}
+    assert spread == {HTTPBIN_V1, HTTPBIN_V2}

@@ -335,7 +335,9 @@ class Harness:
         lp = self.port(vip, number, codec)
         proto = ["--http1.1"] if codec == "h1" else ["--http2-prior-knowledge"]
         sep = "\n@@@"
-        cmd = ["curl", "-s", *proto, "--max-time", str(timeout), "-H", f"host: {service}:{number}", *args,
+        own_host = any(a.lower().startswith("host:") for a in args)  # the case sets Host itself
+        host = [] if own_host else ["-H", f"host: {service}:{number}"]
+        cmd = ["curl", "-s", *proto, "--max-time", str(timeout), *host, *args,
                "-w", sep + "%{http_code}\n"]
         url = f"http://127.0.0.1:{lp}{path}"
         # curl 7.88 fails a second request on an h2c prior-knowledge connection: one run each.
