@@ -102,6 +102,7 @@ class PodHarness:
         self.clients: dict[tuple[str, str], netns.Pod] = {}
         self.case_text = ""
         self.client: tuple[str, str] | None = None
+        self.resolve: list[str] = []
         objs = [o for w in workloads for o in read_manifests(w)]
         services = [o for o in objs if o["kind"] == "Service"]
         self.mesh.apply("workloads", *services)
@@ -154,6 +155,10 @@ class PodHarness:
             o.setdefault("metadata", {}).setdefault("namespace", case.pod[0])
         text = yaml.safe_dump_all(objs)
         self.client = case.pod
+        # ServiceEntry hosts resolve to their addresses in the client (as the DNS proxy would).
+        self.resolve = [f"{h}:{p['number']}:{se['spec']['addresses'][0]}" for se in objs
+                        if se["kind"] == "ServiceEntry" and se["spec"].get("addresses")
+                        for h in se["spec"]["hosts"] for p in se["spec"].get("ports", [])]
         if text == self.case_text:
             return
         builds = self._builds()
@@ -187,7 +192,8 @@ class PodHarness:
         """``n`` requests from the client pod to ``service:number``: [(status, body or headers+body)]."""
         proto = ["--http1.1"] if codec == "h1" else ["--http2-prior-knowledge"]
         url = f"http://{service}:{number}{path}"
-        cmd = ["curl", "-s", *proto, "--max-time", str(timeout), *args, "-w", SEP + "%{http_code}\n"]
+        resolve = [a for r in self.resolve for a in ("--resolve", r)]
+        cmd = ["curl", "-s", *proto, *resolve, "--max-time", str(timeout), *args, "-w", SEP + "%{http_code}\n"]
         if codec == "h1":
             argv = [*cmd, *[url] * n]
         else:  # one process per request, in one shell in the pod

@@ -600,3 +600,106 @@ def test_consistent_hash_source_ip_and_query_parameter(mesh, codec):
         assert len({echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user={user}", n=6)}) == 1
     spread = {echo(b)["app"] for u in range(12) for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user=u{u}")}
     assert spread == {HTTPBIN_V1, HTTPBIN_V2}
+
+
+# -- the mTLS hop, ServiceEntry and Sidecar: only pods have them (loopback's hop is plaintext, and
+# its listeners stand only for the addresses the snapshot captures) -------------------------------
+
+pods_only = pytest.mark.parametrize("mesh", ["pods"], indirect=True)
+
+
+def service_entry(host: str, address: str, location: str, resolution: str, endpoints: str = "[]") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host.split('.')[0]}}}
+spec:
+  hosts: [{host}]
+  addresses: [{address}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  location: {location}
+  resolution: {resolution}
+  endpoints: {endpoints}
+"""
+
+
+def destination_rule(host: str, traffic_policy: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host.split('.')[0]}}}
+spec: {{host: {host}, trafficPolicy: {traffic_policy}}}
+"""
+
+
+XFCC = "x-forwarded-client-cert"
+
+
+@pods_only
+def test_tls_mode_istio_mutual_and_disable(mesh, codec):
+    mesh.apply(httpbin(dr("{tls: {mode: ISTIO_MUTUAL}}")))
+    [(_, body)] = mesh.curl(codec, "httpbin", 8000, "/")
+    assert "spiffe://cluster.local/ns/default/sa/default" in echo(body)["headers"][XFCC]  # fortio's identity
+    mesh.apply(httpbin(dr("{tls: {mode: DISABLE}}")))  # plaintext hop: the server (PERMISSIVE) knows no peer
+    [(code, body)] = mesh.curl(codec, "httpbin", 8000, "/")
+    assert code == 200 and XFCC not in echo(body)["headers"]
+
+
+@pods_only
+def test_service_entry_static_internal_and_external(mesh, codec):
+    endpoints = f"[{{address: {HTTPBIN_V1}}}]"
+    mesh.apply(httpbin(service_entry("api.internal", "198.19.9.1", "MESH_INTERNAL", "STATIC", endpoints)))
+    [(code, body)] = mesh.curl(codec, "api.internal", 80, "/")
+    assert (code, echo(body)["app"]) == (200, HTTPBIN_V1) and XFCC in echo(body)["headers"]  # mTLS
+    mesh.apply(httpbin(service_entry("api.external", "198.19.9.2", "MESH_EXTERNAL", "STATIC", endpoints)))
+    [(code, body)] = mesh.curl(codec, "api.external", 80, "/")
+    assert (code, echo(body)["app"]) == (200, HTTPBIN_V1) and XFCC not in echo(body)["headers"]  # plaintext
+
+
+@pods_only
+def test_service_entry_connect_failure_is_retried_on_another_endpoint(mesh, codec):
+    # 198.18.2.99 is on the pod network but no pod has it: connecting times out.
+    endpoints = f"[{{address: 198.18.2.99}}, {{address: {HTTPBIN_V1}}}]"
+    mesh.apply(httpbin(service_entry("flaky.external", "198.19.9.3", "MESH_EXTERNAL", "STATIC", endpoints),
+                       destination_rule("flaky.external", "{loadBalancer: {simple: ROUND_ROBIN},"
+                                        " connectionPool: {tcp: {connectTimeout: 0.3s}}}")))
+    flags = mesh.flags_of(lambda: mesh.curl(codec, "flaky.external", 80, "/", n=4))
+    assert len(seen(mesh, HTTPBIN_V1)) == 4 and flags == ["-"] * 4  # Istio's default policy retries connect-failure
+    hosts = {r["upstream_host"] for r in mesh.access_log()[-4:]}
+    assert hosts == {f"{HTTPBIN_V1}:80"}, hosts
+
+
+@pods_only
+def test_service_entry_resolution_none_and_passthrough_go_to_the_original_destination(mesh, codec):
+    marked = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct}
+spec:
+  hosts: [direct.example]
+  http: [{headers: {response: {set: {x-rule: direct}}}, route: [{destination: {host: direct.example}}]}]
+"""
+    mesh.apply(httpbin(service_entry("direct.example", HTTPBIN_V2, "MESH_EXTERNAL", "NONE"), marked))
+    [(code, out)] = mesh.curl(codec, "direct.example", 80, "/", "-i")
+    assert code == 200 and "x-rule: direct" in out.lower()  # routed by the entry ...
+    assert echo(out.partition("\n\n")[2])["app"] == HTTPBIN_V2  # ... to the address the app dialled
+    # A PASSTHROUGH DestinationRule sends to the original destination, not to the endpoints.
+    mesh.apply(httpbin(service_entry("direct.example", HTTPBIN_V2, "MESH_EXTERNAL", "STATIC",
+                                     f"[{{address: {HTTPBIN_V1}}}]"), marked,
+                       destination_rule("direct.example", "{loadBalancer: {simple: PASSTHROUGH}}")))
+    [(code, out)] = mesh.curl(codec, "direct.example", 80, "/", "-i")
+    assert code == 200 and "x-rule: direct" in out.lower() and echo(out.partition("\n\n")[2])["app"] == HTTPBIN_V2
+
+
+@pods_only
+def test_sidecar_egress_hosts(mesh, codec):
+    mesh.apply(config(*BOOKINFO, """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: [./ratings.default.svc.cluster.local]}]
+"""))
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/")] == [200]
+    [(code, _)] = mesh.curl(codec, "reviews", 9080, "/", timeout=2)
+    assert code != 200 and seen(mesh, "198.18.1.21") == []  # not in this proxy's configuration
