@@ -8,8 +8,9 @@ address, name, labels and service account, remora-init's iptables rules and a re
 each target port, named by the pod's address as on loopback. ``apply(case)`` writes the case's
 resources (Pods excepted: the real pods stand for them) and waits until the case's client pod
 ACKed what the control plane built from them. Clients are real and run in the client pod as
-the app uid: curl (HTTP/1.1, keep-alive, many URLs per process; HTTP/2 prior knowledge, one
-process per request, because curl 7.88 fails the second request on an h2c connection).
+the app uid: curl (HTTP/1.1 keep-alive with many URLs per process; one HTTP/2 prior-knowledge
+request), and for many HTTP/2 requests ``h2_client.py`` (in order on one h2c connection: curl
+7.88 fails the second request on an h2c connection, and a curl per request is what costs most).
 Response flags are read from the client proxy's access log. Apps are reached for ``seen``,
 ``fail`` and ``active`` from inside their own pod, over loopback (not through the mesh).
 """
@@ -30,26 +31,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "control_plane"))  # cp_mesh's home
 from cp_mesh import MONITORING_URL, CpMesh, wait_for
 from mesh_harness import APP_UID
-from traffic_harness import Case, Seen, wait_until
+from traffic_harness import Case, Seen, client_argv, split_curl_output, wait_until
 
 from control_plane.resources import key_of
 from control_plane.sources.files import read_manifests
 from local_cluster import netns
 
 APP = Path(__file__).parent / "traffic_harness.py"
-SEP = "\n@@@"
-
-
-def split_curl_output(out: str) -> list[tuple[int, str]]:
-    """curl's output with ``-w SEP%{http_code}\\n`` after each transfer → [(status, output)]."""
-    results = []
-    parts = out.split(SEP)
-    body = parts[0]
-    for p in parts[1:]:
-        code, _, rest = p.partition("\n")
-        results.append((int(code or 0), body))
-        body = rest
-    return results
 
 
 class PodApp:
@@ -190,15 +178,8 @@ class PodHarness:
     def curl(self, codec: str, service: str, number: int, path: str = "/", *args: str, n: int = 1,
              timeout: float = 20) -> list[tuple[int, str]]:
         """``n`` requests from the client pod to ``service:number``: [(status, body or headers+body)]."""
-        proto = ["--http1.1"] if codec == "h1" else ["--http2-prior-knowledge"]
-        url = f"http://{service}:{number}{path}"
         resolve = [a for r in self.resolve for a in ("--resolve", r)]
-        cmd = ["curl", "-s", *proto, *resolve, "--max-time", str(timeout), *args, "-w", SEP + "%{http_code}\n"]
-        if codec == "h1":
-            argv = [*cmd, *[url] * n]
-        else:  # one process per request, in one shell in the pod
-            quoted = " ".join(_sh(a) for a in [*cmd, url])
-            argv = ["sh", "-c", f"for i in $(seq {n}); do {quoted}; done"]
+        argv = client_argv(codec, f"http://{service}:{number}{path}", [*resolve, *args], n, timeout)
         r = self.client_pod.exec(argv, uid=APP_UID, gid=APP_UID, timeout=timeout * n + 30)
         return split_curl_output(r.stdout)
 
@@ -230,7 +211,3 @@ class PodHarness:
 
     def close(self) -> None:
         self.mesh.close()
-
-
-def _sh(arg: str) -> str:
-    return "'" + arg.replace("'", "'\\''") + "'"

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -228,6 +229,31 @@ class _FlagsSeen:
         exchange.Exchange.done = self._original  # type: ignore[method-assign]
 
 
+SEP = "\n@@@"
+H2_CLIENT = Path(__file__).parent / "h2_client.py"
+
+
+def client_argv(codec: str, url: str, args: list[str], n: int, timeout: float) -> list[str]:
+    """The client that sends ``n`` requests to ``url`` on one connection, printing
+    ``SEP<status>`` after each: curl, or for many HTTP/2 requests h2_client.py, because curl
+    7.88 fails the second request on an h2c prior-knowledge connection."""
+    proto = "--http1.1" if codec == "h1" else "--http2-prior-knowledge"
+    cmd = ["curl", "-s", proto, "--max-time", str(timeout), *args, "-w", SEP + "%{http_code}\n", *[url] * n]
+    return cmd if codec == "h1" or n == 1 else [sys.executable, str(H2_CLIENT), *cmd[1:]]
+
+
+def split_curl_output(out: str) -> list[tuple[int, str]]:
+    """The client's output → [(status, body or headers+body)] (status 0: no answer)."""
+    results = []
+    parts = out.split(SEP)
+    body = parts[0]
+    for p in parts[1:]:
+        code, _, rest = p.partition("\n")
+        results.append((int(code or 0), body))
+        body = rest
+    return results
+
+
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
     """Poll ``cond`` until it holds (True) or ``timeout`` passed (its last value)."""
     end = time.monotonic() + timeout
@@ -333,25 +359,11 @@ class Harness:
         """``n`` requests on one curl connection: [(status, body or headers+body)]."""
         vip = self.vip(service, number)
         lp = self.port(vip, number, codec)
-        proto = ["--http1.1"] if codec == "h1" else ["--http2-prior-knowledge"]
-        sep = "\n@@@"
         own_host = any(a.lower().startswith("host:") for a in args)  # the case sets Host itself
         host = [] if own_host else ["-H", f"host: {service}:{number}"]
-        cmd = ["curl", "-s", *proto, "--max-time", str(timeout), *host, *args,
-               "-w", sep + "%{http_code}\n"]
-        url = f"http://127.0.0.1:{lp}{path}"
-        # curl 7.88 fails a second request on an h2c prior-knowledge connection: one run each.
-        runs = [[*cmd, *[url] * n]] if codec == "h1" else [[*cmd, url]] * n
-        results = []
-        for run in runs:
-            out = subprocess.run(run, capture_output=True, text=True, timeout=timeout + 10).stdout
-            parts = out.split(sep)
-            body = parts[0]
-            for p in parts[1:]:
-                code, _, rest = p.partition("\n")
-                results.append((int(code), body))
-                body = rest
-        return results
+        argv = client_argv(codec, f"http://127.0.0.1:{lp}{path}", [*host, *args], n, timeout)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * n + 10).stdout
+        return split_curl_output(out)
 
     def flags_of(self, fn: Callable[[], Any]) -> list[str]:
         """The response flags of the exchanges ``fn`` made (in order)."""
