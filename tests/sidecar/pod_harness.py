@@ -111,20 +111,22 @@ class PodHarness:
         pod = self.mesh.add_pod(name, ns, (p.get("spec") or {}).get("serviceAccountName", "default"), labels,
                                 hosts=hosts, address=ip)
         self.clients[(ns, name)] = pod
-        ports = sorted({int(sp.get("targetPort", sp["port"])) for s in services
-                        if s["metadata"]["namespace"] == ns and s["spec"].get("selector")
+        # Port names say the protocol, as in Istio: tcp* ports get Istio's tcp-echo.
+        ports = sorted({(int(sp.get("targetPort", sp["port"])), sp.get("name", "").startswith("tcp"))
+                        for s in services if s["metadata"]["namespace"] == ns and s["spec"].get("selector")
                         and all(labels.get(k) == v for k, v in s["spec"]["selector"].items())
                         for sp in s["spec"]["ports"]})
         if not ports:
             return
         # The apps bind ports below 1024 (httpbin's 80) as the app uid, as a container may.
         pod.exec(["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"], check=True)
-        for port in ports:
-            self.mesh.apps.append(pod.spawn([sys.executable, str(APP), "serve", str(port), ip],
+        for port, tcp in ports:
+            self.mesh.apps.append(pod.spawn([sys.executable, str(APP), "serve-tcp" if tcp else "serve", str(port), ip],
                                             uid=APP_UID, gid=APP_UID))
             wait_for(lambda port=port: pod.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip(), 15,
                      f"the app in {name} to listen on {port}")
-            self.apps.setdefault(ip, PodApp(pod, port, ip))
+            if not tcp:
+                self.apps.setdefault(ip, PodApp(pod, port, ip))
 
     # -- the interface of traffic_harness.Harness -------------------------------------------
 
@@ -182,6 +184,19 @@ class PodHarness:
         argv = client_argv(codec, f"http://{service}:{number}{path}", [*resolve, *args], n, timeout)
         r = self.client_pod.exec(argv, uid=APP_UID, gid=APP_UID, timeout=timeout * n + 30)
         return split_curl_output(r.stdout)
+
+    def tcp(self, service: str, number: int, n: int = 1) -> list[str]:
+        """``n`` connections from the client pod to ``service:number``, each sending one line:
+        the answers."""
+        script = ("import socket, sys\n"
+                  "for _ in range(int(sys.argv[3])):\n"
+                  "    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:\n"
+                  "        s.sendall(b'hello\\n'); s.shutdown(socket.SHUT_WR)\n"
+                  "        print(s.makefile().readline().strip(), flush=True)\n")
+        r = self.client_pod.exec([sys.executable, "-c", script, service, str(number), str(n)],
+                                 uid=APP_UID, gid=APP_UID, timeout=5 * n + 30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
 
     def access_log(self) -> list[dict]:
         """The client proxy's access log records so far (JSON lines of its output)."""

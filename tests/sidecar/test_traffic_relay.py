@@ -60,7 +60,7 @@ def mesh(request):
     node = netns.Node.create(netns.new_prefix("tpods"))
     h = None
     try:
-        h = PodHarness(node, Path(sys.executable).parent, [TASKS / "bookinfo.yaml", TASKS / "httpbin.yaml"])
+        h = PodHarness(node, Path(sys.executable).parent, [TASKS / f for f in ("bookinfo.yaml", "httpbin.yaml", "tcp-echo.yaml")])
         yield h
     finally:
         if h is not None:
@@ -713,3 +713,24 @@ spec:
     assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/")] == [200]
     [(code, _)] = mesh.curl(codec, "reviews", 9080, "/", timeout=2)
     assert code != 200 and seen(mesh, "198.18.1.21") == []  # not in this proxy's configuration
+
+
+TCP_NS = "istio-io-tcp-traffic-shifting"
+TCP_ECHO = {"198.18.3.11": "v1", "198.18.3.12": "v2"}
+
+
+@pods_only
+def test_tcp_traffic_shifting(mesh):
+    """The TCP traffic shifting task: its YAML unchanged binds the routes to the ingress gateway,
+    so sidecars balance over both versions; bound to the sidecars ("mesh") with port 9000
+    matched, the 80/20 split of tcp-echo-20-v2.yaml holds per connection, and port 9001 keeps
+    the whole service. (Loopback relays only HTTP.)"""
+    mesh.apply(config("tcp-echo.yaml", "tcp-echo-all-v1.yaml", pod=(TCP_NS, "curl")))
+    got = collections.Counter(TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9000, n=30))
+    assert set(got) == {"v1", "v2"} and all(r.endswith(" hello") for r in mesh.tcp("tcp-echo", 9000)), got
+    shifted = (TASKS / "tcp-echo-20-v2.yaml").read_text().replace('- "*"', "- tcp-echo") \
+        .replace("- tcp-echo-gateway", "- mesh").replace("port: 31400", "port: 9000")
+    mesh.apply(config("tcp-echo.yaml", "tcp-echo-all-v1.yaml", shifted, pod=(TCP_NS, "curl")))
+    got = collections.Counter(TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9000, n=100))
+    assert set(got) == {"v1", "v2"} and 8 <= got["v2"] <= 34, got  # 20 ± 3.5 sd
+    assert {TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9001, n=30)} == {"v1", "v2"}

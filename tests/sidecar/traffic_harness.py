@@ -421,7 +421,24 @@ def _serve(port: int, name: str) -> None:
     asyncio.run(main())
 
 
+def _serve_tcp(port: int, name: str) -> None:
+    """``python traffic_harness.py serve-tcp PORT NAME``: Istio's tcp-echo on 0.0.0.0:PORT, which
+    answers each line with ``NAME line``."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(name.encode() + b" " + line)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(echo, "0.0.0.0", port)
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
-    import sys
     if sys.argv[1:2] == ["serve"]:
         _serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1:2] == ["serve-tcp"]:
+        _serve_tcp(int(sys.argv[2]), sys.argv[3])
