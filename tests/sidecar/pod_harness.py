@@ -198,6 +198,15 @@ class PodHarness:
         assert r.returncode == 0, r.stderr
         return r.stdout.splitlines()
 
+    def metric(self, prefix: str) -> float:
+        """The sum of the client proxy's samples whose line starts with ``prefix``."""
+        text = self.mesh.proxies[self.client_pod.name].metrics()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    def upstream_connects(self) -> int:
+        """Connections the client proxy opened to endpoints (each an mTLS handshake)."""
+        return int(self.metric('remora_tls_handshakes_total{side="client"}'))
+
     def access_log(self) -> list[dict]:
         """The client proxy's access log records so far (JSON lines of its output)."""
         h = self.mesh.proxies[self.client_pod.name]

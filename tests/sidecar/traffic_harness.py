@@ -365,6 +365,9 @@ class Harness:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * n + 10).stdout
         return split_curl_output(out)
 
+    def upstream_connects(self) -> int:
+        return self.connector.connects
+
     def flags_of(self, fn: Callable[[], Any]) -> list[str]:
         """The response flags of the exchanges ``fn`` made (in order)."""
         start = len(self.flags.log)
