@@ -371,6 +371,14 @@ def test_response_flags(mesh, codec):
     assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/ok")) == ["-"]
 
 
+def test_a_subset_without_endpoints_is_503_uh(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS.replace("{name: v2, labels: {version: v2}}", "{name: v9, labels: {version: v9}}"),
+                       vs("[{route: [{destination: {host: httpbin, subset: v9}}]}]")))
+    out: list = []
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "httpbin", 8000, "/"))) == ["UH"]
+    assert out[0][0] == 503 and seen(mesh, HTTPBIN_V1) == seen(mesh, HTTPBIN_V2) == []
+
+
 def test_fault_delay_percentage_is_flagged_di(mesh, codec):
     mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
         "[{route: [{destination: {host: httpbin, subset: v1}}],"
@@ -678,6 +686,15 @@ def test_service_entry_connect_failure_is_retried_on_another_endpoint(mesh, code
     assert mesh.metric("remora_upstream_connect_errors_total") - errors >= 2  # round robin tried the dead one
     hosts = {r["upstream_host"] for r in mesh.access_log()[-4:]}
     assert hosts == {f"{HTTPBIN_V1}:80"}, hosts
+    # Without retries the failure is the answer: 503 UF.
+    mesh.apply(httpbin(service_entry("flaky.external", "198.19.9.3", "MESH_EXTERNAL", "STATIC",
+                                     "[{address: 198.18.2.99}]"),
+                       destination_rule("flaky.external", "{connectionPool: {tcp: {connectTimeout: 0.3s}}}"),
+                       vs("[{route: [{destination: {host: flaky.external}}], retries: {attempts: 0}}]")
+                       .replace("hosts: [httpbin]", "hosts: [flaky.external]")))
+    out: list = []
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "flaky.external", 80, "/"))) == ["UF"]
+    assert out[0][0] == 503
 
 
 @pods_only
@@ -712,8 +729,12 @@ spec:
   egress: [{hosts: [./ratings.default.svc.cluster.local]}]
 """))
     assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/")] == [200]
-    [(code, _)] = mesh.curl(codec, "reviews", 9080, "/", timeout=2)
-    assert code != 200 and seen(mesh, "198.18.1.21") == []  # not in this proxy's configuration
+    before = mesh.metric("remora_passthrough_connections_total")
+    mesh.curl(codec, "reviews", 9080, "/", timeout=2)
+    # Not in this proxy's configuration: relayed as bytes to the VIP the app dialled (Istio's
+    # PassthroughCluster), which no kube-proxy answers here; no reviews pod is reached.
+    assert mesh.metric("remora_passthrough_connections_total") - before == 1
+    assert all(seen(mesh, ip) == [] for ip in REVIEWS)
 
 
 TCP_NS = "istio-io-tcp-traffic-shifting"
