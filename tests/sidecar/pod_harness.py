@@ -23,6 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,13 @@ class PodApp:
 class PodHarness:
     def __init__(self, node: netns.Node, bin_dir: Path, workloads: Iterable[Path]) -> None:
         self.mesh = CpMesh.start(node, bin_dir)
+        try:
+            self._start(workloads)
+        except BaseException:
+            self.mesh.close()
+            raise
+
+    def _start(self, workloads: Iterable[Path]) -> None:
         self.mesh.proxy_env["REMORA_ACCESS_LOG"] = "json"
         self.apps: dict[str, PodApp] = {}  # by the pod's address, as the loopback harness names them
         self.clients: dict[tuple[str, str], netns.Pod] = {}
@@ -135,8 +143,8 @@ class PodHarness:
 
     def reset(self) -> None:
         """Every app healthy and with nothing seen."""
-        for a in self.apps.values():
-            a.reset()
+        with ThreadPoolExecutor(len(self.apps)) as pool:  # one exec each: in parallel
+            list(pool.map(PodApp.reset, self.apps.values()))
 
     def apply(self, case: Case) -> None:
         """Write the case's resources; return once its client proxy ACKed what was built from them."""
@@ -151,12 +159,19 @@ class PodHarness:
                         for h in se["spec"]["hosts"] for p in se["spec"].get("ports", [])]
         if text == self.case_text:
             return
-        builds = self._builds()
+        pid = f"{case.pod[1]}.{case.pod[0]}"
+        builds, old = self._builds(), self._status().get(pid, {}).get("acked_version")
         self.mesh.apply("case", *objs)
         self.case_text = text
         wait_for(lambda: self._builds() > builds, 10, "the control plane to rebuild", interval=0.05)
-        pid = f"{case.pod[1]}.{case.pod[0]}"
-        wait_for(lambda: self._status().get(pid) == "SYNCED", 10, f"{pid} to ACK the case", interval=0.05)
+        # The build is offered to the proxy's stream right after it is counted: wait for the ACK
+        # of a new version; a case that leaves this client's snapshot as it was has none.
+        if not wait_until(lambda: self._synced(pid, old), 3, 0.05):
+            wait_for(lambda: self._synced(pid, None), 10, f"{pid} to ACK the case", interval=0.05)
+
+    def _synced(self, pid: str, other_than: str | None) -> bool:
+        st = self._status().get(pid, {})
+        return st.get("status") == "SYNCED" and st.get("acked_version") != other_than
 
     def _monitoring(self, path: str) -> str:
         r = netns.exec_in(self.mesh.node.netns, ["curl", "-sf", "--max-time", "3", MONITORING_URL + path])
@@ -166,10 +181,10 @@ class PodHarness:
         m = re.search(r"^remora_control_builds_total (\d+)", self._monitoring("/metrics"), re.M)
         return int(m.group(1)) if m else 0
 
-    def _status(self) -> dict[str, str]:
+    def _status(self) -> dict[str, dict]:
         with contextlib.suppress(ValueError):
             view = json.loads(self._monitoring("/debug/proxies"))
-            return {p["proxy_id"]: p["status"] for p in view["proxies"]}
+            return {p["proxy_id"]: p for p in view["proxies"]}
         return {}
 
     @property
