@@ -95,7 +95,7 @@ class PodHarness:
     def _start(self, workloads: Iterable[Path]) -> None:
         self.mesh.proxy_env["REMORA_ACCESS_LOG"] = "json"
         self.apps: dict[str, PodApp] = {}  # by the pod's address, as the loopback harness names them
-        self.clients: dict[tuple[str, str], netns.Pod] = {}
+        self.pods: dict[tuple[str, str], netns.Pod] = {}
         self.case_text = ""
         self.client: tuple[str, str] | None = None
         self.resolve: list[str] = []
@@ -110,7 +110,7 @@ class PodHarness:
                 hosts[alias] = s["spec"]["clusterIP"]
         for p in (o for o in objs if o["kind"] == "Pod"):
             self._add_pod(p, services, hosts)
-        self.mesh.wait_synced([f"{n}.{ns}" for ns, n in self.clients])
+        self.mesh.wait_synced([f"{n}.{ns}" for ns, n in self.pods])
 
     def _add_pod(self, p: dict, services: list[dict], hosts: dict[str, str]) -> None:
         meta = p["metadata"]
@@ -118,7 +118,7 @@ class PodHarness:
         ns, name, ip = meta["namespace"], meta["name"], p["status"]["podIP"]
         pod = self.mesh.add_pod(name, ns, (p.get("spec") or {}).get("serviceAccountName", "default"), labels,
                                 hosts=hosts, address=ip)
-        self.clients[(ns, name)] = pod
+        self.pods[(ns, name)] = pod
         # Port names say the protocol, as in Istio: tcp* ports get Istio's tcp-echo.
         ports = sorted({(int(sp.get("targetPort", sp["port"])), sp.get("name", "").startswith("tcp"))
                         for s in services if s["metadata"]["namespace"] == ns and s["spec"].get("selector")
@@ -190,7 +190,7 @@ class PodHarness:
     @property
     def client_pod(self) -> netns.Pod:
         assert self.client is not None, "apply a case first"
-        return self.clients[self.client]
+        return self.pods[self.client]
 
     def curl(self, codec: str, service: str, number: int, path: str = "/", *args: str, n: int = 1,
              timeout: float = 20) -> list[tuple[int, str]]:
