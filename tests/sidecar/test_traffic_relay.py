@@ -756,3 +756,12 @@ def test_tcp_traffic_shifting(mesh):
     got = collections.Counter(TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9000, n=100))
     assert set(got) == {"v1", "v2"} and 8 <= got["v2"] <= 34, got  # 20 ± 3.5 sd
     assert {TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9001, n=30)} == {"v1", "v2"}
+
+
+def test_grpc_default_retry_policy_is_istios(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[{route: [{destination: {host: httpbin, subset: v1}}]}]")))
+    for code, tries in ((14, 3), (1, 3), (13, 1)):  # unavailable and cancelled, 2 attempts; not internal
+        mesh.app(HTTPBIN_V1).seen = []
+        mesh.curl("h2", "httpbin", 8000, f"/grpc/{code}", "-H", "content-type: application/grpc", "-X", "POST")
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, code
