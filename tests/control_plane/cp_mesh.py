@@ -150,8 +150,9 @@ class CpMesh:
     # -- pods --------------------------------------------------------------------------------
 
     def add_pod(self, name: str, namespace: str, sa: str, labels: dict[str, str],
-                meshed: bool = True, hosts: dict[str, str] | None = None) -> netns.Pod:
-        pod = self.node.add_pod(name)
+                meshed: bool = True, hosts: dict[str, str] | None = None,
+                address: str | None = None) -> netns.Pod:
+        pod = self.node.add_pod(name, address)
         self.pods[name] = pod
         pod.write_hosts(hosts or {})
         meta = {"name": name, "namespace": namespace, "labels": labels}

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from test_traffic_relay import BOOKINFO, config, fresh, mesh, seen  # noqa: F401 (mesh: fixture)
+from test_traffic_relay import BOOKINFO, config, fresh, loopback_only, mesh, seen  # noqa: F401 (mesh: fixture)
 from traffic_harness import Harness
 
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
@@ -112,6 +112,7 @@ async def test_a_response_nobody_asked_for_never_answers_a_later_request(client:
     assert await client.get("/plain") == PLAIN  # not the stale second response
 
 
+@loopback_only  # reaches into the relay's listener (Harness.port)
 def test_route_timeout_per_exchange_on_one_connection(mesh: Harness) -> None:  # noqa: F811
     """reviews has a 0.5 s timeout. On one connection: 0.3 s requests pass one after another
     (each has its own deadline, though the timer is the connection's), a 2 s one gets 504 at
@@ -136,6 +137,7 @@ def _one_connection(h: Harness, service: str, number: int, paths: list[str]) -> 
     return [line.split("###")[1:] for line in out.splitlines() if line.startswith("###")]
 
 
+@loopback_only  # reaches into the relay's listener (Harness.port)
 def test_default_retries_on_a_connections_later_requests(mesh: Harness) -> None:  # noqa: F811
     """details: one endpoint, no route, so a connection keeps its first request's target. A 503
     on its third request is retried twice (Istio's default: retriable-status-codes 503), like

@@ -1,10 +1,20 @@
-"""Istio's traffic API honoured by the relays, with real traffic, once per codec (HTTP/1.1, HTTP/2).
+"""Istio's traffic API honoured with real traffic, once per codec (HTTP/1.1, HTTP/2; gRPC on
+HTTP/2), through two meshed pods and on loopback: one table, two modes.
 
-Each case is YAML (Istio's task YAML unchanged, or a resource written for one feature) run
-through the control plane's snapshot builder, pushed to a real ``Router``, and exercised
-with curl through the outbound relay of the codec under test to apps that record what they
-get (tests/sidecar/traffic_harness.py). No root: loopback sockets, plaintext upstream hop
-(the mTLS hop and pods are covered by the mesh suites).
+Each case is YAML (Istio's task YAML unchanged, or a resource written for one feature) and
+traffic from a client to apps that record what they get. The ``mesh`` fixture runs the table:
+
+* ``pods`` (root): the real control plane builds the client's snapshot from the YAML; the
+  client pod's proxy, iptables and the mTLS hop to the server pod's proxy carry the requests
+  (tests/sidecar/pod_harness.py). This is what issue 10 asks to show, so every case runs here,
+  and the cases only pods can show (mTLS hop, ServiceEntry, Sidecar, original destinations)
+  run only here (``pods_only``).
+* ``loopback`` (no root): the same snapshot built in process drives the real relays and
+  ``Router`` with a plaintext upstream hop (tests/sidecar/traffic_harness.py). It is kept, not
+  retired: it runs where root does not (a developer's laptop, the no-root CI leg), is several
+  times faster per case, and pins a failure on the relays rather than the control plane or the
+  kernel. Cases that reach into the relay's process run only here (``loopback_only``, each
+  says why and names its pod-mode equivalent).
 """
 
 from __future__ import annotations
@@ -13,60 +23,65 @@ import collections
 import dataclasses
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from traffic_harness import Harness
+from pod_harness import PodHarness
+from traffic_harness import Case, Harness
 
-from control_plane.api.model import ProxyConfig
-from control_plane.builder import ProxyKey, SnapshotBuilder
-from control_plane.registry import Registry
-from control_plane.resources import key_of
-from control_plane.sources.files import read_manifests
+from local_cluster import netns
 
 TASKS = Path(__file__).parent.parent / "control_plane" / "data" / "istio_tasks"
 BOOKINFO = ("bookinfo.yaml", "destination-rule-all.yaml")
 HTTPBIN_V1, HTTPBIN_V2 = "198.18.2.11", "198.18.2.12"
 REVIEWS = {"198.18.1.21": "v1", "198.18.1.22": "v2", "198.18.1.23": "v3"}
 CODECS = ["h1", "h2"]
+MODES = ["loopback", "pods"]
 
 
-def config(*sources: str, pod: tuple[str, str] = ("default", "productpage-v1")) -> ProxyConfig:
-    """A proxy's snapshot from task files (names in TASKS) and inline YAML; last one wins."""
-    objs = []
-    for s in sources:
-        objs += read_manifests(TASKS / s) if s.endswith(".yaml") else [d for d in yaml.safe_load_all(s) if d]
-    reg = Registry.from_objects({key_of(o): o for o in objs}.values())
-    assert reg.errors == []
-    return SnapshotBuilder(reg, "cluster.local", "ROOTS\n").snapshot_for(ProxyKey(*pod)).config
+def config(*sources: str, pod: tuple[str, str] = ("default", "productpage-v1")) -> Case:
+    """A case from task files (names in TASKS) and inline YAML; last one wins."""
+    return Case(sources, pod, TASKS)
 
 
-@pytest.fixture(scope="module")
-def mesh():
-    h = Harness()
-    yield h
-    h.close()
+@pytest.fixture(scope="module", params=MODES)
+def mesh(request):
+    if request.param == "loopback":
+        h: Harness | PodHarness = Harness()
+        yield h
+        h.close()
+        return
+    reason = netns.have_root_and_tools()
+    if reason:
+        pytest.skip(f"real-kernel test: {reason}")
+    node = netns.Node.create(netns.new_prefix("tpods"))
+    h = None
+    try:
+        h = PodHarness(node, Path(sys.executable).parent, [TASKS / f for f in ("bookinfo.yaml", "httpbin.yaml", "tcp-echo.yaml")])
+        yield h
+    finally:
+        if h is not None:
+            h.close()
+        node.destroy()
 
 
-def fresh(mesh: Harness) -> None:
-    """Each case starts from healthy, empty apps."""
-    for app in mesh.apps.values():
-        app.fail, app.seen = None, []
+# A case that only loopback can run (it reaches into the relay's process); why is said at each.
+loopback_only = pytest.mark.parametrize("mesh", ["loopback"], indirect=True)
 
 
 @pytest.fixture(params=CODECS)
 def codec(request, mesh):
-    fresh(mesh)
+    mesh.reset()
     return request.param
 
 
 @pytest.fixture
 def grpc_mesh(mesh):
     """gRPC cases: HTTP/2 only."""
-    fresh(mesh)
+    mesh.reset()
     return mesh
 
 
@@ -187,7 +202,7 @@ spec: {{host: httpbin, trafficPolicy: {traffic_policy}}}
 """
 
 
-def httpbin(*docs: str) -> ProxyConfig:
+def httpbin(*docs: str) -> Case:
     return config("httpbin.yaml", *docs, pod=("default", "fortio"))
 
 
@@ -336,6 +351,24 @@ def test_outlier_ejection_and_return(mesh, codec):
                      == {HTTPBIN_V1, HTTPBIN_V2}, timeout=4)
 
 
+def test_outlier_consecutive_gateway_errors(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 0,"
+                          " consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}")))
+    both = {HTTPBIN_V1, HTTPBIN_V2}
+    # An earlier case may have left v2 ejected for a while (back-off): start from both in rotation.
+    assert mesh.wait(lambda: {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=4)} == both,
+                     timeout=6)
+    mesh.app(HTTPBIN_V2).fail = 500  # a 5xx that is not a gateway error: never ejected here
+    assert sum(c == 500 for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=8)) == 4
+    mesh.app(HTTPBIN_V2).fail = 502
+    # Istio's default retry policy retries neither 500 nor 502: two 502s answer, then it is ejected.
+    assert sum(c == 502 for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=8)) == 2
+    assert {c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)} == {200}
+    mesh.app(HTTPBIN_V2).fail = None
+    assert mesh.wait(lambda: {echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=4)} == both,
+                     timeout=6)
+
+
 # -- Envoy response flags, as logs and metrics read them -------------------------------------------
 
 
@@ -355,6 +388,14 @@ def test_response_flags(mesh, codec):
     assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/retry")) == ["URX"]
     mesh.app(HTTPBIN_V1).fail = None
     assert mesh.flags_of(lambda: mesh.curl(codec, "httpbin", 8000, "/ok")) == ["-"]
+
+
+def test_a_subset_without_endpoints_is_503_uh(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS.replace("{name: v2, labels: {version: v2}}", "{name: v9, labels: {version: v9}}"),
+                       vs("[{route: [{destination: {host: httpbin, subset: v9}}]}]")))
+    out: list = []
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "httpbin", 8000, "/"))) == ["UH"]
+    assert out[0][0] == 503 and seen(mesh, HTTPBIN_V1) == seen(mesh, HTTPBIN_V2) == []
 
 
 def test_fault_delay_percentage_is_flagged_di(mesh, codec):
@@ -410,6 +451,7 @@ def test_per_try_timeout_then_504_ut(mesh, codec):
     assert flags in (["UT"], ["URX,UT"], ["UT,URX"]), flags
 
 
+@loopback_only  # swaps in an endpoint nothing listens on (pods: test_service_entry_static_connect_failure)
 def test_connect_failure_is_retried_on_another_endpoint(mesh, codec):
     cfg = httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}}"))
     mesh.apply(cfg)
@@ -431,6 +473,7 @@ def _swap_endpoints(mesh, name, endpoints):
     mesh.router = Router(mesh.config, mesh.router)
 
 
+@loopback_only  # a second address for the service that only the relay's original destination names
 def test_passthrough_goes_to_the_original_destination(mesh, codec):
     mesh.apply(httpbin(dr("{loadBalancer: {simple: PASSTHROUGH}}")))
     app = mesh.app("original-destination", bind=("127.0.0.3", 8000))
@@ -448,16 +491,16 @@ def test_passthrough_goes_to_the_original_destination(mesh, codec):
 
 def test_max_requests_per_connection(mesh, codec):
     mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 1}}}")))
-    mesh.call(mesh.h1_pool.close_all)  # no idle connections left from earlier cases
-    mesh.call(mesh.h2_pool.close)
-    assert mesh.wait(lambda: not mesh.h2_pool.conns)
-    before = mesh.connector.connects
+    # A connection pooled before the change carries one more request, then closes (Envoy would
+    # drain it with the old cluster; docs/traffic-management.md): use those up first.
+    mesh.curl(codec, "httpbin", 8000, "/", n=10)
+    before = mesh.upstream_connects()
     assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=4)] == [200] * 4
-    assert mesh.connector.connects - before == 4  # a new upstream connection per request
+    assert mesh.upstream_connects() - before == 4  # a new upstream connection per request
     mesh.apply(httpbin(dr("{connectionPool: {http: {maxRequestsPerConnection: 100}}}")))
-    before = mesh.connector.connects
+    before = mesh.upstream_connects()
     mesh.curl(codec, "httpbin", 8000, "/", n=8)
-    assert mesh.connector.connects - before <= 2  # reused: at most one per endpoint
+    assert mesh.upstream_connects() - before <= 2  # reused: at most one per endpoint
 
 
 def test_a_client_that_gives_up_frees_its_pool_slot(mesh, codec):
@@ -466,3 +509,278 @@ def test_a_client_that_gives_up_frees_its_pool_slot(mesh, codec):
     # The slot comes back when that exchange ends (HTTP/1.1 takes the client's FIN as a
     # half-close and still waits for the answer), never later: no slot leaks.
     assert mesh.wait(lambda: mesh.curl(codec, "httpbin", 8000, "/")[0][0] == 200, timeout=3)
+
+
+# -- matches, routes and policies, one case each ---------------------------------------------------
+
+
+def rule(name: str, match: str, subset: str = "v1") -> str:
+    """A VirtualService http rule that marks its responses ``x-rule: name``."""
+    return (f"{{match: {match}, headers: {{response: {{set: {{x-rule: {name}}}}}}},"
+            f" route: [{{destination: {{host: httpbin, subset: {subset}}}}}]}}")
+
+
+def rule_of(mesh, codec: str, path: str, *args: str) -> str:
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, path, "-i", *args)
+    if code == 404:
+        return "404"
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.lower().startswith("x-rule:"))
+
+
+def test_match_conditions_and_first_match_wins(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[" + ", ".join([
+        rule("exact", "[{uri: {exact: /exact}}]"),
+        rule("regex", '[{uri: {regex: "/re[0-9]+"}}]'),
+        rule("nocase", "[{uri: {prefix: /CaSe}, ignoreUriCase: true}]"),
+        rule("method", "[{method: {exact: PUT}}]"),
+        rule("authority", "[{authority: {prefix: httpbin.alt}}]"),
+        rule("header-regex", '[{headers: {x-ver: {regex: "v[12]"}}}]'),
+        rule("header-prefix", "[{headers: {x-p: {prefix: pre}}}]"),
+        rule("without", "[{uri: {prefix: /wo}, withoutHeaders: {x-deny: {}}}]"),
+        rule("query", '[{queryParams: {q: {exact: "1"}}}]'),
+        rule("port", "[{uri: {prefix: /port}, port: 8000}]"),
+        rule("other-port", "[{uri: {prefix: /other-port}, port: 9999}]"),
+        rule("scheme", "[{uri: {prefix: /scheme}, scheme: {exact: http}}]"),
+        rule("first", "[{uri: {prefix: /first}}]"),
+        rule("second", "[{uri: {prefix: /first}}]"),
+    ]) + "]")))
+    assert rule_of(mesh, codec, "/exact") == "exact"
+    assert rule_of(mesh, codec, "/exact/not") == "404"
+    assert (rule_of(mesh, codec, "/re42"), rule_of(mesh, codec, "/re4x")) == ("regex", "404")  # the whole path
+    assert rule_of(mesh, codec, "/case/x") == "nocase"
+    assert rule_of(mesh, codec, "/x", "-X", "PUT") == "method"
+    assert rule_of(mesh, codec, "/x", "-H", "host: httpbin.alt:8000") == "authority"
+    assert (rule_of(mesh, codec, "/x", "-H", "x-ver: v2"), rule_of(mesh, codec, "/x", "-H", "x-ver: v3")) \
+        == ("header-regex", "404")
+    assert rule_of(mesh, codec, "/x", "-H", "x-p: prefixed") == "header-prefix"
+    assert (rule_of(mesh, codec, "/wo"), rule_of(mesh, codec, "/wo", "-H", "x-deny: 1")) == ("without", "404")
+    assert (rule_of(mesh, codec, "/x?q=1"), rule_of(mesh, codec, "/x?q=2")) == ("query", "404")
+    assert (rule_of(mesh, codec, "/port"), rule_of(mesh, codec, "/other-port")) == ("port", "404")
+    assert rule_of(mesh, codec, "/scheme") == "scheme"
+    assert rule_of(mesh, codec, "/first") == "first"
+
+
+def test_source_labels_and_namespace(mesh, codec):
+    rules = "[" + ", ".join([rule("fortio", "[{sourceLabels: {app: fortio}}]"),
+                             rule("other-ns", "[{sourceNamespace: other}]"),
+                             rule("default-ns", "[{sourceNamespace: default}]", "v2")]) + "]"
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(rules)))  # the client is the fortio pod
+    assert rule_of(mesh, codec, "/") == "fortio"
+    mesh.apply(config("httpbin.yaml", HTTPBIN_SUBSETS, vs(rules)))  # the client is productpage-v1
+    assert rule_of(mesh, codec, "/") == "default-ns"
+
+
+def test_weighted_destinations_with_subset_and_port(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1, port: {number: 8000}}, weight: 80},"
+        " {destination: {host: httpbin, subset: v2, port: {number: 8000}}, weight: 20}]}]")))
+    got = collections.Counter(echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=100))
+    assert set(got) == {HTTPBIN_V1, HTTPBIN_V2} and 8 <= got[HTTPBIN_V2] <= 34, got  # 20 ± 3.5 sd
+
+
+def test_redirect_scheme_and_code(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[{redirect: {scheme: https, uri: /secure, redirectCode: 301}}]")))
+    [(code, out)] = mesh.curl(codec, "httpbin", 8000, "/x", "-i")
+    location = next(line for line in out.lower().splitlines() if line.startswith("location:"))
+    assert code == 301 and location.split(": ", 1)[1].startswith("https://") and location.endswith("/secure")
+    assert seen(mesh, HTTPBIN_V1) == []
+
+
+def test_retry_on_conditions(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        ' retries: {attempts: 2, retryOn: "gateway-error,retriable-4xx,retriable-status-codes,418"}}]')))
+    for status, tries in ((502, 3), (504, 3), (409, 3), (418, 3), (500, 1), (404, 1)):
+        mesh.app(HTTPBIN_V1).seen = []
+        assert mesh.curl(codec, "httpbin", 8000, f"/status/{status}")[0][0] == status
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, status
+
+
+def test_grpc_retry_conditions(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        ' retries: {attempts: 2, retryOn: "cancelled,deadline-exceeded,internal,resource-exhausted"}}]')))
+    for code, tries in ((1, 3), (4, 3), (13, 3), (8, 3), (14, 1)):  # UNAVAILABLE is not listed here
+        mesh.app(HTTPBIN_V1).seen = []
+        [(status, out)] = mesh.curl("h2", "httpbin", 8000, f"/grpc/{code}", "-i",
+                                    "-H", "content-type: application/grpc", "-X", "POST")
+        assert status == 200 and f"grpc-status: {code}" in out.lower()
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, code
+
+
+def test_mirror_percentage(mesh, codec):
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}],"
+        " mirror: {host: httpbin, subset: v2}, mirrorPercentage: {value: 50}}]")))
+    assert {c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=100)} == {200}
+    counts: list[int] = []
+    mesh.wait(lambda: counts.append(len(seen(mesh, HTTPBIN_V2))) or counts[-1:] == counts[-2:-1], timeout=5)
+    assert 30 <= counts[-1] <= 70, counts  # 50 ± 4 sd
+
+
+def test_round_robin_and_random(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: ROUND_ROBIN}}")))
+    apps = [echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=8)]
+    assert all(a != b for a, b in zip(apps, apps[1:], strict=False)), apps  # strictly alternating
+    mesh.apply(httpbin(dr("{loadBalancer: {simple: RANDOM}}")))
+    got = collections.Counter(echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=40))
+    assert min(got[HTTPBIN_V1], got[HTTPBIN_V2]) >= 8, got
+
+
+def test_consistent_hash_source_ip_and_query_parameter(mesh, codec):
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {useSourceIp: true}}}")))
+    assert len({echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, "/", n=10)}) == 1
+    mesh.apply(httpbin(dr("{loadBalancer: {consistentHash: {httpQueryParameterName: user}}}")))
+    for user in ("alice", "bob", "carol"):
+        assert len({echo(b)["app"] for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user={user}", n=6)}) == 1
+    spread = {echo(b)["app"] for u in range(12) for _, b in mesh.curl(codec, "httpbin", 8000, f"/?user=u{u}")}
+    assert spread == {HTTPBIN_V1, HTTPBIN_V2}
+
+
+# -- the mTLS hop, ServiceEntry and Sidecar: only pods have them (loopback's hop is plaintext, and
+# its listeners stand only for the addresses the snapshot captures) -------------------------------
+
+pods_only = pytest.mark.parametrize("mesh", ["pods"], indirect=True)
+
+
+def service_entry(host: str, address: str, location: str, resolution: str, endpoints: str = "[]") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host.split('.')[0]}}}
+spec:
+  hosts: [{host}]
+  addresses: [{address}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  location: {location}
+  resolution: {resolution}
+  endpoints: {endpoints}
+"""
+
+
+def destination_rule(host: str, traffic_policy: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host.split('.')[0]}}}
+spec: {{host: {host}, trafficPolicy: {traffic_policy}}}
+"""
+
+
+XFCC = "x-forwarded-client-cert"
+
+
+@pods_only
+def test_tls_mode_istio_mutual_and_disable(mesh, codec):
+    mesh.apply(httpbin(dr("{tls: {mode: ISTIO_MUTUAL}}")))
+    [(_, body)] = mesh.curl(codec, "httpbin", 8000, "/")
+    assert "spiffe://cluster.local/ns/default/sa/default" in echo(body)["headers"][XFCC]  # fortio's identity
+    mesh.apply(httpbin(dr("{tls: {mode: DISABLE}}")))  # plaintext hop: the server (PERMISSIVE) knows no peer
+    [(code, body)] = mesh.curl(codec, "httpbin", 8000, "/")
+    assert code == 200 and XFCC not in echo(body)["headers"]
+
+
+@pods_only
+def test_service_entry_static_internal_and_external(mesh, codec):
+    endpoints = f"[{{address: {HTTPBIN_V1}}}]"
+    mesh.apply(httpbin(service_entry("api.internal", "198.19.9.1", "MESH_INTERNAL", "STATIC", endpoints)))
+    [(code, body)] = mesh.curl(codec, "api.internal", 80, "/")
+    assert (code, echo(body)["app"]) == (200, HTTPBIN_V1) and XFCC in echo(body)["headers"]  # mTLS
+    mesh.apply(httpbin(service_entry("api.external", "198.19.9.2", "MESH_EXTERNAL", "STATIC", endpoints)))
+    [(code, body)] = mesh.curl(codec, "api.external", 80, "/")
+    assert (code, echo(body)["app"]) == (200, HTTPBIN_V1) and XFCC not in echo(body)["headers"]  # plaintext
+
+
+@pods_only
+def test_service_entry_connect_failure_is_retried_on_another_endpoint(mesh, codec):
+    # 198.18.2.99 is on the pod network but no pod has it: connecting times out.
+    endpoints = f"[{{address: 198.18.2.99}}, {{address: {HTTPBIN_V1}}}]"
+    mesh.apply(httpbin(service_entry("flaky.external", "198.19.9.3", "MESH_EXTERNAL", "STATIC", endpoints),
+                       destination_rule("flaky.external", "{loadBalancer: {simple: ROUND_ROBIN},"
+                                        " connectionPool: {tcp: {connectTimeout: 0.3s}}}")))
+    errors = mesh.metric("remora_upstream_connect_errors_total")
+    flags = mesh.flags_of(lambda: mesh.curl(codec, "flaky.external", 80, "/", n=4))
+    assert len(seen(mesh, HTTPBIN_V1)) == 4 and flags == ["-"] * 4  # Istio's default policy retries connect-failure
+    assert mesh.metric("remora_upstream_connect_errors_total") - errors >= 2  # round robin tried the dead one
+    hosts = {r["upstream_host"] for r in mesh.access_log()[-4:]}
+    assert hosts == {f"{HTTPBIN_V1}:80"}, hosts
+    # Without retries the failure is the answer: 503 UF.
+    mesh.apply(httpbin(service_entry("flaky.external", "198.19.9.3", "MESH_EXTERNAL", "STATIC",
+                                     "[{address: 198.18.2.99}]"),
+                       destination_rule("flaky.external", "{connectionPool: {tcp: {connectTimeout: 0.3s}}}"),
+                       vs("[{route: [{destination: {host: flaky.external}}], retries: {attempts: 0}}]")
+                       .replace("hosts: [httpbin]", "hosts: [flaky.external]")))
+    out: list = []
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "flaky.external", 80, "/"))) == ["UF"]
+    assert out[0][0] == 503
+
+
+@pods_only
+def test_service_entry_resolution_none_and_passthrough_go_to_the_original_destination(mesh, codec):
+    marked = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct}
+spec:
+  hosts: [direct.example]
+  http: [{headers: {response: {set: {x-rule: direct}}}, route: [{destination: {host: direct.example}}]}]
+"""
+    mesh.apply(httpbin(service_entry("direct.example", HTTPBIN_V2, "MESH_EXTERNAL", "NONE"), marked))
+    [(code, out)] = mesh.curl(codec, "direct.example", 80, "/", "-i")
+    assert code == 200 and "x-rule: direct" in out.lower()  # routed by the entry ...
+    assert echo(out.partition("\n\n")[2])["app"] == HTTPBIN_V2  # ... to the address the app dialled
+    # A PASSTHROUGH DestinationRule sends to the original destination, not to the endpoints.
+    mesh.apply(httpbin(service_entry("direct.example", HTTPBIN_V2, "MESH_EXTERNAL", "STATIC",
+                                     f"[{{address: {HTTPBIN_V1}}}]"), marked,
+                       destination_rule("direct.example", "{loadBalancer: {simple: PASSTHROUGH}}")))
+    [(code, out)] = mesh.curl(codec, "direct.example", 80, "/", "-i")
+    assert code == 200 and "x-rule: direct" in out.lower() and echo(out.partition("\n\n")[2])["app"] == HTTPBIN_V2
+
+
+@pods_only
+def test_sidecar_egress_hosts(mesh, codec):
+    mesh.apply(config(*BOOKINFO, """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: [./ratings.default.svc.cluster.local]}]
+"""))
+    assert [c for c, _ in mesh.curl(codec, "ratings", 9080, "/")] == [200]
+    before = mesh.metric("remora_passthrough_connections_total")
+    mesh.curl(codec, "reviews", 9080, "/", timeout=2)
+    # Not in this proxy's configuration: relayed as bytes to the VIP the app dialled (Istio's
+    # PassthroughCluster), which no kube-proxy answers here; no reviews pod is reached.
+    assert mesh.metric("remora_passthrough_connections_total") - before == 1
+    assert all(seen(mesh, ip) == [] for ip in REVIEWS)
+
+
+TCP_NS = "istio-io-tcp-traffic-shifting"
+TCP_ECHO = {"198.18.3.11": "v1", "198.18.3.12": "v2"}
+
+
+@pods_only
+def test_tcp_traffic_shifting(mesh):
+    """The TCP traffic shifting task: its YAML unchanged binds the routes to the ingress gateway,
+    so sidecars balance over both versions; bound to the sidecars ("mesh") with port 9000
+    matched, the 80/20 split of tcp-echo-20-v2.yaml holds per connection, and port 9001 keeps
+    the whole service. (Loopback relays only HTTP.)"""
+    mesh.apply(config("tcp-echo.yaml", "tcp-echo-all-v1.yaml", pod=(TCP_NS, "curl")))
+    got = collections.Counter(TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9000, n=30))
+    assert set(got) == {"v1", "v2"} and all(r.endswith(" hello") for r in mesh.tcp("tcp-echo", 9000)), got
+    shifted = (TASKS / "tcp-echo-20-v2.yaml").read_text().replace('- "*"', "- tcp-echo") \
+        .replace("- tcp-echo-gateway", "- mesh").replace("port: 31400", "port: 9000")
+    mesh.apply(config("tcp-echo.yaml", "tcp-echo-all-v1.yaml", shifted, pod=(TCP_NS, "curl")))
+    got = collections.Counter(TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9000, n=100))
+    assert set(got) == {"v1", "v2"} and 8 <= got["v2"] <= 34, got  # 20 ± 3.5 sd
+    assert {TCP_ECHO[r.split()[0]] for r in mesh.tcp("tcp-echo", 9001, n=30)} == {"v1", "v2"}
+
+
+def test_grpc_default_retry_policy_is_istios(grpc_mesh):
+    mesh = grpc_mesh
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs("[{route: [{destination: {host: httpbin, subset: v1}}]}]")))
+    for code, tries in ((14, 3), (1, 3), (13, 1)):  # unavailable and cancelled, 2 attempts; not internal
+        mesh.app(HTTPBIN_V1).seen = []
+        mesh.curl("h2", "httpbin", 8000, f"/grpc/{code}", "-H", "content-type: application/grpc", "-X", "POST")
+        assert len(seen(mesh, HTTPBIN_V1)) == tries, code

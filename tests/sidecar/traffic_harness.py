@@ -14,18 +14,25 @@ import asyncio
 import dataclasses
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import httptools
+import yaml
 
 from control_plane.api.model import ProxyConfig
+from control_plane.builder import ProxyKey, SnapshotBuilder
+from control_plane.registry import Registry
+from control_plane.resources import key_of
+from control_plane.sources.files import read_manifests
 from sidecar.http import exchange
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
 from sidecar.http2 import H2Context, H2Downstream, H2Pool
@@ -34,6 +41,29 @@ from sidecar.stats import Stats
 from sidecar.upstream import UpstreamError
 
 H2_PREFACE = b"PRI * HTTP/2.0"
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a table case applies: task files (names under ``tasks``) and inline YAML, in
+    ``kubectl apply`` order (the last object with a key wins), seen from the client pod ``pod``
+    (namespace, name). Loopback builds the client's snapshot in process; pods write the
+    resources for the real control plane."""
+
+    sources: tuple[str, ...]
+    pod: tuple[str, str]
+    tasks: Path
+
+    def objects(self) -> list[dict]:
+        objs: list[dict] = []
+        for s in self.sources:
+            objs += read_manifests(self.tasks / s) if s.endswith(".yaml") else [d for d in yaml.safe_load_all(s) if d]
+        return list({key_of(o): o for o in objs}.values())
+
+    def build(self) -> ProxyConfig:
+        reg = Registry.from_objects(self.objects())
+        assert reg.errors == []
+        return SnapshotBuilder(reg, "cluster.local", "ROOTS\n").snapshot_for(ProxyKey(*self.pod)).config
 
 
 @dataclass
@@ -202,6 +232,41 @@ class _FlagsSeen:
         exchange.Exchange.done = self._original  # type: ignore[method-assign]
 
 
+SEP = "\n@@@"
+H2_CLIENT = Path(__file__).parent / "h2_client.py"
+
+
+def client_argv(codec: str, url: str, args: list[str], n: int, timeout: float) -> list[str]:
+    """The client that sends ``n`` requests to ``url`` on one connection, printing
+    ``SEP<status>`` after each: curl, or for many HTTP/2 requests h2_client.py, because curl
+    7.88 fails the second request on an h2c prior-knowledge connection."""
+    proto = "--http1.1" if codec == "h1" else "--http2-prior-knowledge"
+    cmd = ["curl", "-s", proto, "--max-time", str(timeout), *args, "-w", SEP + "%{http_code}\n", *[url] * n]
+    return cmd if codec == "h1" or n == 1 else [sys.executable, str(H2_CLIENT), *cmd[1:]]
+
+
+def split_curl_output(out: str) -> list[tuple[int, str]]:
+    """The client's output → [(status, body or headers+body)] (status 0: no answer)."""
+    results = []
+    parts = out.split(SEP)
+    body = parts[0]
+    for p in parts[1:]:
+        code, _, rest = p.partition("\n")
+        results.append((int(code or 0), body))
+        body = rest
+    return results
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``cond`` until it holds (True) or ``timeout`` passed (its last value)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
 class Harness:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -239,8 +304,15 @@ class Harness:
             self.apps[name] = app
         return self.apps[name]
 
-    def apply(self, cfg: ProxyConfig) -> Router:
+    def reset(self) -> None:
+        """Every app healthy and with nothing seen."""
+        for app in self.apps.values():
+            app.fail, app.seen = None, []
+
+    def apply(self, cfg: ProxyConfig | Case) -> Router:
         """Push ``cfg`` with every endpoint moved onto its app (named by its address)."""
+        if isinstance(cfg, Case):
+            cfg = cfg.build()
         clusters = []
         for c in cfg.clusters:
             eps = tuple(dataclasses.replace(e, address="127.0.0.1", port=self.app(e.address).port, identity=None)
@@ -290,23 +362,14 @@ class Harness:
         """``n`` requests on one curl connection: [(status, body or headers+body)]."""
         vip = self.vip(service, number)
         lp = self.port(vip, number, codec)
-        proto = ["--http1.1"] if codec == "h1" else ["--http2-prior-knowledge"]
-        sep = "\n@@@"
-        cmd = ["curl", "-s", *proto, "--max-time", str(timeout), "-H", f"host: {service}:{number}", *args,
-               "-w", sep + "%{http_code}\n"]
-        url = f"http://127.0.0.1:{lp}{path}"
-        # curl 7.88 fails a second request on an h2c prior-knowledge connection: one run each.
-        runs = [[*cmd, *[url] * n]] if codec == "h1" else [[*cmd, url]] * n
-        results = []
-        for run in runs:
-            out = subprocess.run(run, capture_output=True, text=True, timeout=timeout + 10).stdout
-            parts = out.split(sep)
-            body = parts[0]
-            for p in parts[1:]:
-                code, _, rest = p.partition("\n")
-                results.append((int(code), body))
-                body = rest
-        return results
+        own_host = any(a.lower().startswith("host:") for a in args)  # the case sets Host itself
+        host = [] if own_host else ["-H", f"host: {service}:{number}"]
+        argv = client_argv(codec, f"http://127.0.0.1:{lp}{path}", [*host, *args], n, timeout)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * n + 10).stdout
+        return split_curl_output(out)
+
+    def upstream_connects(self) -> int:
+        return self.connector.connects
 
     def flags_of(self, fn: Callable[[], Any]) -> list[str]:
         """The response flags of the exchanges ``fn`` made (in order)."""
@@ -316,12 +379,7 @@ class Harness:
         return [f for _, f in self.flags.log[start:]]
 
     def wait(self, cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return cond()
+        return wait_until(cond, timeout)
 
     def close(self) -> None:
         async def stop() -> None:
@@ -335,24 +393,31 @@ class Harness:
         self.thread.join(5)
 
 
-# -- run as a script: one app in a pod (tests/control_plane/test_istio_policies_mesh.py) ---------
+# -- run as a script: one app in a pod (tests/sidecar/pod_harness.py) -----------------------------
 
 def _serve(port: int, name: str) -> None:
-    """``python traffic_harness.py serve PORT NAME``: an App on 0.0.0.0:PORT. ``/_seen`` answers
-    the requests it recorded, ``/_fail/N`` makes it answer N to everything (0: healthy), and
-    neither is recorded."""
+    """``python traffic_harness.py serve PORT NAME``: an App on 0.0.0.0:PORT, driven from inside
+    its pod (tests/sidecar/pod_harness.py) by paths it does not record: ``/_seen`` (the requests
+    recorded, JSON), ``/_clear`` (forget them), ``/_fail/N`` (answer N to everything; 0: healthy),
+    ``/_reset`` (both) and ``/_active`` (requests in progress)."""
     app = App(name)
     answer = app.answer
 
     async def control(method: str, path: str, headers: dict[str, str], body: bytes,
                       protocol: str = "HTTP/1.1") -> tuple[int, list, bytes]:
         if path == "/_seen":
-            out = json.dumps([{"path": s.path, "host": s.headers.get("host", ""), "body": s.body.decode(),
-                               "protocol": s.protocol} for s in app.seen]).encode()
+            out = json.dumps([{"method": s.method, "path": s.path, "headers": s.headers,
+                               "body": s.body.decode(errors="replace"), "protocol": s.protocol}
+                              for s in app.seen]).encode()
             return 200, [("content-type", "application/json")], out
+        if path == "/_active":
+            return 200, [], str(app.active).encode()
         if path.startswith("/_fail/"):
             app.fail = int(path[len("/_fail/"):]) or None
+            return 200, [], b"ok"
+        if path in ("/_clear", "/_reset"):
             app.seen = []
+            app.fail = None if path == "/_reset" else app.fail
             return 200, [], b"ok"
         return await answer(method, path, headers, body, protocol)
     app.answer = control  # type: ignore[method-assign]
@@ -364,7 +429,24 @@ def _serve(port: int, name: str) -> None:
     asyncio.run(main())
 
 
+def _serve_tcp(port: int, name: str) -> None:
+    """``python traffic_harness.py serve-tcp PORT NAME``: Istio's tcp-echo on 0.0.0.0:PORT, which
+    answers each line with ``NAME line``."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(name.encode() + b" " + line)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(echo, "0.0.0.0", port)
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
-    import sys
     if sys.argv[1:2] == ["serve"]:
         _serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1:2] == ["serve-tcp"]:
+        _serve_tcp(int(sys.argv[2]), sys.argv[3])
