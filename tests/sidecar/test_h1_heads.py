@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from test_traffic_relay import BOOKINFO, config, fresh, loopback_only, mesh, seen  # noqa: F401 (mesh: fixture)
+from test_traffic_relay import BOOKINFO, config, loopback_only, mesh, seen  # noqa: F401 (mesh: fixture)
 from traffic_harness import Harness
 
 from sidecar.http1 import H1Context, H1Downstream, H1Pool
@@ -143,7 +143,7 @@ def test_default_retries_on_a_connections_later_requests(mesh: Harness) -> None:
     on its third request is retried twice (Istio's default: retriable-status-codes 503), like
     on a first request; a 404 is not retried."""
     mesh.apply(config(*BOOKINFO))
-    fresh(mesh)
+    mesh.reset()
     got = _one_connection(mesh, "details", 9080, ["/", "/", "/status/503", "/status/404", "/"])
     assert got == [["200", "1"], ["200", "0"], ["503", "0"], ["404", "0"], ["200", "0"]]
     assert [s.path for s in seen(mesh, "198.18.1.11")] == ["/", "/", *["/status/503"] * 3,
