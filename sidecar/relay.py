@@ -2,9 +2,10 @@
 
 Two forms. ``SpliceRelay`` moves bytes kernel-side with ``os.splice`` through a pipe when
 neither side is TLS (no copy into Python). ``RelayProtocol`` pairs two asyncio transports
-when one side is TLS: it reads into a process-wide buffer (``BufferedProtocol``) and writes
-that view to the other side, so plaintext is not copied into a ``bytes`` per read. Both hold at most one read's worth of bytes per direction: when the
-destination cannot take more, reading from the source stops (backpressure).
+when one side is TLS: it reads into a process-wide buffer (``BufferedProtocol``, see
+``rxbuf.py``) and writes that view to the other side, so no ``bytes`` is made per read. Both
+hold at most one read's worth of bytes per direction: when the destination cannot take
+more, reading from the source stops (backpressure).
 
 Half-close: a FIN from one side becomes ``shutdown(SHUT_WR)`` on the other, and the other
 direction keeps flowing. TLS cannot be half-closed through Python's ssl transports, so a FIN

@@ -183,7 +183,7 @@ class TlsWire(asyncio.BufferedProtocol):
             out = _PLAIN_OUT.get()
             size = len(out)
             n = 0
-            eof = False
+            eof = failed = False
             with memoryview(out) as mv:
                 while n < size:
                     try:
@@ -194,8 +194,8 @@ class TlsWire(asyncio.BufferedProtocol):
                     except ssl.SSLZeroReturnError:
                         got = 0
                     except ssl.SSLError:
-                        self.raw.abort()
-                        return
+                        failed = True  # after what was decrypted before it
+                        break
                     if not got:  # the peer's close_notify: EOF of its direction only
                         eof = True
                         break
@@ -204,6 +204,9 @@ class TlsWire(asyncio.BufferedProtocol):
                     app.data_received(mv[:n])  # a view, valid during the call only
             if n:
                 _PLAIN_OUT.reclaim()
+            if failed:
+                self.raw.abort()
+                return
             if eof:
                 self.peer_eof = True
                 self.flush()
