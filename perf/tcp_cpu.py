@@ -5,8 +5,9 @@
 A download (server app → client app: the client proxy decrypts, the server proxy encrypts)
 and an upload (the other way) of ``--mib`` MiB each; the figure is user+sys of each proxy
 process from /proc/PID/stat over the transfer, divided by the bytes moved. Run it from two
-worktrees in turn (A B A B) to compare a change: CPU seconds, unlike throughput, hardly
-depend on what else the shared machine is doing.
+worktrees in turn (A B B A ...) to compare a change, and compare medians, best of the two
+proxies' sum: on a shared machine one proxy's figure moves by +-15 % from run to run, as the
+receiver's kernel work (softirq) lands in one process's context or the other's.
 """
 
 from __future__ import annotations

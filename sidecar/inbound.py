@@ -252,7 +252,7 @@ class InboundTls(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         gate = _gate(rt, str(peername[0]) if peername else "", self.dst, peer)
         if alpn == ALPN_H1:
-            p: asyncio.BaseProtocol = H1Downstream(h1_context(rt, self.dst, peer, gate))
+            p: asyncio.Protocol = H1Downstream(h1_context(rt, self.dst, peer, gate))
         elif alpn == ALPN_H2 and rt.h2 is not None:
             p = rt.h2.H2Downstream(h2_context(rt, self.dst, peer, gate))
         elif alpn in (ALPN_TCP, ALPN_H2) and not authz.check_tcp(gate):

@@ -1,11 +1,11 @@
-"""One reusable byte buffer per use, shared by every connection of the process.
+"""A reusable byte buffer shared by every connection of the process.
 
-The event loop runs one callback at a time, so a read can land in a process-wide buffer and
-be consumed (fed to a TLS BIO, encrypted, written) before the next callback runs: no
-per-read ``bytes`` object and no per-connection buffer. A consumer may keep a view of the
-bytes, though (a transport that could not send them all holds on to a ``memoryview``, which
-in a bulk transfer is nearly every write): then the buffer is lent to it and another one is
-used, so bytes already handed out are never overwritten. Lent buffers are taken back once
+The event loop runs one callback at a time, so bytes can land in a process-wide buffer (the
+opaque TLS relay decrypts into one) and be consumed before the next callback runs: no
+``bytes`` object per TLS record and no per-connection buffer. A consumer may keep a view of
+the bytes, though (a transport that could not send them all holds on to a ``memoryview``,
+which in a bulk transfer is nearly every write): then the buffer is lent to it and another
+one is used, so bytes already handed out are never overwritten. Lent buffers are taken back once
 their holder lets go, so a steady transfer cycles through two or three buffers without
 allocating (or zero-filling) any.
 """
