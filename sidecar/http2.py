@@ -113,6 +113,8 @@ class _Side(asyncio.Protocol):
         self.closed = False
         self.goaway_received = False
         self._send_scheduled = False
+        # Cached: asyncio.get_running_loop() makes a getpid() syscall per call on 3.11.
+        self.loop = asyncio.get_running_loop()
 
     # -- transport plumbing -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,7 +126,7 @@ class _Side(asyncio.Protocol):
         """Write the codec's output soon: one write per event-loop turn, not one per frame."""
         if not self._send_scheduled and not self.closed:
             self._send_scheduled = True
-            asyncio.get_running_loop().call_soon(self.send_now)
+            self.loop.call_soon(self.send_now)
 
     def send_now(self) -> None:
         self._send_scheduled = False
@@ -275,6 +277,18 @@ class _Pipe:
         if self.closed:
             self.src.ack(flow_len, self.src_sid)
             return
+        dst = self.dst
+        if (not self.queue and dst is not None and not self.sent_end and not dst.write_paused
+                and not dst.closed):
+            # The common case (a response chunk within the window): no queue entry, no loop.
+            try:
+                if dst.codec.send_window(self.dst_sid) >= len(data):
+                    dst.codec.send_data(self.dst_sid, data)
+                    dst.want_send()
+                    self.src.ack(flow_len, self.src_sid)
+                    return
+            except StreamGone:
+                pass  # flush() below finds it gone again and resets the pair
         self.queue.append([data, flow_len])
         self.flush()
 
@@ -338,10 +352,12 @@ class _Pipe:
         self.closed = True
         if self.dst is not None:
             self.dst.blocked.discard(self)
-        pending = sum(item[1] for item in self.queue)
-        self.queue.clear()
-        if self.src is not None:
-            self.src.ack(pending, self.src_sid)
+        queue = self.queue
+        if queue:
+            pending = sum(item[1] for item in queue)
+            queue.clear()
+            if self.src is not None:
+                self.src.ack(pending, self.src_sid)
 
 
 class _Exchange(Exchange):
@@ -388,7 +404,7 @@ class _Exchange(Exchange):
             self.plan.attempt_started()
             self.sent_head = head
             if self.plan.per_try:
-                self.try_timer = asyncio.get_running_loop().call_later(self.plan.per_try, self.try_timed_out)
+                self.try_timer = self.down.loop.call_later(self.plan.per_try, self.try_timed_out)
         try:
             sid = up.codec.send_request_head(head)
         except NoStreamAvailable:
@@ -538,7 +554,7 @@ class _Exchange(Exchange):
         if up is not None:
             self.attach(up)
         else:
-            self.task = asyncio.get_running_loop().create_task(self.connect(pool, endpoint, alpn))
+            self.task = self.down.loop.create_task(self.connect(pool, endpoint, alpn))
 
     def _cancel_try(self) -> None:
         if self.try_timer is not None:
@@ -583,7 +599,7 @@ class _Exchange(Exchange):
             self.head, self.sent_head = self.sent_head, None
         endpoint = plan.endpoint
         assert endpoint is not None
-        asyncio.get_running_loop().call_later(wait, self.dispatch, endpoint)
+        self.down.loop.call_later(wait, self.dispatch, endpoint)
         return True
 
     def capture(self, data: bytes) -> None:
@@ -718,7 +734,7 @@ class H2Upstream(_Side):
         else:
             idle = limits_.current().upstream_idle_timeout  # 0: kept until the peer closes
             if idle:
-                self.idle_timer = asyncio.get_running_loop().call_later(idle, self.close)
+                self.idle_timer = self.loop.call_later(idle, self.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.touch()
@@ -852,15 +868,18 @@ class H2Downstream(_Side):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0
         self.requests = 0
+        self.peer_ip = ""  # the downstream's address (route matches on sourceIP): per connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
         if self.ctx.labels is not None and self.inbound_endpoint is not None:
             self.lkeys = inbound_label_keys(self.ctx, transport)
         if self.lim.idle_timeout:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.last_active = loop.time()
             self.idle_timer = loop.call_later(self.lim.idle_timeout, self._idle_check)
 
@@ -869,7 +888,7 @@ class H2Downstream(_Side):
         self.idle_timer = None
         if self.closed:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         left = self.lim.idle_timeout - (loop.time() - self.last_active)
         if self.streams:
             left = self.lim.idle_timeout
@@ -931,7 +950,7 @@ class H2Downstream(_Side):
         if stream_id is not None:
             self.resets.close(stream_id, reset_by_peer=False)
         if not self.streams:
-            self.last_active = asyncio.get_running_loop().time()
+            self.last_active = self.loop.time()
             if self.goaway_sent or self.goaway_received:
                 self.close()
 
@@ -985,15 +1004,14 @@ class H2Downstream(_Side):
         if up is not None:
             ex.attach(up)
         else:
-            ex.task = asyncio.get_running_loop().create_task(ex.connect(self.pool, endpoint, alpn))
+            ex.task = self.loop.create_task(ex.connect(self.pool, endpoint, alpn))
 
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
         """Outbound: the exchange's plan (route decision and policies); None when it was
         answered locally or will be sent after a fault delay."""
-        peer = self.transport.get_extra_info("peername") if self.transport else None
         plan = plan_outbound(self.ctx, method, path, headers, grpc=ex.grpc,
-                             source_ip=peer[0] if peer else "",
+                             source_ip=self.peer_ip,
                              authority=ex.head.authority if ex.head else None)
         ex.plan = plan
         for flag in plan.flags:
@@ -1001,7 +1019,7 @@ class H2Downstream(_Side):
         if plan.service:
             ex.service = plan.service
             ex.connect_timeout = plan.connect_timeout
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         proto = GRPC if ex.grpc else HTTP
         if plan.status or plan.endpoint is None:
             port = self.ctx.outbound_port
