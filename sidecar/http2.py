@@ -199,9 +199,10 @@ class _Side(asyncio.Protocol):
             return
         if self.client_side:  # body bytes: an upstream sends the response
             ex.resp_bytes += len(ev.data)
+            ex.resp.push(ev.data, ev.flow)
         else:
             ex.req_bytes += len(ev.data)
-        self.in_pipe(ex).push(ev.data, ev.flow)
+            ex.req.push(ev.data, ev.flow)
 
     def _on_trailers(self, ev: ev_.Trailers) -> None:
         ex = self.streams.get(ev.stream_id)
@@ -213,7 +214,7 @@ class _Side(asyncio.Protocol):
     def _on_ended(self, ev: ev_.EndOfMessage) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            self.in_pipe(ex).finish()
+            (ex.resp if self.client_side else ex.req).finish()
 
     def _on_reset(self, ev: ev_.StreamReset) -> None:
         ex = self.streams.get(ev.stream_id)
@@ -231,7 +232,8 @@ class _Side(asyncio.Protocol):
     def ack(self, n: int, stream_id: int) -> None:
         if n and not self.closed:
             self.codec.ack(stream_id, n)
-            self.want_send()
+            if not self._send_scheduled:
+                self.want_send()
 
     def reset(self, stream_id: int | None, code: int) -> None:
         if stream_id is None or self.closed:
@@ -284,7 +286,8 @@ class _Pipe:
             try:
                 if dst.codec.send_window(self.dst_sid) >= len(data):
                     dst.codec.send_data(self.dst_sid, data)
-                    dst.want_send()
+                    if not dst._send_scheduled:
+                        dst.want_send()
                     self.src.ack(flow_len, self.src_sid)
                     return
             except StreamGone:
@@ -339,7 +342,8 @@ class _Pipe:
             self.close()
             self.ex.reset_from(dst, CANCEL)
         finally:
-            dst.want_send()
+            if not dst._send_scheduled:
+                dst.want_send()
             if acked:
                 self.src.ack(acked, self.src_sid)
         if self.sent_end:
