@@ -11,7 +11,9 @@ other side stalls the sender instead of growing a buffer. Outgoing DATA is queue
 and pulled by nghttp2 only as the peer's windows allow; ``send_window`` says how much more
 may be queued so the queue stays bounded by the peer's window.
 
-Event tuples (the first item is the kind):
+Events are the caller's objects when it registered constructors with ``set_events`` (the
+proxy's codec does: no Python runs per frame to convert them); otherwise tuples (the first
+item is the kind):
     (EV_HEADERS, stream_id, headers, end_stream, method, scheme, authority, path, status)
         a request, response (1xx too) or trailers; ``headers`` holds the regular fields as
         (name, value) bytes pairs, the pseudo-headers are split out (``b""`` / status -1
