@@ -162,9 +162,10 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         events = self.codec.feed(data)
+        handler_of = self._handlers.get
         try:
             for ev in events:
-                handler = self._handlers.get(type(ev))
+                handler = handler_of(type(ev))
                 if handler is not None:
                     handler(self, ev)
         except Exception:  # a relay bug must cost this connection, not the proxy's loop
@@ -262,12 +263,13 @@ class _Pipe:
     __slots__ = ("ex", "src", "src_sid", "dst", "dst_sid", "queue", "ended", "trailers",
                  "sent_end", "closed")
 
-    def __init__(self, ex: _Exchange, src: _Side | None, src_sid: int | None) -> None:
+    def __init__(self, ex: _Exchange, src: _Side | None, src_sid: int | None,
+                 dst: _Side | None = None, dst_sid: int | None = None) -> None:
         self.ex = ex
         self.src = src
         self.src_sid = src_sid
-        self.dst: _Side | None = None
-        self.dst_sid: int | None = None
+        self.dst = dst
+        self.dst_sid = dst_sid
         # [data, flow-controlled length not yet acknowledged to src]; bounded by src's window.
         self.queue: deque[list[Any]] = deque()
         self.ended = False
@@ -378,9 +380,7 @@ class _Exchange(Exchange):
         self.up: H2Upstream | None = None
         self.up_sid: int | None = None
         self.req = _Pipe(self, down, sid)
-        self.resp = _Pipe(self, None, None)
-        self.resp.dst = down
-        self.resp.dst_sid = sid
+        self.resp = _Pipe(self, None, None, down, sid)
         self.head: ev_.RequestHead | None = head  # until it is sent upstream
         self.status = 0
         self.response_started = False
@@ -597,8 +597,7 @@ class _Exchange(Exchange):
         req.ended, req.trailers = old.ended, old.trailers
         old.close()  # gives the client back the window of what it still held
         self.req = req
-        self.resp = _Pipe(self, None, None)
-        self.resp.dst, self.resp.dst_sid = self.down, self.down_sid
+        self.resp = _Pipe(self, None, None, self.down, self.down_sid)
         if self.sent_head is not None:  # else it was never sent (connect failure): still in head
             self.head, self.sent_head = self.sent_head, None
         endpoint = plan.endpoint

@@ -38,6 +38,7 @@ except ImportError:  # the extension was not built: the h2 codec is used instead
 
 STREAM_WINDOW = 65_535
 CONN_WINDOW = 1 << 21
+_STATUS: dict[int, tuple[bytes, bytes]] = {}  # status -> its :status field, made once
 
 
 def available() -> bool:
@@ -97,7 +98,10 @@ class NgH2Codec:
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:
-        block = [(b":status", b"%d" % status), *headers]
+        pseudo = _STATUS.get(status)
+        if pseudo is None:
+            pseudo = _STATUS[status] = (b":status", b"%d" % status)
+        block = [pseudo, *headers]
         try:
             if status < 200:
                 self.session.send_informational(stream_id, block)
