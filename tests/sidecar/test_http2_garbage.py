@@ -3,7 +3,7 @@
 Both relays (outbound and inbound, real Router, Stats, Labeler, authorization hook) run in
 this process over in-memory transports (perf/h2_relay_micro.py's harness, no root, no
 sockets). Before the exchange broke its exchange <-> pipe cycle at its end, every exchange
-left about 30 objects for the collector, which in a proxy walks a large heap.
+left its objects for the collector, which in a proxy walks a large heap.
 """
 
 from __future__ import annotations
