@@ -30,11 +30,11 @@ from perf.bench.scenarios import GRPC, H2, mesh_pair  # noqa: E402
 from perf.bench.topology import CLIENT_CORE, LOAD_UID, Topology  # noqa: E402
 
 
-def _setup(python: str, kind: str):
+def _setup(python: str, kind: str, env: dict[str, str] | None = None):
     os.environ["REMORA_BENCH_PYTHON"] = python  # mesh_pair starts the proxies from its venv
     topo = Topology.create()
     try:
-        return topo, mesh_pair(topo, kind)
+        return topo, mesh_pair(topo, kind, env)
     except BaseException:
         topo.destroy()
         raise
@@ -76,10 +76,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--profile", type=Path, help="py-spy build B's proxies into this directory")
+    ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment for build B's proxies only (A/B of a setting)")
     a = ap.parse_args()
+    if any("=" not in e for e in a.b_env):
+        ap.error("--b-env takes NAME=VALUE")
     builds = {"A": _setup(a.a, a.kind)}
     try:
-        builds["B"] = _setup(a.b, a.kind)
+        builds["B"] = _setup(a.b, a.kind, dict(e.split("=", 1) for e in a.b_env))
         for topo, target in builds.values():
             _load(topo, target, 1.0)  # warm up: pools, TLS sessions
         runs: dict[str, list[dict]] = {"A": [], "B": []}
