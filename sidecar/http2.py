@@ -114,6 +114,8 @@ class _Side(asyncio.Protocol):
         self.closed = False
         self.goaway_received = False
         self._send_scheduled = False
+        # Cached: asyncio.get_running_loop() makes a getpid() syscall per call on 3.11.
+        self.loop = asyncio.get_running_loop()
 
     # -- transport plumbing -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,7 +127,7 @@ class _Side(asyncio.Protocol):
         """Write the codec's output soon: one write per event-loop turn, not one per frame."""
         if not self._send_scheduled and not self.closed:
             self._send_scheduled = True
-            asyncio.get_running_loop().call_soon(self.send_now)
+            self.loop.call_soon(self.send_now)
 
     def send_now(self) -> None:
         self._send_scheduled = False
@@ -161,9 +163,10 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         events = self.codec.feed(data)
+        handler_of = self._handlers.get
         try:
             for ev in events:
-                handler = self._handlers.get(type(ev))
+                handler = handler_of(type(ev))
                 if handler is not None:
                     handler(self, ev)
         except Exception:  # a relay bug must cost this connection, not the proxy's loop
@@ -198,9 +201,10 @@ class _Side(asyncio.Protocol):
             return
         if self.client_side:  # body bytes: an upstream sends the response
             ex.resp_bytes += len(ev.data)
+            ex.resp.push(ev.data, ev.flow)
         else:
             ex.req_bytes += len(ev.data)
-        self.in_pipe(ex).push(ev.data, ev.flow)
+            ex.req.push(ev.data, ev.flow)
 
     def _on_trailers(self, ev: ev_.Trailers) -> None:
         ex = self.streams.get(ev.stream_id)
@@ -212,7 +216,7 @@ class _Side(asyncio.Protocol):
     def _on_ended(self, ev: ev_.EndOfMessage) -> None:
         ex = self.streams.get(ev.stream_id)
         if ex is not None:
-            self.in_pipe(ex).finish()
+            (ex.resp if self.client_side else ex.req).finish()
 
     def _on_reset(self, ev: ev_.StreamReset) -> None:
         ex = self.streams.get(ev.stream_id)
@@ -230,7 +234,8 @@ class _Side(asyncio.Protocol):
     def ack(self, n: int, stream_id: int) -> None:
         if n and not self.closed:
             self.codec.ack(stream_id, n)
-            self.want_send()
+            if not self._send_scheduled:
+                self.want_send()
 
     def reset(self, stream_id: int | None, code: int) -> None:
         if stream_id is None or self.closed:
@@ -259,12 +264,13 @@ class _Pipe:
     __slots__ = ("ex", "src", "src_sid", "dst", "dst_sid", "queue", "ended", "trailers",
                  "sent_end", "closed")
 
-    def __init__(self, ex: _Exchange, src: _Side | None, src_sid: int | None) -> None:
+    def __init__(self, ex: _Exchange, src: _Side | None, src_sid: int | None,
+                 dst: _Side | None = None, dst_sid: int | None = None) -> None:
         self.ex = ex
         self.src = src
         self.src_sid = src_sid
-        self.dst: _Side | None = None
-        self.dst_sid: int | None = None
+        self.dst = dst
+        self.dst_sid = dst_sid
         # [data, flow-controlled length not yet acknowledged to src]; bounded by src's window.
         self.queue: deque[list[Any]] = deque()
         self.ended = False
@@ -276,6 +282,19 @@ class _Pipe:
         if self.closed:
             self.src.ack(flow_len, self.src_sid)
             return
+        dst = self.dst
+        if (not self.queue and dst is not None and not self.sent_end and not dst.write_paused
+                and not dst.closed):
+            # The common case (a response chunk within the window): no queue entry, no loop.
+            try:
+                if dst.codec.send_window(self.dst_sid) >= len(data):
+                    dst.codec.send_data(self.dst_sid, data)
+                    if not dst._send_scheduled:
+                        dst.want_send()
+                    self.src.ack(flow_len, self.src_sid)
+                    return
+            except StreamGone:
+                pass  # flush() below finds it gone again and resets the pair
         self.queue.append([data, flow_len])
         self.flush()
 
@@ -326,7 +345,8 @@ class _Pipe:
             self.close()
             self.ex.reset_from(dst, CANCEL)
         finally:
-            dst.want_send()
+            if not dst._send_scheduled:
+                dst.want_send()
             if acked:
                 self.src.ack(acked, self.src_sid)
         if self.sent_end:
@@ -339,10 +359,12 @@ class _Pipe:
         self.closed = True
         if self.dst is not None:
             self.dst.blocked.discard(self)
-        pending = sum(item[1] for item in self.queue)
-        self.queue.clear()
-        if self.src is not None:
-            self.src.ack(pending, self.src_sid)
+        queue = self.queue
+        if queue:
+            pending = sum(item[1] for item in queue)
+            queue.clear()
+            if self.src is not None:
+                self.src.ack(pending, self.src_sid)
 
 
 class _Exchange(Exchange):
@@ -359,9 +381,7 @@ class _Exchange(Exchange):
         self.up: H2Upstream | None = None
         self.up_sid: int | None = None
         self.req = _Pipe(self, down, sid)
-        self.resp = _Pipe(self, None, None)
-        self.resp.dst = down
-        self.resp.dst_sid = sid
+        self.resp = _Pipe(self, None, None, down, sid)
         self.head: ev_.RequestHead | None = head  # until it is sent upstream
         self.status = 0
         self.response_started = False
@@ -389,7 +409,7 @@ class _Exchange(Exchange):
             self.plan.attempt_started()
             self.sent_head = head
             if self.plan.per_try:
-                self.try_timer = asyncio.get_running_loop().call_later(self.plan.per_try, self.try_timed_out)
+                self.try_timer = self.down.loop.call_later(self.plan.per_try, self.try_timed_out)
         try:
             sid = up.codec.send_request_head(head)
         except NoStreamAvailable:
@@ -541,7 +561,7 @@ class _Exchange(Exchange):
         if up is not None:
             self.attach(up)
         else:
-            self.task = asyncio.get_running_loop().create_task(self.connect(pool, endpoint, alpn))
+            self.task = self.down.loop.create_task(self.connect(pool, endpoint, alpn))
 
     def _cancel_try(self) -> None:
         if self.try_timer is not None:
@@ -580,13 +600,12 @@ class _Exchange(Exchange):
         req.ended, req.trailers = old.ended, old.trailers
         old.close()  # gives the client back the window of what it still held
         self.req = req
-        self.resp = _Pipe(self, None, None)
-        self.resp.dst, self.resp.dst_sid = self.down, self.down_sid
+        self.resp = _Pipe(self, None, None, self.down, self.down_sid)
         if self.sent_head is not None:  # else it was never sent (connect failure): still in head
             self.head, self.sent_head = self.sent_head, None
         endpoint = plan.endpoint
         assert endpoint is not None
-        asyncio.get_running_loop().call_later(wait, self.dispatch, endpoint)
+        self.down.loop.call_later(wait, self.dispatch, endpoint)
         return True
 
     def capture(self, data: bytes) -> None:
@@ -676,8 +695,13 @@ class _Exchange(Exchange):
         if self.task is not None:
             self.task.cancel()
             self.task = None
-        self.req.close()
-        self.resp.close()
+        req, resp = self.req, self.resp
+        req.close()
+        resp.close()
+        # Break the exchange <-> pipe cycle, so that reference counting frees the exchange
+        # now rather than the cyclic GC later (every exchange left garbage for it). A closed
+        # pipe never touches its exchange again.
+        req.ex = resp.ex = None  # type: ignore[assignment]
         if self.up is not None:
             self.up.drop(self.up_sid)
         self.down.drop(self.down_sid)
@@ -720,7 +744,7 @@ class H2Upstream(_Side):
         else:
             idle = pool_idle_timeout(self.cluster)  # 0: kept until the peer closes it
             if idle:
-                self.idle_timer = asyncio.get_running_loop().call_later(idle, self.idle_close)
+                self.idle_timer = self.loop.call_later(idle, self.idle_close)
 
     def idle_close(self) -> None:
         """Unused for the pool's idle timeout: GOAWAY, then close (Envoy's idle_timeout)."""
@@ -864,15 +888,18 @@ class H2Downstream(_Side):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0
         self.requests = 0
+        self.peer_ip = ""  # the downstream's address (route matches on sourceIP): per connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
         if self.ctx.registry is not None:
             self.ctx.registry.add(self)
         if self.ctx.labels is not None and self.inbound_endpoint is not None:
             self.lkeys = inbound_label_keys(self.ctx, transport)
         if self.lim.idle_timeout:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.last_active = loop.time()
             self.idle_timer = loop.call_later(self.lim.idle_timeout, self._idle_check)
 
@@ -895,7 +922,7 @@ class H2Downstream(_Side):
         self.idle_timer = None
         if self.closed:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         left = self.lim.idle_timeout - (loop.time() - self.last_active)
         if self.streams:
             left = self.lim.idle_timeout
@@ -958,7 +985,7 @@ class H2Downstream(_Side):
         if stream_id is not None:
             self.resets.close(stream_id, reset_by_peer=False)
         if not self.streams:
-            self.last_active = asyncio.get_running_loop().time()
+            self.last_active = self.loop.time()
             if self.goaway_sent or self.goaway_received:
                 self.close()
 
@@ -1012,15 +1039,14 @@ class H2Downstream(_Side):
         if up is not None:
             ex.attach(up)
         else:
-            ex.task = asyncio.get_running_loop().create_task(ex.connect(self.pool, endpoint, alpn))
+            ex.task = self.loop.create_task(ex.connect(self.pool, endpoint, alpn))
 
     def _route(self, ex: _Exchange, method: bytes, path: bytes,
                headers: list[tuple[bytes, bytes]]) -> Endpoint | None:
         """Outbound: the exchange's plan (route decision and policies); None when it was
         answered locally or will be sent after a fault delay."""
-        peer = self.transport.get_extra_info("peername") if self.transport else None
         plan = plan_outbound(self.ctx, method, path, headers, grpc=ex.grpc,
-                             source_ip=peer[0] if peer else "",
+                             source_ip=self.peer_ip,
                              authority=ex.head.authority if ex.head else None)
         ex.plan = plan
         for flag in plan.flags:
@@ -1028,7 +1054,7 @@ class H2Downstream(_Side):
         if plan.service:
             ex.service = plan.service
             ex.connect_timeout = plan.connect_timeout
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         proto = GRPC if ex.grpc else HTTP
         if plan.status or plan.endpoint is None:
             port = self.ctx.outbound_port

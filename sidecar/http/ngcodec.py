@@ -2,7 +2,7 @@
 ``h2codec.H2Codec``: bytes → events (``events.py``), events → bytes.
 
 The binding records nghttp2's per-frame and per-header callbacks in C and hands over one
-list of tuples per ``feed``; this module only turns those tuples into the shared events.
+list per ``feed`` of the shared events, built by the binding itself (``set_events``).
 Flow control is manual as in the ``h2`` codec: ``ack()`` gives window back once the bytes
 were handed on, and ``send_window()`` bounds what may be queued on a stream.
 
@@ -38,9 +38,7 @@ except ImportError:  # the extension was not built: the h2 codec is used instead
 
 STREAM_WINDOW = 65_535
 CONN_WINDOW = 1 << 21
-
-# The binding's event kinds.
-_HEADERS, _DATA, _END, _RESET, _GOAWAY, _WINDOW, _CLOSED = 1, 2, 3, 4, 5, 6, 7
+_STATUS: dict[int, tuple[bytes, bytes]] = {}  # status -> its :status field, made once
 
 
 def available() -> bool:
@@ -64,6 +62,9 @@ class NgH2Codec:
         self.session = native.Session(client_side, STREAM_WINDOW, lim.max_concurrent_streams,
                                       CONN_WINDOW,
                                       max_outbound_ack=lim.max_outbound_control_frames)
+        # The binding builds the shared events itself: no Python per frame here.
+        self.session.set_events(RequestHead, ResponseHead, Trailers, Data, EndOfMessage,
+                                StreamReset, GoAway, WindowOpen)
         self.goaway_sent = False
         self.last_stream_id = 0  # server: the highest stream a graceful GOAWAY let finish
         self.failed = False
@@ -71,48 +72,22 @@ class NgH2Codec:
 
     # -- bytes in ---------------------------------------------------------------------
     def feed(self, data: bytes) -> list[Event]:
+        session = self.session
         try:
-            raw = self.session.receive(data)
+            out: list[Event] = session.receive(data)  # the events, built by the binding
         except native.Nghttp2Error as e:
             self.failed = True
             return [ProtocolError(f"HTTP/2 protocol error: {e}", 0 if self.client_side else 400)]
-        out: list[Event] = []
-        append = out.append
-        client = self.client_side
-        resets = False
-        for ev in raw:
-            kind = ev[0]
-            if kind == _DATA:
-                append(Data(ev[1], ev[2], ev[3]))
-            elif kind == _HEADERS:
-                sid, headers, end, status = ev[1], ev[2], ev[3], ev[8]
-                if client:
-                    if status >= 0:
-                        append(ResponseHead(sid, status, headers, end))
-                    else:
-                        append(Trailers(sid, headers))
-                elif ev[4]:  # :method: a request
-                    append(RequestHead(sid, ev[4], ev[5], ev[6], ev[7], headers, end))
-                else:
-                    append(Trailers(sid, headers))
-            elif kind == _END:
-                append(EndOfMessage(ev[1]))
-            elif kind == _RESET:
-                append(StreamReset(ev[1], ev[2]))
-                resets = True
-            elif kind == _WINDOW:
-                append(WindowOpen(ev[1]))
-            elif kind == _GOAWAY:
-                append(GoAway(ev[1], ev[2]))
-        if resets and not client:
+        if session.resets_received and not self.client_side:
+            session.resets_received = 0
             # nghttp2 answers a rapid-reset burst with a GOAWAY of its own, found only by
             # serialising: do it now, so the owner learns in this turn that the connection
             # is over (and closes it, as Envoy does).
             failed = self.failed
             self.out = self.data_to_send()  # includes what was pending before
-            if self.session.goaway_error_sent > 0 and not failed:
+            if session.goaway_error_sent > 0 and not failed:
                 self.failed = True
-                append(ProtocolError("HTTP/2 rapid reset: too many streams reset early", 400))
+                out.append(ProtocolError("HTTP/2 rapid reset: too many streams reset early", 400))
         return out
 
     # -- bytes out (the binding's StreamGoneError becomes the interface's StreamGone) --
@@ -123,7 +98,10 @@ class NgH2Codec:
 
     def send_response_head(self, stream_id: int, status: int, headers: Headers,
                            end_stream: bool = False, reason: bytes = b"") -> None:
-        block = [(b":status", b"%d" % status), *headers]
+        pseudo = _STATUS.get(status)
+        if pseudo is None:
+            pseudo = _STATUS[status] = (b":status", b"%d" % status)
+        block = [pseudo, *headers]
         try:
             if status < 200:
                 self.session.send_informational(stream_id, block)

@@ -217,14 +217,14 @@ def plan_outbound(ctx: ExchangeContext, method: bytes, path: bytes, headers: BHe
                   grpc: bool = False, source_ip: str = "", authority: bytes | None = None,
                   rand: random.Random | None = None) -> Plan:
     """The decision for one outbound request and the policies around it (module docstring)."""
-    from ..routing import RequestInfo  # routing imports the traffic modules; keep import light
-
     router = current_router(ctx)
     if router is None:
         return Plan(None, None).reply(503, "no route: this listener has no router")
     port = ctx.outbound_port
     if port is not None and router.is_plain(port):
         return _plain(router, port, method, path, headers)
+    # After the hot path: a function-level import costs a lookup per call.
+    from ..routing import RequestInfo  # routing imports the traffic modules; keep import light
     if authority is None:  # HTTP/1.1: the Host header
         authority = next((v for k, v in headers if k.lower() in _PSEUDO_AUTHORITY), b"")
     scheme = next((v for k, v in headers if k == b":scheme"), b"http")

@@ -11,7 +11,9 @@ other side stalls the sender instead of growing a buffer. Outgoing DATA is queue
 and pulled by nghttp2 only as the peer's windows allow; ``send_window`` says how much more
 may be queued so the queue stays bounded by the peer's window.
 
-Event tuples (the first item is the kind):
+Events are the caller's objects when it registered constructors with ``set_events`` (the
+proxy's codec does: no Python runs per frame to convert them); otherwise tuples (the first
+item is the kind):
     (EV_HEADERS, stream_id, headers, end_stream, method, scheme, authority, path, status)
         a request, response (1xx too) or trailers; ``headers`` holds the regular fields as
         (name, value) bytes pairs, the pseudo-headers are split out (``b""`` / status -1
@@ -233,6 +235,11 @@ cdef class Session:
     cdef public bint client
     cdef object error      # an exception raised inside a callback, re-raised by receive()
     cdef public long goaway_error_sent  # error code of a GOAWAY that went out, -1: none
+    cdef public long resets_received    # RST_STREAM frames received (the owner may zero it)
+    # Event constructors (``set_events``): when set, the callbacks build the caller's event
+    # objects themselves, so the caller runs no Python per frame to convert tuples.
+    cdef object mk_request, mk_response, mk_trailers, mk_data, mk_end, mk_reset, mk_goaway
+    cdef object mk_window
 
     def __cinit__(self, bint client, uint32_t initial_window=65535,
                   uint32_t max_concurrent_streams=128, int32_t connection_window=65535,
@@ -250,6 +257,8 @@ cdef class Session:
         self.client = client
         self.error = None
         self.goaway_error_sent = -1
+        self.resets_received = 0
+        self.mk_request = None
         if nghttp2_session_callbacks_new(&cbs) != 0:
             raise MemoryError()
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _on_frame_recv)
@@ -300,6 +309,16 @@ cdef class Session:
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
+
+    def set_events(self, request, response, trailers, data, end, reset, goaway, window):
+        """Record events as objects made by these callables (same arguments as the tuples'
+        fields: request(sid, method, scheme, authority, path, headers, end_stream),
+        response(sid, status, headers, end_stream), trailers(sid, headers), data(sid, data,
+        flow), end(sid), reset(sid, code), goaway(last_sid, code), window(sid)); stream
+        closes are not reported then."""
+        self.mk_request, self.mk_response, self.mk_trailers = request, response, trailers
+        self.mk_data, self.mk_end, self.mk_reset = data, end, reset
+        self.mk_goaway, self.mk_window = goaway, window
 
     # -- input --------------------------------------------------------------------------
     def receive(self, bytes data):
@@ -563,17 +582,20 @@ cdef int _on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame,
     cdef int32_t sid = frame.hd.stream_id
     cdef uint8_t t = frame.hd.type
     cdef _In h
+    cdef bint end = frame.hd.flags & NGHTTP2_FLAG_END_STREAM
     try:
+        if self.mk_request is not None:
+            return _record(self, frame, t, sid, end)
         if t == NGHTTP2_HEADERS:
             h = <_In>self.headers.pop(sid)
-            self.events.append((EV_HEADERS, sid, h.headers,
-                                bool(frame.hd.flags & NGHTTP2_FLAG_END_STREAM),
+            self.events.append((EV_HEADERS, sid, h.headers, end,
                                 h.method, h.scheme, h.authority, h.path, h.status))
         elif t == NGHTTP2_DATA:
-            if frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
+            if end:
                 self.events.append((EV_END, sid))
         elif t == NGHTTP2_RST_STREAM:
             self.out.pop(sid, None)
+            self.resets_received += 1
             self.events.append((EV_RESET, sid, frame.rst_stream.error_code))
         elif t == NGHTTP2_GOAWAY:
             self.events.append((EV_GOAWAY, frame.goaway.last_stream_id, frame.goaway.error_code))
@@ -584,6 +606,38 @@ cdef int _on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame,
     except BaseException as e:
         self.error = e
         return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _record(Session self, const nghttp2_frame *frame, uint8_t t, int32_t sid,
+                 bint end) except -1:
+    """``_on_frame_recv`` with event constructors: the caller's objects, built here."""
+    cdef _In h
+    if t == NGHTTP2_HEADERS:
+        h = <_In>self.headers.pop(sid)
+        if self.client:
+            if h.status >= 0:
+                self.events.append(self.mk_response(sid, h.status, h.headers, end))
+            else:
+                self.events.append(self.mk_trailers(sid, h.headers))
+        elif h.method:
+            self.events.append(self.mk_request(sid, h.method, h.scheme, h.authority, h.path,
+                                               h.headers, end))
+        else:
+            self.events.append(self.mk_trailers(sid, h.headers))
+    elif t == NGHTTP2_DATA:
+        if end:
+            self.events.append(self.mk_end(sid))
+    elif t == NGHTTP2_WINDOW_UPDATE:
+        self.events.append(self.mk_window(sid))
+    elif t == NGHTTP2_RST_STREAM:
+        self.out.pop(sid, None)
+        self.resets_received += 1
+        self.events.append(self.mk_reset(sid, frame.rst_stream.error_code))
+    elif t == NGHTTP2_GOAWAY:
+        self.events.append(self.mk_goaway(frame.goaway.last_stream_id, frame.goaway.error_code))
+    elif t == NGHTTP2_SETTINGS and not (frame.hd.flags & NGHTTP2_FLAG_ACK):
+        self.events.append(self.mk_window(0))  # INITIAL_WINDOW_SIZE may have grown
     return 0
 
 
@@ -600,8 +654,11 @@ cdef int _on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
                         const uint8_t *data, size_t length, void *user_data) noexcept:
     cdef Session self = <Session>user_data
     try:
-        self.events.append((EV_DATA, stream_id,
-                            PyBytes_FromStringAndSize(<const char *>data, length), length))
+        chunk = PyBytes_FromStringAndSize(<const char *>data, length)
+        if self.mk_data is not None:
+            self.events.append(self.mk_data(stream_id, chunk, length))
+        else:
+            self.events.append((EV_DATA, stream_id, chunk, length))
     except BaseException as e:
         self.error = e
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -614,7 +671,8 @@ cdef int _on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_
     try:
         self.out.pop(stream_id, None)
         self.headers.pop(stream_id, None)
-        self.events.append((EV_CLOSED, stream_id, error_code))
+        if self.mk_request is None:
+            self.events.append((EV_CLOSED, stream_id, error_code))
     except BaseException as e:
         self.error = e
         return NGHTTP2_ERR_CALLBACK_FAILURE
