@@ -94,6 +94,7 @@ class PodHarness:
 
     def _start(self, workloads: Iterable[Path]) -> None:
         self.mesh.proxy_env["REMORA_ACCESS_LOG"] = "json"
+        self.mesh.proxy_env["REMORA_DNS_REFRESH_RATE"] = "0.2"  # ServiceEntry DNS names follow fast
         self.apps: dict[str, PodApp] = {}  # by the pod's address, as the loopback harness names them
         self.pods: dict[tuple[str, str], netns.Pod] = {}
         self.case_text = ""
