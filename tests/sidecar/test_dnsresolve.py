@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from control_plane.api.model import Cluster, DnsTarget, Endpoint, ProxyConfig
+from remoractl.proxy_status import config_summary
 from sidecar import dnsresolve
 from sidecar.dnsresolve import DnsResolver, Resolution, endpoints_of, overlay, preferred
 from sidecar.routing import RequestInfo, Router
@@ -175,3 +176,11 @@ def test_refresh_rate_setting(value: str, ok: bool) -> None:
     else:
         with pytest.raises(SettingsError, match="(?i)dns.refresh.rate"):
             load(env, object())  # type: ignore[arg-type]
+
+
+def test_proxy_config_names_the_targets_the_proxy_resolves() -> None:
+    body = {"proxy_id": "p.app", "identity": "spiffe://x", "status": "SYNCED", "acked_version": "v1",
+            "sent_version": "v1", "config": {**config().to_dict(), "unsupported": []}}
+    out = config_summary(body)
+    assert "ext|80: resolved by the proxy: a.example:8080 (plaintext), b.example:9090" in out
+    assert "static|80: 198.18.0.9:80 (plaintext)" in out
