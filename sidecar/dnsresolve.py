@@ -3,8 +3,8 @@
 As Envoy's STRICT_DNS clusters do for Istio: every address a name resolves to is an endpoint
 (with the target's port, weight and identity); names are re-resolved every refresh period
 (``REMORA_DNS_REFRESH_RATE``, Envoy's default 5 s); a failed lookup keeps the last good
-addresses. Lookups run off the request path, in one background task per proxy, through the
-loop's ``getaddrinfo`` so the pod's /etc/hosts and resolv.conf apply (the proxy's uid is not
+addresses. Lookups run off the request path, from one background task per proxy, through
+libc's ``getaddrinfo`` so the pod's /etc/hosts and resolv.conf apply (the proxy's uid is not
 captured by its own DNS proxy). IPv4 addresses are used when a name has any, else IPv6 (Envoy's
 V4_PREFERRED).
 
@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -77,9 +79,32 @@ def preferred(infos: list[tuple[Any, ...]]) -> tuple[str, ...]:
 
 
 async def getaddrinfo_lookup(name: str) -> tuple[str, ...]:
-    """Resolve with the loop's getaddrinfo (a thread): hosts file, then the pod's resolvers."""
-    infos = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    return preferred(infos)
+    """Resolve with libc's getaddrinfo (hosts file, then the pod's resolvers) in a daemon thread.
+
+    Not the loop's executor: a lookup stuck on an unreachable nameserver (10 s with glibc's
+    defaults) would hold the proxy's exit, since executors are joined when the loop closes."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+
+    def work() -> None:
+        try:
+            infos: Any = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except OSError as e:
+            infos = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_settle, fut, infos)
+
+    threading.Thread(target=work, name=f"resolve {name}", daemon=True).start()
+    return preferred(await fut)
+
+
+def _settle(fut: asyncio.Future[list[tuple[Any, ...]]], result: list[tuple[Any, ...]] | OSError) -> None:
+    if fut.done():
+        return
+    if isinstance(result, OSError):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 class DnsResolver:
@@ -95,6 +120,7 @@ class DnsResolver:
         self.resolved: dict[str, Resolution] = {}
         self.counts: dict[tuple[str, str], int] = {}  # (name, "success"|"failure") → lookups
         self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}  # a slow lookup is not repeated
+        self._running: dict[str, asyncio.Task[bool]] = {}  # one refresh per name at a time
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -113,42 +139,55 @@ class DnsResolver:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, *self._running.values()):
+            if task is not None:
+                task.cancel()
 
     async def _run(self) -> None:
+        """Every period (or at once for a config's new names) start a refresh of each name that
+        has none running: a slow name never delays the others."""
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            if await self.refresh():
-                self.on_change()
-            if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):  # the period, or until a config brings new names
-                    await asyncio.wait_for(self._wake.wait(), self.refresh_rate)
+            for name in sorted(self.names - self._running.keys()):
+                task = loop.create_task(self._refresh_one(name))
+                self._running[name] = task
+                task.add_done_callback(functools.partial(self._finished, name))
+            with contextlib.suppress(TimeoutError):  # the period, or until a config brings new names
+                await asyncio.wait_for(self._wake.wait(), self.refresh_rate)
+
+    def _finished(self, name: str, task: asyncio.Task[bool]) -> None:
+        del self._running[name]
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, go on refreshing
+            log.error("refreshing %s failed", name, exc_info=task.exception())
 
     async def refresh(self) -> bool:
         """Resolve every name once, concurrently; True when some name's addresses changed."""
-        names = sorted(self.names)
-        results = await asyncio.gather(*(self._resolve(n) for n in names))
-        changed = False
-        for name, result in zip(names, results, strict=True):
-            if result is None or name not in self.names:  # still pending, or dropped meanwhile
-                continue
-            old = self.resolved.get(name, Resolution())
-            ok = not isinstance(result, str)
-            self.counts[(name, "success" if ok else "failure")] = \
-                self.counts.get((name, "success" if ok else "failure"), 0) + 1
-            if ok and result:
-                result = tuple(sorted(set(result)))  # order-free: the same set is no change
-                self.resolved[name] = Resolution(result, "", time.time())
-                changed |= result != old.addresses
-            else:  # keep the last good addresses
-                error = result if isinstance(result, str) else "no addresses"
-                if error != old.error:
-                    log.warning("resolving %s: %s (keeping %d last good addresses)",
-                                name, error, len(old.addresses))
-                self.resolved[name] = dataclasses.replace(old, error=error)
-        return changed
+        return any(await asyncio.gather(*(self._refresh_one(n) for n in sorted(self.names))))
+
+    async def _refresh_one(self, name: str) -> bool:
+        """Look ``name`` up and record the outcome; on a new address set call ``on_change``."""
+        result = await self._resolve(name)
+        if result is None or name not in self.names:  # still pending, or dropped meanwhile
+            return False
+        old = self.resolved.get(name, Resolution())
+        ok = not isinstance(result, str)
+        key = (name, "success" if ok else "failure")
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if ok and result:
+            addresses = tuple(sorted(set(result)))  # order-free: the same set is no change
+            self.resolved[name] = Resolution(addresses, "", time.time())
+            if addresses == old.addresses:
+                return False
+            log.info("%s resolved to %s", name, ", ".join(addresses))
+            self.on_change()
+            return True
+        error = result if isinstance(result, str) else "no addresses"
+        if error != old.error:  # keep the last good addresses; say so once per new error
+            log.warning("resolving %s: %s (keeping %d last good addresses)", name, error, len(old.addresses))
+        self.resolved[name] = dataclasses.replace(old, error=error)
+        return False
 
     async def _resolve(self, name: str) -> tuple[str, ...] | str | None:
         """The addresses, an error message, or None while an earlier lookup is still running."""

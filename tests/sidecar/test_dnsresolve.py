@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -147,6 +149,39 @@ def test_the_loop_resolves_new_names_at_once_then_every_refresh_period() -> None
         assert fake.calls["a.example"] >= 5
 
     asyncio.run(run())
+
+
+def test_a_name_stuck_in_its_lookup_delays_neither_the_others_nor_the_exit(monkeypatch) -> None:
+    """Real lookups (getaddrinfo_lookup, libc): one name hangs as with an unreachable nameserver."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kw: Any) -> Any:
+        if host == "stuck.example":
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1" if host == "fast.example" else host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    async def run() -> DnsResolver:
+        r = DnsResolver(lambda: None, refresh_rate=0.02, timeout=0.1)
+        r.set_names(frozenset({"stuck.example", "fast.example"}))
+        r.start()
+        await asyncio.sleep(0.4)
+        r.close()
+        return r
+
+    started = time.monotonic()
+    try:
+        r = asyncio.run(run())  # the loop closes although a lookup thread still hangs
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    assert r.resolved["fast.example"].addresses == ("127.0.0.1",)
+    assert r.counts[("fast.example", "success")] >= 5  # refreshed all along
+    assert r.counts[("stuck.example", "failure")] == 1  # timed out once, then never asked again meanwhile
+    assert r.resolved["stuck.example"].error == "no answer within 0.1s"
 
 
 def test_the_router_balances_over_resolved_endpoints_and_keeps_outlier_state() -> None:
