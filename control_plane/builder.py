@@ -143,6 +143,7 @@ class SnapshotBuilder:
         """One cluster with its effective DestinationRule policy resolved into model fields."""
         if parts.tls_mode == "DISABLE":
             eps = tuple(dataclasses.replace(e, identity=None) for e in eps)  # plaintext hop
+            dns = tuple(dataclasses.replace(t, identity=None) for t in dns)
         policy = model.TrafficPolicy(
             load_balancer=parts.load_balancer or model.LoadBalancer(),
             connection_pool=parts.pool.limits if parts.pool else model.ConnectionPool(),
@@ -199,7 +200,9 @@ class SnapshotBuilder:
                 continue
             port = e.ports.get(sp.name) or sp.target_port or sp.number
             if se.resolution == "DNS":
-                dns.append(model.DnsTarget(e.address, port, max(1, e.weight)))
+                sa = e.service_account if se.location == "MESH_INTERNAL" else None
+                dns.append(model.DnsTarget(e.address, port, max(1, e.weight),
+                                           spiffe_id(se.namespace, sa, self.trust_domain) if sa else None))
                 continue
             identity = None
             if se.location == "MESH_INTERNAL":

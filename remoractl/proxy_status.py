@@ -77,6 +77,9 @@ def config_summary(body: dict[str, Any]) -> str:
     for c in cfg["clusters"]:
         eps = ", ".join(f"{e['address']}:{e['port']}" + ("" if e["identity"] else " (plaintext)")
                         for e in c["endpoints"]) or "no endpoints"
+        if c.get("dns"):  # resolution DNS: the proxy resolves these (its /config_dump dns_resolutions)
+            eps = "resolved by the proxy: " + ", ".join(
+                f"{t['hostname']}:{t['port']}" + ("" if t.get("identity") else " (plaintext)") for t in c["dns"])
         lines.append(f"  {c['name']}: {eps}")
     for note in cfg.get("unsupported") or []:
         lines.append(f"unsupported: {note}")

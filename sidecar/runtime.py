@@ -23,7 +23,7 @@ from typing import Any
 from control_plane.api import ports
 from control_plane.api.model import ConfigError, ProxyConfig
 
-from . import admin, dns, inbound, memtune, outbound, tracing
+from . import admin, dns, dnsresolve, inbound, memtune, outbound, tracing
 from .accesslog import AccessLog
 from .dnstable import NameTable
 from .http1 import H1Pool
@@ -88,6 +88,8 @@ class ProxyRuntime:
         self.started_at = time.time()
         self.dns_table = NameTable()
         self.dns: dns.DnsProxy | None = None
+        # ServiceEntry resolution DNS: names resolved in the background (sidecar/dnsresolve.py).
+        self.resolver = dnsresolve.DnsResolver(self._resolutions_changed, settings.dns_refresh_rate)
         self.workdir = Path(settings.workdir or default_workdir())
         settings.workdir = str(self.workdir)  # the control-plane client writes its key there
 
@@ -99,7 +101,8 @@ class ProxyRuntime:
             raise ConfigError(f"config.outbound: port {own[0]} is one of the proxy's own ports")
         if cfg.trust_bundle.strip() and "BEGIN CERTIFICATE" not in cfg.trust_bundle:
             raise ConfigError("config.trust_bundle: not PEM certificates")
-        router = Router(cfg, self.router)  # balancer and outlier state carry over
+        self.resolver.set_names(dnsresolve.names_of(cfg))
+        router = Router(dnsresolve.overlay(cfg, self.resolver.resolved), self.router)  # state carries over
         self.router = router
         self._opaque = router.opaque_ports | frozenset(self.settings.opaque_ports)
         self.config = cfg
@@ -139,6 +142,11 @@ class ProxyRuntime:
         self.labels.update(identity=tls.identity)
         log.info("certificate for %s loaded (expires %s)", tls.identity, tls.not_after)
 
+    def _resolutions_changed(self) -> None:
+        """A DNS name's addresses changed: the same config, its resolved endpoints replaced."""
+        if self.config is not None:
+            self.router = Router(dnsresolve.overlay(self.config, self.resolver.resolved), self.router)
+
     # -- state used by the listeners -----------------------------------------------------
     def opaque_ports(self, router: Router) -> frozenset[int]:
         return self._opaque
@@ -177,6 +185,7 @@ class ProxyRuntime:
         ]
         if s.dns_capture:
             self.dns = await dns.serve(lambda: self.dns_table, s.resolv_conf, s.dns_port)
+        self.resolver.start()
         if s.control_plane and not s.bootstrap:
             self._start_discovery()
         loop = asyncio.get_running_loop()
@@ -238,6 +247,7 @@ class ProxyRuntime:
             server.close()
         if self.dns is not None:
             self.dns.close()
+        self.resolver.close()
         self.h1_pool.close_all()
 
     # -- admin endpoints -----------------------------------------------------------------
@@ -273,6 +283,7 @@ class ProxyRuntime:
             "draining": self.draining,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "http2": self.h2 is not None,
+            "dns_resolutions": self.resolver.dump(),
         }
 
     def _health(self, method: str, path: str, query: dict[str, list[str]]) -> admin.Reply:
@@ -292,6 +303,7 @@ class ProxyRuntime:
                + (self.access_log.render() if self.access_log else ""))
         if self.dns is not None:
             own += self.dns.stats.render_prometheus()
+        own += self.resolver.render_prometheus()
         text = await merged(own, self.app_metrics)
         return 200, "text/plain; version=0.0.4", text.encode()
 

@@ -44,6 +44,7 @@ class Settings:
     opaque_ports: tuple[int, ...] = ()
     dns_capture: bool = True  # serve DNS on dns_port (remora-init sends the pod's port 53 there)
     resolv_conf: str = "/etc/resolv.conf"  # the pod's resolvers, where unknown names go
+    dns_refresh_rate: float = 5.0  # seconds between lookups of ServiceEntry DNS names (Envoy's default)
     app_probes: str = ""
     app_metrics: str = ""  # the app's metrics URL to merge into :15090 (see metrics_merge.py)
     trace_endpoint: str = ""  # OTLP/HTTP traces URL; empty: tracing off (docs/telemetry.md)
@@ -76,6 +77,7 @@ _ENV = {
     "REMORA_RESOLV_CONF": "resolv_conf",
     "REMORA_APP_METRICS": "app_metrics", "REMORA_TRACE_ENDPOINT": "trace_endpoint",
     "REMORA_TRACE_SAMPLING": "trace_sampling", "REMORA_ACCESS_LOG": "access_log",
+    "REMORA_DNS_REFRESH_RATE": "dns_refresh_rate",
 }
 # Settings that a pod annotation sets (through the injector): parsed with the annotation's own
 # domain, so whatever the webhook accepts the proxy accepts, and nothing else.
@@ -128,6 +130,8 @@ def load(env: dict[str, str], args: argparse.Namespace) -> Settings:
     if s.trace_endpoint and not s.trace_endpoint.startswith(("http://", "https://")):
         raise SettingsError(f"REMORA_TRACE_ENDPOINT {s.trace_endpoint!r}: accepted: an http(s) "
                             "URL of an OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces")
+    if s.dns_refresh_rate < 0.001:  # Envoy's minimum: 1ms
+        raise SettingsError(f"REMORA_DNS_REFRESH_RATE {s.dns_refresh_rate!r}: accepted: seconds, at least 0.001")
     if s.app_metrics:
         try:
             parse_url(s.app_metrics)

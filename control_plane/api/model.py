@@ -130,6 +130,9 @@ class DnsTarget:
     hostname: str
     port: int
     weight: int = 1
+    # SPIFFE ID every resolved address must present (MESH_INTERNAL with a serviceAccount);
+    # None: plaintext hop (MESH_EXTERNAL, or no identity knowable before resolution).
+    identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

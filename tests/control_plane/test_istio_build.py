@@ -291,3 +291,21 @@ def test_rules_for_hosts_nobody_defines_are_reported() -> None:
         "VirtualService/app/ghost: host ghost.app.svc.cluster.local matches no Service or ServiceEntry; no effect",
         "VirtualService/app/ghost: host *.nowhere.example matches no Service or ServiceEntry; no effect",
     }
+
+
+def test_service_entry_dns_targets_carry_the_identity_a_static_endpoint_would_get() -> None:
+    def entry(location: str) -> dict:
+        return res("ServiceEntry", f"vm-{location.lower()}", "app", hosts=[f"{location.lower()}.dns"],
+                   addresses=["198.19.9.7" if location == "MESH_INTERNAL" else "198.19.9.8"],
+                   ports=[{"number": 80, "name": "http", "protocol": "HTTP"}], location=location, resolution="DNS",
+                   endpoints=[{"address": "vm.example", "serviceAccount": "vm-sa", "weight": 2},
+                              {"address": "other.example"}])
+    plain = res("DestinationRule", "plain", "app", host="mesh_internal.dns", subsets=[
+        {"name": "off", "labels": {}, "trafficPolicy": {"tls": {"mode": "DISABLE"}}}])
+    cfg, _, _ = build(entry("MESH_INTERNAL"), entry("MESH_EXTERNAL"), plain)
+    c = clusters(cfg)
+    assert c["mesh_internal.dns|80"].dns == (
+        model.DnsTarget("vm.example", 80, 2, "spiffe://cluster.local/ns/app/sa/vm-sa"),
+        model.DnsTarget("other.example", 80, 1, None))  # no serviceAccount: unknowable before resolution
+    assert all(t.identity is None for t in c["mesh_external.dns|80"].dns)
+    assert all(t.identity is None for t in c["mesh_internal.dns|80|off"].dns)  # tls DISABLE: plaintext

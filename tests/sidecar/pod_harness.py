@@ -94,6 +94,10 @@ class PodHarness:
 
     def _start(self, workloads: Iterable[Path]) -> None:
         self.mesh.proxy_env["REMORA_ACCESS_LOG"] = "json"
+        self.mesh.proxy_env["REMORA_DNS_REFRESH_RATE"] = "0.2"  # ServiceEntry DNS names follow fast
+        # glibc's resolver options (resolv.conf(5)): a name the hosts file lacks fails within 1 s,
+        # not the 10 s that the host's nameserver, unreachable from a pod, would take.
+        self.mesh.proxy_env["RES_OPTIONS"] = "timeout:1 attempts:1"
         self.apps: dict[str, PodApp] = {}  # by the pod's address, as the loopback harness names them
         self.pods: dict[tuple[str, str], netns.Pod] = {}
         self.case_text = ""

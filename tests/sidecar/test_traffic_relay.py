@@ -738,6 +738,75 @@ spec:
     assert code == 200 and "x-rule: direct" in out.lower() and echo(out.partition("\n\n")[2])["app"] == HTTPBIN_V2
 
 
+def point(mesh, name: str, *addresses: str) -> None:
+    """Make ``name`` resolve to ``addresses`` (none: not at all) in the client pod's hosts file,
+    rewritten in place (``ip netns exec`` bind-mounted this very file over the proxy's /etc/hosts)."""
+    path = netns.NETNS_ETC / mesh.client_pod.netns / "hosts"
+    kept = [line for line in path.read_text().splitlines() if line.split()[1:] != [name]]
+    path.write_text("\n".join([*kept, *(f"{a} {name}" for a in addresses)]) + "\n")
+
+
+def apps_of(mesh, codec: str, host: str, n: int) -> list:
+    return [echo(body)["app"] if code == 200 else code for code, body in mesh.curl(codec, host, 80, "/", n=n)]
+
+
+def follows(mesh, codec: str, host: str, *apps: str) -> bool:
+    """Within a few refresh periods (0.2 s in the pod harness), ``n`` requests reach exactly ``apps``."""
+    return mesh.wait(lambda: sorted(apps_of(mesh, codec, host, 2 * len(apps))) == sorted(2 * list(apps)), 5)
+
+
+ROUND_ROBIN = "{loadBalancer: {simple: ROUND_ROBIN}}"
+
+
+@pods_only
+def test_service_entry_resolution_dns(mesh, codec):
+    """Every address the endpoint's name resolves to is an endpoint, re-resolved every refresh."""
+    mesh.apply(httpbin())  # the client pod's hosts file exists once a case picked the client
+    point(mesh, "httpbin.dns.test", HTTPBIN_V1)
+    mesh.apply(httpbin(service_entry("api.dns", "198.19.9.4", "MESH_EXTERNAL", "DNS",
+                                     "[{address: httpbin.dns.test}]"),
+                       destination_rule("api.dns", ROUND_ROBIN)))
+    assert follows(mesh, codec, "api.dns", HTTPBIN_V1)
+    [(_, body)] = mesh.curl(codec, "api.dns", 80, "/")
+    assert XFCC not in echo(body)["headers"]  # MESH_EXTERNAL: plaintext
+    point(mesh, "httpbin.dns.test", HTTPBIN_V1, HTTPBIN_V2)  # two addresses, round robin over both
+    assert follows(mesh, codec, "api.dns", HTTPBIN_V1, HTTPBIN_V2)
+    assert sorted(apps_of(mesh, codec, "api.dns", 4)) == sorted([HTTPBIN_V1, HTTPBIN_V2] * 2)
+    point(mesh, "httpbin.dns.test", HTTPBIN_V2)  # re-pointed: traffic follows
+    assert follows(mesh, codec, "api.dns", HTTPBIN_V2)
+    assert mesh.metric('remora_dns_resolutions_total{host="httpbin.dns.test",result="success"}') >= 3
+    # A name that does not resolve: 503 UH, and the proxy goes on serving the rest.
+    mesh.apply(httpbin(service_entry("api.dns", "198.19.9.4", "MESH_INTERNAL", "DNS",
+                                     "[{address: httpbin.dns.test, serviceAccount: httpbin}]"),
+                       service_entry("gone.dns", "198.19.9.5", "MESH_EXTERNAL", "DNS",
+                                     "[{address: nowhere.dns.test}]")))
+    out: list = []
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "gone.dns", 80, "/"))) == ["UH"]
+    assert out[0][0] == 503
+    assert follows(mesh, codec, "api.dns", HTTPBIN_V2)
+    [(_, body)] = mesh.curl(codec, "api.dns", 80, "/")
+    assert XFCC in echo(body)["headers"]  # MESH_INTERNAL with a serviceAccount: the mTLS hop
+
+
+@pods_only
+def test_service_entry_resolution_dns_of_the_hosts_themselves(mesh, codec):
+    """No endpoints: the entry's hosts are resolved; a failed lookup keeps the last good addresses."""
+    mesh.apply(httpbin())
+    point(mesh, "self.dns", HTTPBIN_V1)
+    mesh.apply(httpbin(service_entry("self.dns", "198.19.9.6", "MESH_EXTERNAL", "DNS")))
+    assert follows(mesh, codec, "self.dns", HTTPBIN_V1)
+    failures = mesh.metric('remora_dns_resolutions_total{host="self.dns",result="failure"}')
+    point(mesh, "self.dns")  # gone from the hosts file: lookups fail ...
+    assert mesh.wait(lambda: mesh.metric('remora_dns_resolutions_total{host="self.dns",result="failure"}')
+                     > failures, 10)
+    assert apps_of(mesh, codec, "self.dns", 2) == [HTTPBIN_V1] * 2  # ... and the last good address stays
+    dump = mesh.client_pod.exec(["curl", "-s", "--max-time", "3", "http://127.0.0.1:15000/config_dump"]).stdout
+    seen_by_proxy = json.loads(dump)["dns_resolutions"]["self.dns"]
+    assert seen_by_proxy["addresses"] == [HTTPBIN_V1] and seen_by_proxy["error"], seen_by_proxy
+    point(mesh, "self.dns", HTTPBIN_V2)
+    assert follows(mesh, codec, "self.dns", HTTPBIN_V2)
+
+
 @pods_only
 def test_sidecar_egress_hosts(mesh, codec):
     mesh.apply(config(*BOOKINFO, """
