@@ -57,8 +57,9 @@ class AccessLog:
                 flags: str, received: int, sent: int, duration_s: float,
                 headers: list[tuple[bytes, bytes]], request_id: bytes, upstream_host: str,
                 upstream_cluster: str, downstream_peer: str | None, upstream_peer: str | None,
-                trace_id: int = 0) -> None:
-        """One finished HTTP exchange (``start`` is wall-clock seconds; bytes are body bytes)."""
+                trace_id: int = 0, authority: bytes = b"") -> None:
+        """One finished HTTP exchange (``start`` is wall-clock seconds; bytes are body bytes).
+        ``authority``: HTTP/2's :authority (not in ``headers``); HTTP/1.1's comes from Host."""
         rec: dict[str, str | int | None] = {
             "start_time": _start_time(start), "method": method.decode("latin-1"),
             "path": path.decode("latin-1"), "protocol": protocol, "response_code": status,
@@ -66,7 +67,8 @@ class AccessLog:
             "duration": int(duration_s * 1000), "upstream_service_time": None,
             "x_forwarded_for": None, "user_agent": None,
             "request_id": request_id.decode("latin-1") if request_id else None,
-            "authority": None, "upstream_host": upstream_host or None,
+            "authority": authority.decode("latin-1") if authority else None,
+            "upstream_host": upstream_host or None,
             "upstream_cluster": upstream_cluster, "downstream_peer_uri_san": downstream_peer,
             "upstream_peer_uri_san": upstream_peer, "trace_id": f"{trace_id:032x}" if trace_id else None,
         }

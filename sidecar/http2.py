@@ -405,9 +405,9 @@ class _Exchange(Exchange):
         req = self.req
         empty = req.ended and not req.queue and not req.trailers
         head.end_stream = empty
+        self.sent_head = head  # kept for a retry, the mirror and the access log's authority
         if self.plan is not None:
             self.plan.attempt_started()
-            self.sent_head = head
             if self.plan.per_try:
                 self.try_timer = self.down.loop.call_later(self.plan.per_try, self.try_timed_out)
         try:
@@ -628,6 +628,10 @@ class _Exchange(Exchange):
     def method_of(self) -> bytes:
         head = self.head or self.sent_head
         return head.method if head is not None else b"GET"
+
+    def authority(self) -> bytes:
+        head = self.head or self.sent_head
+        return head.authority if head is not None else b""
 
     def on_timeout(self) -> None:
         self.timer = None

@@ -249,6 +249,10 @@ class Exchange:
             self._report(status, duration)
         return True
 
+    def authority(self) -> bytes:
+        """The request's authority when it is not among its headers (HTTP/2's :authority)."""
+        return b""
+
     def _report(self, status: int, duration: float) -> None:
         """The access log line and the span's end (only when either is on)."""
         ctx = self.ctx
@@ -262,7 +266,7 @@ class Exchange:
                         self.flags, self.req_bytes, self.resp_bytes, duration, self.req_headers,
                         self.request_id, f"{up.address}:{up.port}" if up else "", cluster,
                         self.peer if inbound else None, None if inbound else self.peer,
-                        span.trace_id if span is not None else 0)
+                        span.trace_id if span is not None else 0, self.authority())
         tracer = ctx.tracer
         if span is not None and tracer is not None:
             self.span = None

@@ -224,7 +224,8 @@ def test_access_log_lines_for_http1_http2_and_tcp_in_both_formats(traffic) -> No
         ("GET", "/", "HTTP/1.1", "200", "-", "4", CLIENT_ID)}
     assert all(r["upstream_host"].endswith(":8080") and len(r["request_id"]) == 36 for r in h1)
     h2 = [r for r in server if r["upstream_cluster"] == "inbound|8081||"]
-    assert [(r["protocol"], r["path"], r["bytes_sent"]) for r in h2] == [("HTTP/2", "/f", str(H2_FILE))] * H2_REQUESTS
+    assert [(r["protocol"], r["path"], r["bytes_sent"], r["authority"]) for r in h2] == [
+        ("HTTP/2", "/f", str(H2_FILE), "h2.demo:8081")] * H2_REQUESTS
     (tcp,) = [r for r in server if r["upstream_cluster"] == "inbound|7000||"]
     assert (tcp["method"], tcp["protocol"], tcp["response_code"], tcp["bytes_received"],
             tcp["bytes_sent"], tcp["downstream_peer_uri_san"]) == (
@@ -239,8 +240,8 @@ def test_access_log_lines_for_http1_http2_and_tcp_in_both_formats(traffic) -> No
     # One request id per request, the same on both sides.
     assert {r["request_id"] for r in h1c} == {r["request_id"] for r in h1}
     h2c = [r for r in client if r["upstream_cluster"] == f"outbound|8081||h2.{NS}.svc.cluster.local"]
-    assert [(r["protocol"], r["response_code"], r["bytes_sent"]) for r in h2c] == [
-        ("HTTP/2", 200, H2_FILE)] * H2_REQUESTS
+    assert [(r["protocol"], r["response_code"], r["bytes_sent"], r["authority"]) for r in h2c] == [
+        ("HTTP/2", 200, H2_FILE, "h2.demo:8081")] * H2_REQUESTS  # :authority, not among the headers
     (tcpc,) = [r for r in client if r["upstream_cluster"] == f"outbound|7000||cache.{NS}.svc.cluster.local"]
     assert (tcpc["method"], tcpc["bytes_received"], tcpc["bytes_sent"], tcpc["upstream_peer_uri_san"]) == (
         None, TCP_BYTES, TCP_BYTES, SERVER_ID)
