@@ -825,6 +825,12 @@ class H1Downstream(asyncio.Protocol):
                 self.try_timer = asyncio.get_running_loop().call_later(plan.per_try, self._try_timed_out)
         self.decision_key = key = target.key
         up = None if self.upgrade else self.ctx.pool.get(key)
+        if up is not None and plan is not None and plan.pool is not None:
+            # Over a maxRequestsPerConnection set after it was pooled: closed, as Envoy drains
+            # the old cluster's connections.
+            while up is not None and plan.pool.connection_exhausted(up.served):
+                up.transport.close()
+                up = self.ctx.pool.get(key)
         if up is not None:
             up.reused = True
             self._attach(up)
@@ -1130,9 +1136,10 @@ class H1Downstream(asyncio.Protocol):
 
     def _finish_response(self, reusable: bool) -> None:
         up = self.up
-        if up is not None and self.plan is not None and self.plan.pool is not None:
-            up.served += 1
-            if self.plan.pool.connection_exhausted(up.served):
+        if up is not None:
+            up.served += 1  # counted whatever the limit: a later limit applies to it too
+            plan = self.plan
+            if plan is not None and plan.pool is not None and plan.pool.connection_exhausted(up.served):
                 reusable = False
         if self.resp_chunked:
             self.wbuf.append(b"0\r\n\r\n")

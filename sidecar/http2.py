@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from sidecar.routing import Router
     from sidecar.stats import Stats
     from sidecar.tracing import Tracer
+    from sidecar.traffic.pool import PoolLimits
     from sidecar.upstream import Connector
 
 log = logging.getLogger("remora.http2")
@@ -422,11 +423,11 @@ class _Exchange(Exchange):
         self.up_sid = sid
         if self.plan is not None:
             up.cluster = self.plan.cluster  # its DestinationRule idleTimeout applies once idle
-        if self.plan is not None and self.plan.pool is not None:
-            up.served += 1
-            if self.plan.pool.connection_exhausted(up.served):  # maxRequestsPerConnection
-                up.retired = True
-                up.pool.forget(up)
+        up.served += 1  # counted whatever the limit: a later limit applies to it too
+        plan = self.plan
+        if plan is not None and plan.pool is not None and plan.pool.connection_exhausted(up.served):
+            up.retired = True  # maxRequestsPerConnection: this stream is its last
+            up.pool.forget(up)
         self.peer = self.peer if self.down.ctx.inbound_target else up.peer_identity
         up.streams[sid] = self
         up.touch()
@@ -441,7 +442,8 @@ class _Exchange(Exchange):
 
     async def connect(self, pool: H2Pool, endpoint: Endpoint, alpn: str) -> None:
         try:
-            up = await pool.acquire(endpoint, alpn, self.connect_timeout)
+            pool_limits = self.plan.pool if self.plan is not None else None
+            up = await pool.acquire(endpoint, alpn, self.connect_timeout, pool_limits)
         except Exception as e:  # UpstreamError, OSError, TimeoutError: all mean 503
             self.task = None
             log.info("h2 upstream %s:%s (%s) failed: %s", endpoint.address, endpoint.port, alpn, e)
@@ -814,18 +816,31 @@ class H2Pool:
         self.conns: dict[PoolKey, list[H2Upstream]] = {}
         self.connecting: dict[PoolKey, asyncio.Task[H2Upstream]] = {}
 
-    def pick(self, key: PoolKey) -> H2Upstream | None:
+    def pick(self, key: PoolKey, limits: PoolLimits | None = None) -> H2Upstream | None:
         for conn in self.conns.get(key, ()):
+            if limits is not None and limits.connection_exhausted(conn.served):
+                # Over a maxRequestsPerConnection set after it was pooled: retired, as Envoy
+                # drains the old cluster's connections (its open streams still finish).
+                self._retire(conn)
+                return self.pick(key, limits)
             if conn.usable():
                 return conn
         return None
 
-    async def acquire(self, endpoint: Endpoint, alpn: str,
-                      timeout: float = 5.0) -> H2Upstream:
-        """A connection with room for one more stream; the caller must open it right away."""
+    def _retire(self, conn: H2Upstream) -> None:
+        conn.retired = True
+        self.forget(conn)
+        if not conn.streams:
+            conn.close()
+
+    async def acquire(self, endpoint: Endpoint, alpn: str, timeout: float = 5.0,
+                      limits: PoolLimits | None = None) -> H2Upstream:
+        """A connection with room for one more stream; the caller must open it right away.
+        ``limits``: the route's pool limits (a connection past maxRequestsPerConnection is
+        not taken)."""
         key = pool_key(endpoint, alpn)
         while True:
-            conn = self.pick(key)
+            conn = self.pick(key, limits)
             if conn is not None:
                 return conn
             task = self.connecting.get(key)
