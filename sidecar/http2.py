@@ -509,6 +509,9 @@ class _Exchange(Exchange):
                 self.up.reset(self.up_sid, code)
         elif self.response_received():
             return
+        elif code == REFUSED_STREAM and not self.response_started:
+            self.refused()  # never processed upstream: retryOn refused-stream may retry it
+            return
         else:
             self.add_flag(UC)
             self.down.reset(self.down_sid, code)

@@ -48,6 +48,7 @@ class PodApp:
     def __init__(self, pod: netns.Pod, port: int, name: str) -> None:
         self.pod, self.port, self.name = pod, port, name
         self._fail: int | None = None
+        self._refuse = 0
 
     def control(self, path: str) -> str:
         r = self.pod.exec(["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{self.port}{path}"], timeout=10)
@@ -63,6 +64,15 @@ class PodApp:
     def fail(self, status: int | None) -> None:
         self.control(f"/_fail/{status or 0}")
         self._fail = status
+
+    @property
+    def refuse(self) -> int:
+        return self._refuse  # as last set (the app counts it down as it refuses)
+
+    @refuse.setter
+    def refuse(self, n: int) -> None:
+        self.control(f"/_refuse/{n}")
+        self._refuse = n
 
     @property
     def seen(self) -> list[Seen]:

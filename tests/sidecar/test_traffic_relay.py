@@ -854,3 +854,63 @@ def test_grpc_default_retry_policy_is_istios(grpc_mesh):
         mesh.app(HTTPBIN_V1).seen = []
         mesh.curl("h2", "httpbin", 8000, f"/grpc/{code}", "-H", "content-type: application/grpc", "-X", "POST")
         assert len(seen(mesh, HTTPBIN_V1)) == tries, code
+
+
+# -- refused streams, maxRetries, minHealthPercent ---------------------------------------------------
+
+
+def test_retry_on_refused_stream(mesh, codec):
+    """Envoy's refused-stream: an upstream RST_STREAM REFUSED_STREAM (the request was never
+    processed) is retried. HTTP/1.1 has no streams: the app cannot refuse one, so the condition
+    has nothing to match and the single try answers; a 5xx is not a refused stream either."""
+    mesh.apply(httpbin(HTTPBIN_SUBSETS, vs(
+        "[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 2, retryOn: refused-stream}}]")))
+    mesh.app(HTTPBIN_V1).refuse = 1
+    out: list = []
+    mesh.flags_of(lambda: None)  # pods: the last case's log lines land first (flushed every 100 ms)
+    # Retried by the proxy: one exchange, no flag (a relay passing the reset on logs UC, and curl
+    # itself retries the refused stream)
+    assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "httpbin", 8000, "/"))) == ["-"]
+    assert out[0][0] == 200
+    assert len(seen(mesh, HTTPBIN_V1)) == (2 if codec == "h2" else 1)  # h2: refused, then answered
+    mesh.app(HTTPBIN_V1).refuse, mesh.app(HTTPBIN_V1).seen = 0, []
+    mesh.app(HTTPBIN_V1).fail = 503
+    assert [c for c, _ in mesh.curl(codec, "httpbin", 8000, "/")] == [503]
+    assert len(seen(mesh, HTTPBIN_V1)) == 1
+
+
+def test_max_retries_caps_retries_in_flight(mesh, codec):
+    """connectionPool.http.maxRetries 1: of four requests failing together, one is retried; the
+    others get their first answer with flag UO (the retry budget's overflow)."""
+    mesh.apply(httpbin(HTTPBIN_SUBSETS + "  trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}\n", vs("[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 1, retryOn: 5xx}}]")))
+    mesh.app(HTTPBIN_V1).fail = 500
+    codes: list[int] = []
+    mesh.flags_of(lambda: None)  # pods: the last case's log lines land first
+
+    def burst() -> None:  # the tries take 0.5 s: the four first answers come while the retry is out
+        threads = [threading.Thread(target=lambda: codes.extend(c for c, _ in mesh.curl(
+            codec, "httpbin", 8000, "/delay/0.5"))) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    flags = mesh.flags_of(burst)
+    assert codes == [500] * 4 and sorted(flags) == ["UO", "UO", "UO", "URX"], (codes, flags)
+    assert len(seen(mesh, HTTPBIN_V1)) == 5  # four tries and one retry
+
+
+def test_outlier_min_health_percent(mesh, codec):
+    """Envoy's panic threshold as Istio's minHealthPercent: with v2 ejected, 1 of 2 hosts (50 %)
+    is healthy. minHealthPercent 50: not below it, v2 stays out. 60: below it, ejection is
+    ignored and round robin goes on over both (baseEjectionTime 30 s: v2 would be out)."""
+    policy = ("{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 2, interval: 1s,"
+              " baseEjectionTime: 30s, maxEjectionPercent: 100, minHealthPercent: %d}}")
+    mesh.apply(httpbin(dr(policy % 50)))  # a changed policy starts a fresh detector: nobody ejected
+    mesh.app(HTTPBIN_V2).fail = 500
+    assert sum(c == 500 for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)) == 2  # two failures eject it
+    assert {c for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=10)} == {200}
+    mesh.apply(httpbin(dr(policy % 60)))
+    assert sum(c == 500 for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=6)) == 3  # ejected after two ...
+    mesh.app(HTTPBIN_V2).seen = []
+    assert sum(c == 500 for c, _ in mesh.curl(codec, "httpbin", 8000, "/", n=10)) == 5  # ... yet used: panic
+    assert len(seen(mesh, HTTPBIN_V2)) == 5

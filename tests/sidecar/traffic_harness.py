@@ -24,6 +24,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import httptools
 import yaml
@@ -79,11 +80,14 @@ class Seen:
 @dataclass
 class App:
     """One endpoint's app. ``fail``: answer this status to everything; paths ``/status/N``
-    answer N, ``/delay/S`` wait S seconds; else 200 with a JSON echo of the request."""
+    answer N, ``/delay/S`` wait S seconds; else 200 with a JSON echo of the request.
+    ``refuse``: reset this many of the next HTTP/2 streams with REFUSED_STREAM (each is recorded
+    in ``seen`` as an attempt that arrived; HTTP/1.1 has no stream to refuse and ignores it)."""
 
     name: str
     port: int = 0
     fail: int | None = None
+    refuse: int = 0
     seen: list[Seen] = field(default_factory=list)
     active: int = 0
 
@@ -170,6 +174,11 @@ class _AppProtocol(asyncio.Protocol):
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 hdrs, body = self.streams.pop(ev.stream_id)
+                if self.app.refuse and not hdrs[":path"].startswith("/_"):
+                    self.app.refuse -= 1
+                    self.app.seen.append(Seen(self.app.name, hdrs[":method"], hdrs[":path"], hdrs, body, "HTTP/2"))
+                    self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    continue
                 asyncio.ensure_future(self.h2_answer(ev.stream_id, hdrs, body))
         self.transport.write(self.h2.data_to_send())
 
@@ -307,7 +316,7 @@ class Harness:
     def reset(self) -> None:
         """Every app healthy and with nothing seen."""
         for app in self.apps.values():
-            app.fail, app.seen = None, []
+            app.fail, app.seen, app.refuse = None, [], 0
 
     def apply(self, cfg: ProxyConfig | Case) -> Router:
         """Push ``cfg`` with every endpoint moved onto its app (named by its address)."""
@@ -399,7 +408,8 @@ def _serve(port: int, name: str) -> None:
     """``python traffic_harness.py serve PORT NAME``: an App on 0.0.0.0:PORT, driven from inside
     its pod (tests/sidecar/pod_harness.py) by paths it does not record: ``/_seen`` (the requests
     recorded, JSON), ``/_clear`` (forget them), ``/_fail/N`` (answer N to everything; 0: healthy),
-    ``/_reset`` (both) and ``/_active`` (requests in progress)."""
+    ``/_refuse/N`` (refuse the next N HTTP/2 streams), ``/_reset`` (all of these) and ``/_active``
+    (requests in progress)."""
     app = App(name)
     answer = app.answer
 
@@ -415,9 +425,13 @@ def _serve(port: int, name: str) -> None:
         if path.startswith("/_fail/"):
             app.fail = int(path[len("/_fail/"):]) or None
             return 200, [], b"ok"
+        if path.startswith("/_refuse/"):
+            app.refuse = int(path[len("/_refuse/"):])
+            return 200, [], b"ok"
         if path in ("/_clear", "/_reset"):
             app.seen = []
             app.fail = None if path == "/_reset" else app.fail
+            app.refuse = 0 if path == "/_reset" else app.refuse
             return 200, [], b"ok"
         return await answer(method, path, headers, body, protocol)
     app.answer = control  # type: ignore[method-assign]
