@@ -248,16 +248,21 @@ class PodHarness:
 
     def flags_of(self, fn: Callable[[], Any]) -> list[str]:
         """The response flags of the requests ``fn`` made, as the client proxy logged them."""
-        start = len(self.access_log())
+        start = self._log_settled()  # an earlier request's line may still be on its way
         fn()
-        # Logs are flushed every 100 ms: wait until no new line came for 0.3 s.
+        self._log_settled()
+        return [r["response_flags"] for r in self.access_log()[start:]]
+
+    def _log_settled(self) -> int:
+        """Lines in the client proxy's access log once no new one came for 0.3 s (the log is
+        flushed every 100 ms)."""
         count, quiet_since = -1, time.monotonic()
         while time.monotonic() - quiet_since < 0.3:
             now = len(self.access_log())
             if now != count:
                 count, quiet_since = now, time.monotonic()
             time.sleep(0.05)
-        return [r["response_flags"] for r in self.access_log()[start:]]
+        return count
 
     def wait(self, cond: Callable[[], bool], timeout: float = 5.0) -> bool:
         return wait_until(cond, timeout, 0.05)

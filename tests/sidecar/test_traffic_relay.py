@@ -867,7 +867,6 @@ def test_retry_on_refused_stream(mesh, codec):
         "[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 2, retryOn: refused-stream}}]")))
     mesh.app(HTTPBIN_V1).refuse = 1
     out: list = []
-    mesh.flags_of(lambda: None)  # pods: the last case's log lines land first (flushed every 100 ms)
     # Retried by the proxy: one exchange, no flag (a relay passing the reset on logs UC, and curl
     # itself retries the refused stream)
     assert mesh.flags_of(lambda: out.extend(mesh.curl(codec, "httpbin", 8000, "/"))) == ["-"]
@@ -885,7 +884,6 @@ def test_max_retries_caps_retries_in_flight(mesh, codec):
     mesh.apply(httpbin(HTTPBIN_SUBSETS + "  trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}\n", vs("[{route: [{destination: {host: httpbin, subset: v1}}], retries: {attempts: 1, retryOn: 5xx}}]")))
     mesh.app(HTTPBIN_V1).fail = 500
     codes: list[int] = []
-    mesh.flags_of(lambda: None)  # pods: the last case's log lines land first
 
     def burst() -> None:  # the tries take 0.5 s: the four first answers come while the retry is out
         threads = [threading.Thread(target=lambda: codes.extend(c for c, _ in mesh.curl(
